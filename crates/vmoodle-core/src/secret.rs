@@ -1,0 +1,134 @@
+//! Secrets: a string type that never prints itself, and the box that encrypts stored database
+//! passwords with the home's secret key (AES-256-GCM, a fresh random nonce per value).
+
+use openssl::base64;
+use openssl::rand::rand_bytes;
+use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use std::fmt;
+use thiserror::Error;
+
+/// A secret value. Debug and Display print `****`; the value is reached only with `expose`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// A random password for a database account: 24 characters of letters and digits.
+    pub fn random_password() -> Self {
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+        let mut buf = [0u8; 24];
+        rand_bytes(&mut buf).expect("the system random generator works");
+        Secret(buf.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SecretError {
+    #[error("the secret key must be 32 bytes written as 64 hexadecimal digits")]
+    BadKey,
+    #[error("a stored secret cannot be decrypted: it was not written by this home's secret key, or it was altered")]
+    Decrypt,
+    #[error("a stored secret is not in vmoodle's `v1:` format")]
+    Format,
+    #[error("encryption failed: {0}")]
+    Crypto(#[from] openssl::error::ErrorStack),
+}
+
+const AAD: &[u8] = b"vmoodle-secret-v1";
+
+/// Encrypts and decrypts secrets stored at rest (register rows, settings).
+#[derive(Clone)]
+pub struct SecretBox {
+    key: [u8; 32],
+}
+
+impl fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBox(****)")
+    }
+}
+
+impl SecretBox {
+    /// A new random key, in the hexadecimal form kept in `secret.key`.
+    pub fn generate_key_hex() -> String {
+        let mut key = [0u8; 32];
+        rand_bytes(&mut key).expect("the system random generator works");
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Result<Self, SecretError> {
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return Err(SecretError::BadKey);
+        }
+        let mut key = [0u8; 32];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| SecretError::BadKey)?;
+        }
+        Ok(Self { key })
+    }
+
+    /// `v1:` + base64(nonce(12) || ciphertext || tag(16)).
+    pub fn seal(&self, secret: &Secret) -> Result<String, SecretError> {
+        let mut nonce = [0u8; 12];
+        rand_bytes(&mut nonce)?;
+        let mut tag = [0u8; 16];
+        let ct = encrypt_aead(Cipher::aes_256_gcm(), &self.key, Some(&nonce), AAD, secret.expose().as_bytes(), &mut tag)?;
+        let mut blob = Vec::with_capacity(12 + ct.len() + 16);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ct);
+        blob.extend_from_slice(&tag);
+        Ok(format!("v1:{}", base64::encode_block(&blob)))
+    }
+
+    pub fn open(&self, sealed: &str) -> Result<Secret, SecretError> {
+        let b64 = sealed.strip_prefix("v1:").ok_or(SecretError::Format)?;
+        let blob = base64::decode_block(b64).map_err(|_| SecretError::Format)?;
+        if blob.len() < 28 {
+            return Err(SecretError::Format);
+        }
+        let (nonce, rest) = blob.split_at(12);
+        let (ct, tag) = rest.split_at(rest.len() - 16);
+        let pt = decrypt_aead(Cipher::aes_256_gcm(), &self.key, Some(nonce), AAD, ct, tag)
+            .map_err(|_| SecretError::Decrypt)?;
+        String::from_utf8(pt).map(Secret).map_err(|_| SecretError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let b = SecretBox::from_hex(&SecretBox::generate_key_hex()).unwrap();
+        let s = Secret::new("p@ss'word");
+        let sealed = b.seal(&s).unwrap();
+        assert!(!sealed.contains("p@ss"));
+        assert_eq!(b.open(&sealed).unwrap(), s);
+        assert_ne!(b.seal(&s).unwrap(), sealed, "nonce must be fresh");
+        let other = SecretBox::from_hex(&SecretBox::generate_key_hex()).unwrap();
+        assert!(matches!(other.open(&sealed), Err(SecretError::Decrypt)));
+        assert_eq!(format!("{s} {s:?}"), "**** ****");
+        assert_eq!(Secret::random_password().expose().len(), 24);
+    }
+}

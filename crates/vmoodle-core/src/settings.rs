@@ -1,0 +1,390 @@
+//! `vmoodle.toml`: every setting with its default and a comment, read with unknown keys refused,
+//! and changed one key at a time without losing the administrator's comments.
+//!
+//! Precedence, lowest first: built-in defaults < vmoodle.toml < environment (`VMOODLE_HOME`
+//! only chooses the home) < command-line flags.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::schema::{self, PLACEHOLDER};
+use crate::validate::{self, ValidationError};
+use crate::DbKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `sqlite` or a `postgres://` URL.
+    pub registry: String,
+    pub schema: SchemaSettings,
+    pub executables: Executables,
+    pub web: WebSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaSettings {
+    pub automate: bool,
+    pub wwwroot: String,
+    pub db_type: DbKind,
+    pub db_host: String,
+    pub db_port: u16,
+    pub db_login: String,
+    /// Sealed with the secret key (`v1:...`), or empty for a random password per instance.
+    pub db_password: String,
+    pub db_name: String,
+    pub prefix: String,
+    pub db_persist: bool,
+    pub dataroot: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Executables {
+    pub mariadb: String,
+    pub mariadb_dump: String,
+    pub mariabackup: String,
+    pub psql: String,
+    pub pg_dump: String,
+    pub pg_restore: String,
+    pub php: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    pub user: String,
+    pub group: String,
+    pub retry_after: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            registry: "sqlite".into(),
+            schema: SchemaSettings::default(),
+            executables: Executables::default(),
+            web: WebSettings::default(),
+        }
+    }
+}
+
+impl Default for SchemaSettings {
+    fn default() -> Self {
+        Self {
+            automate: true,
+            wwwroot: format!("http://{PLACEHOLDER}.moodle.example.org"),
+            db_type: DbKind::Mariadb,
+            db_host: "127.0.0.1".into(),
+            db_port: 0,
+            db_login: format!("vm_{PLACEHOLDER}"),
+            db_password: String::new(),
+            db_name: format!("vm_{PLACEHOLDER}"),
+            prefix: "mdl_".into(),
+            db_persist: false,
+            dataroot: format!("/srv/moodledata/{PLACEHOLDER}"),
+        }
+    }
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self { user: "www-data".into(), group: "www-data".into(), retry_after: 300 }
+    }
+}
+
+/// Each executable setting and the names looked up on PATH when it is empty.
+pub const EXECUTABLES: &[(&str, &[&str])] = &[
+    ("mariadb", &["mariadb", "mysql"]),
+    ("mariadb_dump", &["mariadb-dump", "mysqldump"]),
+    ("mariabackup", &["mariabackup", "mariadb-backup"]),
+    ("psql", &["psql"]),
+    ("pg_dump", &["pg_dump"]),
+    ("pg_restore", &["pg_restore"]),
+    ("php", &["php"]),
+];
+
+/// Keys whose values are secrets: set from stdin only, shown as `****`.
+pub const SECRET_KEYS: &[&str] = &["schema.db_password"];
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("vmoodle.toml is not valid: {0}\nhint: every setting is listed with its comment in a fresh file: `vmoodle init --home /tmp/x` then read /tmp/x/vmoodle.toml")]
+    Parse(String),
+    #[error("unknown setting `{0}`; known settings: {1}")]
+    UnknownKey(String, String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("`{0}` is a secret: give it on standard input (`vmoodle settings set {0} --stdin`), never on the command line")]
+    SecretOnCommandLine(String),
+}
+
+impl Settings {
+    pub fn parse(text: &str) -> Result<Self, SettingsError> {
+        let s: Settings = toml::from_str(text).map_err(|e| SettingsError::Parse(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks every value; the first problem is returned with the key it belongs to.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let r = &self.registry;
+        if r != "sqlite" && !(r.starts_with("postgres://") || r.starts_with("postgresql://")) {
+            return Err(ValidationError::new(
+                "registry",
+                r,
+                "`sqlite` (registry.sqlite in the home) or a postgres:// URL",
+            ));
+        }
+        let s = &self.schema;
+        schema::check_pattern("schema.wwwroot", &s.wwwroot, |v| validate::wwwroot(v).map(|_| ()))?;
+        schema::check_pattern("schema.db_name", &s.db_name, |v| validate::db_name(v).map(|_| ()))?;
+        schema::check_pattern("schema.db_login", &s.db_login, |v| validate::db_user(v).map(|_| ()))?;
+        schema::check_pattern("schema.dataroot", &s.dataroot, |v| {
+            validate::abs_path("schema.dataroot", v).map(|_| ())
+        })?;
+        validate::db_host(&s.db_host).map_err(|e| ValidationError { field: "schema.db_host".into(), ..e })?;
+        validate::prefix(&s.prefix).map_err(|e| ValidationError { field: "schema.prefix".into(), ..e })?;
+        if !s.db_password.is_empty() && !s.db_password.starts_with("v1:") {
+            return Err(ValidationError::new(
+                "schema.db_password",
+                "****",
+                "a value sealed by `vmoodle settings set schema.db_password --stdin`, or empty",
+            ));
+        }
+        for (key, _) in EXECUTABLES {
+            let v = self.executable(key);
+            if !v.is_empty() {
+                validate::abs_path(&format!("executables.{key}"), v)?;
+            }
+        }
+        for (key, v) in [("web.user", &self.web.user), ("web.group", &self.web.group)] {
+            let ok = !v.is_empty()
+                && v.len() <= 32
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                return Err(ValidationError::new(key, v, "a system user or group name"));
+            }
+        }
+        if self.web.retry_after == 0 || self.web.retry_after > 86_400 {
+            return Err(ValidationError::new(
+                "web.retry_after",
+                self.web.retry_after.to_string(),
+                "seconds between 1 and 86400",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn executable(&self, key: &str) -> &str {
+        let e = &self.executables;
+        match key {
+            "mariadb" => &e.mariadb,
+            "mariadb_dump" => &e.mariadb_dump,
+            "mariabackup" => &e.mariabackup,
+            "psql" => &e.psql,
+            "pg_dump" => &e.pg_dump,
+            "pg_restore" => &e.pg_restore,
+            "php" => &e.php,
+            _ => "",
+        }
+    }
+
+    /// All settings as flat `key = value` pairs (secrets as `****`).
+    pub fn flatten(&self) -> Vec<(String, serde_json::Value)> {
+        let v = serde_json::to_value(self).expect("settings serialize");
+        let mut out = Vec::new();
+        flatten_into("", &v, &mut out);
+        for (k, v) in &mut out {
+            if SECRET_KEYS.contains(&k.as_str()) && v.as_str().is_some_and(|s| !s.is_empty()) {
+                *v = serde_json::Value::String("****".into());
+            }
+        }
+        out
+    }
+
+    pub fn get(&self, key: &str) -> Result<serde_json::Value, SettingsError> {
+        self.flatten()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .ok_or_else(|| SettingsError::UnknownKey(key.into(), self.key_list()))
+    }
+
+    fn key_list(&self) -> String {
+        self.flatten().into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn flatten_into(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten_into(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// Sets one key in the text of vmoodle.toml, keeping comments, and returns the new text after
+/// checking that the whole file is still valid. `value` is the raw text the user gave (already
+/// sealed for secrets).
+pub fn set_in_document(text: &str, key: &str, value: &str) -> Result<String, SettingsError> {
+    let current = Settings::parse(text)?;
+    let old = current.get(key)?;
+    let new_item = match old {
+        serde_json::Value::Bool(_) => match value {
+            "true" | "on" | "yes" | "1" => toml_edit::value(true),
+            "false" | "off" | "no" | "0" => toml_edit::value(false),
+            _ => return Err(ValidationError::new(key, value, "true or false").into()),
+        },
+        serde_json::Value::Number(_) => {
+            let n: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| ValidationError::new(key, value, "a whole number"))?;
+            toml_edit::value(n)
+        }
+        _ => toml_edit::value(value),
+    };
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().map_err(|e: toml_edit::TomlError| SettingsError::Parse(e.to_string()))?;
+    match key.split_once('.') {
+        Some((table, leaf)) => {
+            if doc.get(table).is_none() {
+                doc[table] = toml_edit::table();
+            }
+            let t = doc[table].as_table_like_mut().ok_or_else(|| SettingsError::Parse(format!("`{table}` is not a table")))?;
+            match t.get_mut(leaf) {
+                Some(item) => {
+                    // Keep the comment that decorates the existing value.
+                    let decor = item.as_value().map(|v| v.decor().clone());
+                    *item = new_item;
+                    if let (Some(d), Some(v)) = (decor, item.as_value_mut()) {
+                        *v.decor_mut() = d;
+                    }
+                }
+                None => {
+                    t.insert(leaf, new_item);
+                }
+            }
+        }
+        None => {
+            let decor = doc.get(key).and_then(|i| i.as_value()).map(|v| v.decor().clone());
+            doc[key] = new_item;
+            if let (Some(d), Some(v)) = (decor, doc[key].as_value_mut()) {
+                *v.decor_mut() = d;
+            }
+        }
+    }
+    let out = doc.to_string();
+    Settings::parse(&out)?;
+    Ok(out)
+}
+
+/// The documented vmoodle.toml written by `vmoodle init`.
+pub fn default_toml() -> String {
+    format!(
+        r#"# vmoodle settings. Every setting is listed here with its default value and what it does.
+# Change them with `vmoodle settings set KEY VALUE` (checked before saving) or by editing this
+# file (checked when vmoodle next reads it). Precedence: defaults < this file < flags.
+
+# Where the register of instances lives: "sqlite" keeps it in registry.sqlite in this home;
+# a PostgreSQL URL ("postgres://user@host:5432/dbname") shares it between several control nodes.
+registry = "sqlite"
+
+# The naming schema (VMoodle's "define a naming schema"). Patterns hold {p}, replaced by an
+# instance token. Tokens are 1-20 lowercase letters and digits starting with a letter, because the
+# same token becomes part of a host name, a database name, a database user and a directory.
+# `vmoodle schema expand TOKEN` shows what a token gives.
+[schema]
+# Preset new instances from the token alone (deploy --token X is enough).
+automate = true
+# The new instance's address (its wwwroot; the host part is what the config hook matches).
+wwwroot = "http://{p}.moodle.example.org"
+# Database type of new instances: mariadb, mysql or pgsql.
+db_type = "mariadb"
+# Database server address of new instances (a registered `vmoodle dbserver` with this host).
+db_host = "127.0.0.1"
+# Its port; 0 means the type's default (3306 for mariadb/mysql, 5432 for pgsql).
+db_port = 0
+# Database user of each new instance (a dedicated account with rights on its own database only).
+db_login = "vm_{p}"
+# Password preset for new instance users, sealed with secret.key. Empty: a random password per
+# instance (recommended). Set with `vmoodle settings set schema.db_password --stdin`.
+db_password = ""
+# Database name of each new instance.
+db_name = "vm_{p}"
+# Moodle table prefix of new instances.
+prefix = "mdl_"
+# Persistent database connections ($CFG->dboptions['dbpersist']).
+db_persist = false
+# Dataroot (moodledata) of each new instance.
+dataroot = "/srv/moodledata/{p}"
+
+# Paths of the tools vmoodle runs. Empty: looked up on PATH (the first name found):
+# mariadb|mysql, mariadb-dump|mysqldump, mariabackup|mariadb-backup, psql, pg_dump, pg_restore, php.
+[executables]
+mariadb = ""
+mariadb_dump = ""
+mariabackup = ""
+psql = ""
+pg_dump = ""
+pg_restore = ""
+php = ""
+
+# The web server account that runs Moodle: host files are made readable by its group (0640) and
+# dataroots writable by its user.
+[web]
+user = "www-data"
+group = "www-data"
+# Seconds announced in Retry-After on the 503 page of a disabled instance.
+retry_after = 300
+"#,
+        p = PLACEHOLDER
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_is_the_default_settings() {
+        assert_eq!(Settings::parse(&default_toml()).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn every_setting_is_in_the_default_file() {
+        let text = default_toml();
+        for (k, _) in Settings::default().flatten() {
+            let leaf = k.rsplit('.').next().unwrap();
+            assert!(text.contains(&format!("\n{leaf} = ")), "{k} missing from vmoodle.toml");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Settings::parse("[schema]\nautomat = true\n").unwrap_err();
+        assert!(e.to_string().contains("automat"), "{e}");
+    }
+
+    #[test]
+    fn set_keeps_comments_and_validates() {
+        let text = default_toml();
+        let out = set_in_document(&text, "schema.wwwroot", "https://<%%INSTANCE%%>.school.org").unwrap();
+        assert!(out.contains("# The new instance's address"));
+        assert_eq!(Settings::parse(&out).unwrap().schema.wwwroot, "https://<%%INSTANCE%%>.school.org");
+        let out = set_in_document(&out, "schema.automate", "off").unwrap();
+        assert!(!Settings::parse(&out).unwrap().schema.automate);
+        let e = set_in_document(&text, "schema.db_name", "vm_fixed").unwrap_err();
+        assert!(e.to_string().contains("exactly once"), "{e}");
+        let e = set_in_document(&text, "schema.dataroot", "relative/<%%INSTANCE%%>").unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        assert!(matches!(set_in_document(&text, "nope", "1"), Err(SettingsError::UnknownKey(..))));
+        let e = set_in_document(&text, "web.retry_after", "abc").unwrap_err();
+        assert!(e.to_string().contains("whole number"));
+    }
+}

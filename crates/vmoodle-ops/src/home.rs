@@ -1,0 +1,207 @@
+//! The home: one directory holding vmoodle.toml, the register (registry.sqlite unless the
+//! settings name a PostgreSQL URL), the secret key, the hook and its host files, templates,
+//! archives and logs. `init` creates it and is harmless to run twice; `open` refuses a directory
+//! that is not a home, with the command that makes one.
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use vmoodle_core::settings::{self, Settings};
+use vmoodle_core::SecretBox;
+use vmoodle_registry::Registry;
+use vmoodle_site::files;
+
+pub const SETTINGS_FILE: &str = "vmoodle.toml";
+pub const REGISTRY_FILE: &str = "registry.sqlite";
+pub const KEY_FILE: &str = "secret.key";
+pub const HOOK_FILE: &str = "hook.php";
+pub const HOSTS_DIR: &str = "hosts";
+const LOCK_FILE: &str = ".lock";
+
+/// An open home.
+#[derive(Debug)]
+pub struct Home {
+    pub root: PathBuf,
+    pub settings: Settings,
+    pub secrets: SecretBox,
+    pub registry: Registry,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// What `init` found and made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    pub home: PathBuf,
+    pub created: Vec<String>,
+    pub kept: Vec<String>,
+    pub registry: String,
+}
+
+impl Home {
+    pub fn settings_path(root: &Path) -> PathBuf {
+        root.join(SETTINGS_FILE)
+    }
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.root.join(HOSTS_DIR)
+    }
+    pub fn hook_path(&self) -> PathBuf {
+        self.root.join(HOOK_FILE)
+    }
+
+    /// Creates the home (or completes a partial one); existing files are kept as they are.
+    pub async fn init(root: &Path) -> Result<InitReport> {
+        let root = absolute(root)?;
+        let mut created = Vec::new();
+        let mut kept = Vec::new();
+        if !root.exists() {
+            fs_err::create_dir_all(&root)?;
+            created.push(root.display().to_string());
+        }
+        // The web server must traverse the home to reach hook.php and hosts/; nothing else in it
+        // is readable by others.
+        fs_err::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
+        for d in ["templates", "archives", "logs"] {
+            let p = root.join(d);
+            if p.exists() {
+                kept.push(format!("{d}/"));
+            } else {
+                fs_err::create_dir(&p)?;
+                fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+                created.push(format!("{d}/"));
+            }
+        }
+        let key = root.join(KEY_FILE);
+        if key.exists() {
+            check_key_mode(&key)?;
+            kept.push(KEY_FILE.into());
+        } else {
+            files::write_atomic(&key, format!("{}\n", SecretBox::generate_key_hex()).as_bytes(), 0o600, None)?;
+            created.push(KEY_FILE.into());
+        }
+        let sp = Self::settings_path(&root);
+        if sp.exists() {
+            kept.push(SETTINGS_FILE.into());
+        } else {
+            files::write_atomic(&sp, settings::default_toml().as_bytes(), 0o600, None)?;
+            created.push(SETTINGS_FILE.into());
+        }
+        let home = Self::open(&root).await?;
+        let registry = match home.registry.backend() {
+            vmoodle_registry::Backend::Sqlite => root.join(REGISTRY_FILE).display().to_string(),
+            vmoodle_registry::Backend::Postgres => vmoodle_registry::redact_url(&home.settings.registry),
+        };
+        if home.registry.backend() == vmoodle_registry::Backend::Sqlite {
+            fs_err::set_permissions(root.join(REGISTRY_FILE), std::fs::Permissions::from_mode(0o600))?;
+        }
+        let hosts_existed = home.hosts_dir().exists();
+        crate::publish::publish_all(&home).await?;
+        if hosts_existed {
+            kept.push(format!("{HOSTS_DIR}/"));
+        } else {
+            created.push(format!("{HOSTS_DIR}/"));
+        }
+        home.registry.close().await;
+        Ok(InitReport { home: root, created, kept, registry })
+    }
+
+    /// Opens an existing home.
+    pub async fn open(root: &Path) -> Result<Self> {
+        let root = absolute(root)?;
+        let sp = Self::settings_path(&root);
+        if !sp.is_file() {
+            bail!(
+                "{} is not a vmoodle home (it has no {SETTINGS_FILE})\nhint: create it with `vmoodle init --home {}`",
+                root.display(),
+                root.display()
+            );
+        }
+        let text = fs_err::read_to_string(&sp)?;
+        let settings = Settings::parse(&text).with_context(|| format!("in {}", sp.display()))?;
+        let key = root.join(KEY_FILE);
+        check_key_mode(&key)?;
+        let secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?).with_context(|| format!("in {}", key.display()))?;
+        let registry = if settings.registry == "sqlite" {
+            Registry::open_sqlite(&root.join(REGISTRY_FILE)).await?
+        } else {
+            Registry::open_postgres(&settings.registry).await?
+        };
+        Ok(Self { root, settings, secrets, registry, _lock: None })
+    }
+
+    /// Opens a home for a change: takes its lock (waits while another vmoodle changes it).
+    pub async fn open_locked(root: &Path) -> Result<Self> {
+        let root = absolute(root)?;
+        let lock = take_lock(&root)?;
+        let mut home = Self::open(&root).await?;
+        home._lock = Some(lock);
+        Ok(home)
+    }
+
+    /// Writes new settings text after validating it, and takes it into use.
+    pub fn save_settings(&mut self, text: &str) -> Result<()> {
+        let s = Settings::parse(text)?;
+        files::write_atomic(&Self::settings_path(&self.root), text.as_bytes(), 0o600, None)?;
+        self.settings = s;
+        Ok(())
+    }
+
+    pub fn settings_text(&self) -> Result<String> {
+        Ok(fs_err::read_to_string(Self::settings_path(&self.root))?)
+    }
+
+    /// The path of a tool: the setting when set, else the first of its names on PATH.
+    pub fn executable(&self, key: &str) -> Result<PathBuf, vmoodle_exec::ExecError> {
+        let set = self.settings.executable(key);
+        let names = settings::EXECUTABLES.iter().find(|(k, _)| *k == key).map(|(_, n)| *n).unwrap_or(&[]);
+        if !set.is_empty() {
+            let p = PathBuf::from(set);
+            return if vmoodle_exec::is_executable(&p) {
+                Ok(p)
+            } else {
+                Err(vmoodle_exec::ExecError::NotFound { tool: set.into(), setting: key.into(), searched: String::new() })
+            };
+        }
+        vmoodle_exec::find_on_path(names).ok_or_else(|| vmoodle_exec::ExecError::NotFound {
+            tool: names.first().copied().unwrap_or(key).into(),
+            setting: key.into(),
+            searched: names.join(", "),
+        })
+    }
+
+    /// The web server group, looked up on this machine.
+    pub fn web_gid(&self) -> Result<nix::unistd::Gid> {
+        Ok(files::group_id(&self.settings.web.group)?)
+    }
+}
+
+fn take_lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+}
+
+fn check_key_mode(key: &Path) -> Result<()> {
+    let meta = fs_err::metadata(key).context("the home has no secret key\nhint: `vmoodle init` makes one")?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {mode:03o}); it must be 0600\nhint: chmod 600 {}",
+            key.display(),
+            key.display()
+        );
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.as_os_str().is_empty() {
+        bail!("the home directory is empty\nhint: give --home DIR or set VMOODLE_HOME");
+    }
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}

@@ -1,0 +1,62 @@
+-- The register: database servers, instances, templates and jobs.
+CREATE TABLE db_servers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('mariadb', 'mysql', 'pgsql')),
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    socket TEXT,
+    admin_user TEXT NOT NULL,
+    admin_password TEXT NOT NULL,
+    -- 'standalone' today; a cluster (primary, replicas, proxies, virtual IP) later stands here.
+    topology TEXT NOT NULL DEFAULT 'standalone',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+CREATE TABLE instances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    shortname TEXT NOT NULL UNIQUE,
+    host TEXT NOT NULL UNIQUE,
+    wwwroot TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    is_master INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    dbserver_id INTEGER NOT NULL REFERENCES db_servers(id) ON DELETE RESTRICT,
+    dbtype TEXT NOT NULL,
+    dbname TEXT NOT NULL,
+    dbuser TEXT NOT NULL,
+    dbpass TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    dbpersist INTEGER NOT NULL DEFAULT 0,
+    dataroot TEXT NOT NULL UNIQUE,
+    mnet INTEGER NOT NULL DEFAULT -1,
+    template TEXT,
+    config TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (dbserver_id, dbname, prefix)
+);
+CREATE UNIQUE INDEX instances_one_master ON instances (is_master) WHERE is_master = 1;
+
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    journal TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX jobs_state ON jobs (state);

@@ -1,0 +1,571 @@
+//! The register: which database servers vmoodle manages and which Moodle instances live on them
+//! (later: templates and jobs). One `Registry` type serves both backends through sqlx's `Any`
+//! driver: the queries are written once in the SQL both SQLite and PostgreSQL speak, and each
+//! backend has its own embedded migrations for the table definitions.
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::path::Path;
+use thiserror::Error;
+use vmoodle_core::{now_unix, DbKind};
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("cannot open the register at {location}: {source}")]
+    Open { location: String, source: sqlx::Error },
+    #[error("cannot bring the register's tables up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} `{name}` is not in the register{hint}")]
+    NotFound { what: &'static str, name: String, hint: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("register query failed ({context}): {source}")]
+    Query { context: &'static str, source: sqlx::Error },
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+fn q(context: &'static str) -> impl FnOnce(sqlx::Error) -> RegistryError {
+    move |source| match &source {
+        sqlx::Error::Database(d) if d.is_unique_violation() => RegistryError::Conflict(format!(
+            "{context}: an entry with the same unique value is already registered ({})",
+            d.message()
+        )),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            RegistryError::Conflict(format!("{context}: it is still referenced ({})", d.message()))
+        }
+        _ => RegistryError::Query { context, source },
+    }
+}
+
+/// A registered database server. The administrator password is kept sealed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbServer {
+    pub id: i64,
+    pub name: String,
+    pub kind: DbKind,
+    pub host: String,
+    pub port: u16,
+    pub socket: Option<String>,
+    pub admin_user: String,
+    #[serde(skip)]
+    pub admin_password_sealed: String,
+    pub topology: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Fields of a new database server.
+#[derive(Debug, Clone)]
+pub struct NewDbServer {
+    pub name: String,
+    pub kind: DbKind,
+    pub host: String,
+    pub port: u16,
+    pub socket: Option<String>,
+    pub admin_user: String,
+    pub admin_password_sealed: String,
+}
+
+/// A registered Moodle instance (or the master). The database password is kept sealed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Instance {
+    pub id: i64,
+    pub shortname: String,
+    pub host: String,
+    pub wwwroot: String,
+    pub name: String,
+    pub description: String,
+    pub is_master: bool,
+    pub enabled: bool,
+    pub dbserver: String,
+    #[serde(skip)]
+    pub dbserver_id: i64,
+    pub dbtype: String,
+    pub dbname: String,
+    pub dbuser: String,
+    #[serde(skip)]
+    pub dbpass_sealed: String,
+    pub prefix: String,
+    pub dbpersist: bool,
+    pub dataroot: String,
+    pub mnet: i64,
+    pub template: Option<String>,
+    /// Extra `$CFG` values for this instance, a JSON object.
+    pub config: CfgExtras,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Extra `$CFG` values of an instance (name -> value), written into its host file.
+pub type CfgExtras = std::collections::BTreeMap<String, String>;
+
+/// Fields of a new instance, or of an instance being edited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceFields {
+    pub shortname: String,
+    pub host: String,
+    pub wwwroot: String,
+    pub name: String,
+    pub description: String,
+    pub is_master: bool,
+    pub enabled: bool,
+    pub dbserver_id: i64,
+    pub dbtype: String,
+    pub dbname: String,
+    pub dbuser: String,
+    pub dbpass_sealed: String,
+    pub prefix: String,
+    pub dbpersist: bool,
+    pub dataroot: String,
+    pub mnet: i64,
+    pub template: Option<String>,
+    pub config: CfgExtras,
+}
+
+impl From<&Instance> for InstanceFields {
+    fn from(i: &Instance) -> Self {
+        Self {
+            shortname: i.shortname.clone(),
+            host: i.host.clone(),
+            wwwroot: i.wwwroot.clone(),
+            name: i.name.clone(),
+            description: i.description.clone(),
+            is_master: i.is_master,
+            enabled: i.enabled,
+            dbserver_id: i.dbserver_id,
+            dbtype: i.dbtype.clone(),
+            dbname: i.dbname.clone(),
+            dbuser: i.dbuser.clone(),
+            dbpass_sealed: i.dbpass_sealed.clone(),
+            prefix: i.prefix.clone(),
+            dbpersist: i.dbpersist,
+            dataroot: i.dataroot.clone(),
+            mnet: i.mnet,
+            template: i.template.clone(),
+            config: i.config.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The register.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const INSTANCE_COLUMNS: &str = "i.id, i.shortname, i.host, i.wwwroot, i.name, i.description, \
+    i.is_master, i.enabled, i.dbserver_id, s.name AS dbserver, i.dbtype, i.dbname, i.dbuser, \
+    i.dbpass, i.prefix, i.dbpersist, i.dataroot, i.mnet, i.template, i.config, i.created_at, \
+    i.updated_at";
+
+impl Registry {
+    /// Opens (creating if needed) the SQLite register file and brings its tables up to date.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::open_url(&url, Backend::Sqlite, &path.display().to_string()).await
+    }
+
+    /// Opens a register kept in PostgreSQL (`postgres://...`) and brings its tables up to date.
+    pub async fn open_postgres(url: &str) -> Result<Self> {
+        Self::open_url(url, Backend::Postgres, &redact_url(url)).await
+    }
+
+    async fn open_url(url: &str, backend: Backend, location: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let mut opts = AnyPoolOptions::new().max_connections(4);
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts
+            .connect(url)
+            .await
+            .map_err(|source| RegistryError::Open { location: location.to_string(), source })?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- database servers -------------------------------------------------------------------
+
+    pub async fn add_dbserver(&self, s: &NewDbServer) -> Result<DbServer> {
+        if self.find_dbserver(&s.name).await?.is_some() {
+            return Err(RegistryError::Conflict(format!("database server `{}` is already registered", s.name)));
+        }
+        let now = now_unix();
+        sqlx::query(
+            "INSERT INTO db_servers (name, kind, host, port, socket, admin_user, admin_password, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&s.name)
+        .bind(s.kind.as_str())
+        .bind(&s.host)
+        .bind(i64::from(s.port))
+        .bind(s.socket.clone())
+        .bind(&s.admin_user)
+        .bind(&s.admin_password_sealed)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(q("adding a database server"))?;
+        self.dbserver(&s.name).await
+    }
+
+    pub async fn dbservers(&self) -> Result<Vec<DbServer>> {
+        let rows = sqlx::query("SELECT * FROM db_servers ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("listing database servers"))?;
+        rows.iter().map(dbserver_from_row).collect()
+    }
+
+    pub async fn find_dbserver(&self, name: &str) -> Result<Option<DbServer>> {
+        let row = sqlx::query("SELECT * FROM db_servers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a database server"))?;
+        row.as_ref().map(dbserver_from_row).transpose()
+    }
+
+    pub async fn dbserver(&self, name: &str) -> Result<DbServer> {
+        self.find_dbserver(name).await?.ok_or_else(|| RegistryError::NotFound {
+            what: "database server",
+            name: name.into(),
+            hint: "\nhint: `vmoodle dbserver list` shows the registered servers".into(),
+        })
+    }
+
+    pub async fn dbserver_by_id(&self, id: i64) -> Result<DbServer> {
+        let row = sqlx::query("SELECT * FROM db_servers WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("reading a database server"))?;
+        dbserver_from_row(&row)
+    }
+
+    /// Removes a database server; refused while any instance uses it.
+    pub async fn remove_dbserver(&self, name: &str) -> Result<()> {
+        let s = self.dbserver(name).await?;
+        let users: Vec<String> = sqlx::query("SELECT shortname FROM instances WHERE dbserver_id = $1 ORDER BY shortname")
+            .bind(s.id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("checking a database server's instances"))?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("checking a database server's instances"))?;
+        if !users.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "database server `{name}` is used by {} instance(s): {}; move or delete them first",
+                users.len(),
+                abbreviate(&users, 10)
+            )));
+        }
+        sqlx::query("DELETE FROM db_servers WHERE id = $1")
+            .bind(s.id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("removing a database server"))?;
+        Ok(())
+    }
+
+    // ---- instances ----------------------------------------------------------------------------
+
+    pub async fn add_instance(&self, f: &InstanceFields) -> Result<Instance> {
+        self.check_instance_unique(f, None).await?;
+        let now = now_unix();
+        let mut tx = self.pool.begin().await.map_err(q("adding an instance"))?;
+        if f.is_master {
+            sqlx::query("DELETE FROM instances WHERE is_master = 1")
+                .execute(&mut *tx)
+                .await
+                .map_err(q("replacing the master"))?;
+        }
+        sqlx::query(
+            "INSERT INTO instances (shortname, host, wwwroot, name, description, is_master, enabled, \
+             dbserver_id, dbtype, dbname, dbuser, dbpass, prefix, dbpersist, dataroot, mnet, template, \
+             config, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17, $18, $19, $20)",
+        )
+        .bind(&f.shortname)
+        .bind(&f.host)
+        .bind(&f.wwwroot)
+        .bind(&f.name)
+        .bind(&f.description)
+        .bind(i64::from(f.is_master))
+        .bind(i64::from(f.enabled))
+        .bind(f.dbserver_id)
+        .bind(&f.dbtype)
+        .bind(&f.dbname)
+        .bind(&f.dbuser)
+        .bind(&f.dbpass_sealed)
+        .bind(&f.prefix)
+        .bind(i64::from(f.dbpersist))
+        .bind(&f.dataroot)
+        .bind(f.mnet)
+        .bind(f.template.clone())
+        .bind(config_json(&f.config))
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("adding an instance"))?;
+        tx.commit().await.map_err(q("adding an instance"))?;
+        self.instance(&f.shortname).await
+    }
+
+    /// Refuses a shortname, host, dataroot or database already taken by another instance, naming it.
+    async fn check_instance_unique(&self, f: &InstanceFields, except: Option<i64>) -> Result<()> {
+        let checks: [(&str, &str, &str); 3] = [
+            ("shortname", "shortname", &f.shortname),
+            ("host", "host", &f.host),
+            ("dataroot", "dataroot", &f.dataroot),
+        ];
+        for (col, label, value) in checks {
+            let sql = format!("SELECT i.shortname, i.is_master FROM instances i WHERE i.{col} = $1 AND i.id <> $2");
+            if let Some(row) = sqlx::query(&sql)
+                .bind(value)
+                .bind(except.unwrap_or(-1))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("checking an instance"))?
+            {
+                let other: String = row.try_get(0).map_err(q("checking an instance"))?;
+                let is_master: i64 = row.try_get(1).map_err(q("checking an instance"))?;
+                if !(f.is_master && is_master == 1) {
+                    return Err(RegistryError::Conflict(format!(
+                        "{label} `{value}` is already used by instance `{other}`"
+                    )));
+                }
+            }
+        }
+        if let Some(row) = sqlx::query(
+            "SELECT shortname, is_master FROM instances WHERE dbserver_id = $1 AND dbname = $2 AND prefix = $3 AND id <> $4",
+        )
+        .bind(f.dbserver_id)
+        .bind(&f.dbname)
+        .bind(&f.prefix)
+        .bind(except.unwrap_or(-1))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("checking an instance"))?
+        {
+            let other: String = row.try_get(0).map_err(q("checking an instance"))?;
+            let is_master: i64 = row.try_get(1).map_err(q("checking an instance"))?;
+            if !(f.is_master && is_master == 1) {
+                return Err(RegistryError::Conflict(format!(
+                    "database `{}` with prefix `{}` on that server is already used by instance `{other}`",
+                    f.dbname, f.prefix
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn update_instance(&self, id: i64, f: &InstanceFields) -> Result<Instance> {
+        self.check_instance_unique(f, Some(id)).await?;
+        sqlx::query(
+            "UPDATE instances SET shortname = $1, host = $2, wwwroot = $3, name = $4, description = $5, \
+             enabled = $6, dbserver_id = $7, dbtype = $8, dbname = $9, dbuser = $10, dbpass = $11, \
+             prefix = $12, dbpersist = $13, dataroot = $14, mnet = $15, template = $16, config = $17, \
+             updated_at = $18 WHERE id = $19",
+        )
+        .bind(&f.shortname)
+        .bind(&f.host)
+        .bind(&f.wwwroot)
+        .bind(&f.name)
+        .bind(&f.description)
+        .bind(i64::from(f.enabled))
+        .bind(f.dbserver_id)
+        .bind(&f.dbtype)
+        .bind(&f.dbname)
+        .bind(&f.dbuser)
+        .bind(&f.dbpass_sealed)
+        .bind(&f.prefix)
+        .bind(i64::from(f.dbpersist))
+        .bind(&f.dataroot)
+        .bind(f.mnet)
+        .bind(f.template.clone())
+        .bind(config_json(&f.config))
+        .bind(now_unix())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("updating an instance"))?;
+        self.instance(&f.shortname).await
+    }
+
+    pub async fn set_enabled(&self, id: i64, enabled: bool) -> Result<()> {
+        sqlx::query("UPDATE instances SET enabled = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(enabled))
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("enabling or disabling an instance"))?;
+        Ok(())
+    }
+
+    pub async fn remove_instance(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("removing an instance"))?;
+        Ok(())
+    }
+
+    /// All instances, the master first, then by shortname.
+    pub async fn instances(&self) -> Result<Vec<Instance>> {
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN db_servers s ON s.id = i.dbserver_id \
+             ORDER BY i.is_master DESC, i.shortname"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(q("listing instances"))?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    /// An instance by shortname, else by host (a wwwroot is accepted too).
+    pub async fn find_instance(&self, key: &str) -> Result<Option<Instance>> {
+        let host_key = key
+            .strip_prefix("https://")
+            .or_else(|| key.strip_prefix("http://"))
+            .unwrap_or(key)
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN db_servers s ON s.id = i.dbserver_id \
+             WHERE i.shortname = $1 OR i.host = $2 ORDER BY CASE WHEN i.shortname = $1 THEN 0 ELSE 1 END"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(key)
+            .bind(host_key)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading an instance"))?;
+        rows.first().map(instance_from_row).transpose()
+    }
+
+    pub async fn instance(&self, key: &str) -> Result<Instance> {
+        self.find_instance(key).await?.ok_or_else(|| RegistryError::NotFound {
+            what: "instance",
+            name: key.into(),
+            hint: "\nhint: name an instance by its shortname or host; `vmoodle instance list` shows them".into(),
+        })
+    }
+
+    pub async fn master(&self) -> Result<Option<Instance>> {
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN db_servers s ON s.id = i.dbserver_id WHERE i.is_master = 1"
+        );
+        let row = sqlx::query(&sql).fetch_optional(&self.pool).await.map_err(q("reading the master"))?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+}
+
+fn config_json(c: &CfgExtras) -> String {
+    serde_json::to_string(c).expect("a map of strings serializes")
+}
+
+fn abbreviate(items: &[String], max: usize) -> String {
+    if items.len() <= max {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..max].join(", "), items.len() - max)
+    }
+}
+
+/// A PostgreSQL URL with any password replaced by `****`, for messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((auth, tail)) = rest.split_once('@') {
+            if let Some((user, _)) = auth.split_once(':') {
+                return format!("{scheme}://{user}:****@{tail}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+fn dbserver_from_row(r: &AnyRow) -> Result<DbServer> {
+    let get = |e| RegistryError::Query { context: "reading a database server row", source: e };
+    let kind: String = r.try_get("kind").map_err(get)?;
+    let port: i64 = r.try_get("port").map_err(get)?;
+    Ok(DbServer {
+        id: r.try_get("id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        kind: kind.parse().map_err(|e: vmoodle_core::ValidationError| RegistryError::Conflict(e.to_string()))?,
+        host: r.try_get("host").map_err(get)?,
+        port: u16::try_from(port).unwrap_or(0),
+        socket: r.try_get("socket").map_err(get)?,
+        admin_user: r.try_get("admin_user").map_err(get)?,
+        admin_password_sealed: r.try_get("admin_password").map_err(get)?,
+        topology: r.try_get("topology").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+        updated_at: r.try_get("updated_at").map_err(get)?,
+    })
+}
+
+fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+    let get = |e| RegistryError::Query { context: "reading an instance row", source: e };
+    let config: String = r.try_get("config").map_err(get)?;
+    Ok(Instance {
+        id: r.try_get("id").map_err(get)?,
+        shortname: r.try_get("shortname").map_err(get)?,
+        host: r.try_get("host").map_err(get)?,
+        wwwroot: r.try_get("wwwroot").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        description: r.try_get("description").map_err(get)?,
+        is_master: r.try_get::<i64, _>("is_master").map_err(get)? != 0,
+        enabled: r.try_get::<i64, _>("enabled").map_err(get)? != 0,
+        dbserver: r.try_get("dbserver").map_err(get)?,
+        dbserver_id: r.try_get("dbserver_id").map_err(get)?,
+        dbtype: r.try_get("dbtype").map_err(get)?,
+        dbname: r.try_get("dbname").map_err(get)?,
+        dbuser: r.try_get("dbuser").map_err(get)?,
+        dbpass_sealed: r.try_get("dbpass").map_err(get)?,
+        prefix: r.try_get("prefix").map_err(get)?,
+        dbpersist: r.try_get::<i64, _>("dbpersist").map_err(get)? != 0,
+        dataroot: r.try_get("dataroot").map_err(get)?,
+        mnet: r.try_get("mnet").map_err(get)?,
+        template: r.try_get("template").map_err(get)?,
+        config: parse_config(&config),
+        created_at: r.try_get("created_at").map_err(get)?,
+        updated_at: r.try_get("updated_at").map_err(get)?,
+    })
+}
+
+fn parse_config(s: &str) -> CfgExtras {
+    serde_json::from_str(s).unwrap_or_default()
+}

@@ -1,0 +1,11 @@
+//! What vmoodle knows about Moodle itself: how to write PHP values, the per-host files and the
+//! config hook that picks an instance from the request host, how to add that hook to a Moodle
+//! config.php (4.x and 5.x layouts), and how to read a config.php's `$CFG` without running
+//! Moodle's setup.
+
+pub mod config_php;
+pub mod files;
+pub mod hook;
+pub mod hostfile;
+pub mod php;
+pub mod probe;

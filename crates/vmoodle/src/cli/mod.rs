@@ -1,0 +1,176 @@
+//! The command line: `vmoodle <noun> <verb>`. Each noun has its own module with a `Cmd` whose
+//! `run` calls the operations in vmoodle-ops and prints data on stdout (a table on a terminal,
+//! JSON with `--json`) and diagnostics on stderr.
+
+mod dbserver;
+mod hook;
+mod import;
+mod init;
+mod instance;
+mod master;
+mod output;
+mod schema;
+mod settings;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vmoodle_core::env;
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// Everything asked was done.
+    pub const OK: u8 = 0;
+    /// The command failed; nothing or only what the message says was changed.
+    pub const ERROR: u8 = 1;
+    /// The command line was wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Done in part: some items were refused (import), or a check found a problem.
+    pub const PARTIAL: u8 = 3;
+}
+
+const AFTER_HELP: &str = "\
+Getting started:
+  vmoodle init                                   create the home (/var/lib/vmoodle or $VMOODLE_HOME)
+  vmoodle dbserver add db1 --type mariadb --host 127.0.0.1 --user root --password-stdin
+  vmoodle master set --moodle-dir /var/www/moodle
+  vmoodle instance add --token school1 --password-stdin   (wwwroot, database, dataroot from the schema)
+  vmoodle hook install --moodle-dir /var/www/moodle
+  vmoodle instance list
+
+Exit codes: 0 done, 1 failed, 2 bad command line, 3 done in part (see the report).";
+
+/// vmoodle turns one Moodle codebase into a fleet of virtual Moodle instances: a register of
+/// instances, a config hook that picks the instance from the request host without a database
+/// query, and the tools to manage them.
+#[derive(Debug, Parser)]
+#[command(name = "vmoodle", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// The vmoodle home: settings, register, secret key, host files.
+    #[arg(long, global = true, env = env::VMOODLE_HOME, default_value = "/var/lib/vmoodle", value_name = "DIR")]
+    home: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the home: vmoodle.toml, the register, the secret key, hosts/ (harmless to repeat).
+    Init(init::Cmd),
+    /// Show and change settings (vmoodle.toml).
+    #[command(subcommand)]
+    Settings(settings::Cmd),
+    /// The naming schema: what a token gives.
+    #[command(subcommand)]
+    Schema(schema::Cmd),
+    /// Database servers that hold instance databases.
+    #[command(subcommand)]
+    Dbserver(dbserver::Cmd),
+    /// Moodle instances in the register.
+    #[command(subcommand)]
+    Instance(instance::Cmd),
+    /// The master: the Moodle installed by hand, served by its own config.php.
+    #[command(subcommand)]
+    Master(master::Cmd),
+    /// Import what VMoodle users already have.
+    #[command(subcommand)]
+    Import(import::Cmd),
+    /// The config hook in Moodle's config.php and its per-host files.
+    #[command(subcommand)]
+    Hook(hook::Cmd),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    // Files vmoodle creates are never world-readable.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            report_error(&e);
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let home = cli.home;
+    match cli.command {
+        Command::Init(c) => c.run(&home).await,
+        Command::Settings(c) => c.run(&home).await,
+        Command::Schema(c) => c.run(&home).await,
+        Command::Dbserver(c) => c.run(&home).await,
+        Command::Instance(c) => c.run(&home).await,
+        Command::Master(c) => c.run(&home).await,
+        Command::Import(c) => c.run(&home).await,
+        Command::Hook(c) => c.run(&home).await,
+    }
+}
+
+/// Prints an error with its causes, then its `hint:` lines last.
+fn report_error(e: &anyhow::Error) {
+    let mut hints = Vec::new();
+    for (n, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        let mut lines = Vec::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("hint: ") {
+                hints.push(h.to_string());
+            } else {
+                lines.push(line);
+            }
+        }
+        let msg = lines.join("\n  ");
+        if n == 0 {
+            eprintln!("error: {msg}");
+        } else {
+            eprintln!("  caused by: {msg}");
+        }
+    }
+    for h in hints {
+        eprintln!("hint: {h}");
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::VMOODLE_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os(env::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .try_init();
+}
+
+/// Password options shared by commands that take one: never a value on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PasswordArgs {
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "password_stdin")]
+    password_file: Option<PathBuf>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    pub fn read(&self) -> anyhow::Result<Option<vmoodle_core::Secret>> {
+        if let Some(f) = &self.password_file {
+            return Ok(Some(vmoodle_ops::read_password_file(f)?));
+        }
+        if self.password_stdin {
+            return Ok(Some(vmoodle_ops::read_password_stdin()?));
+        }
+        Ok(None)
+    }
+}
