@@ -65,11 +65,10 @@ pub async fn connect(spec: &ConnSpec, database: Option<&str>) -> Result<Conn, Db
     };
     let fut = async {
         if spec.kind.is_mysql_family() {
-            let mut o = MySqlConnectOptions::new()
-                .username(&spec.user)
-                .password(spec.password.expose())
-                .charset("utf8mb4")
-                .disable_statement_logging();
+            let mut o = MySqlConnectOptions::new().username(&spec.user).charset("utf8mb4").disable_statement_logging();
+            if !spec.password.is_empty() {
+                o = o.password(spec.password.expose());
+            }
             o = match &spec.socket {
                 Some(s) => o.socket(s),
                 None => o.host(&spec.host).port(spec.port),
@@ -81,10 +80,12 @@ pub async fn connect(spec: &ConnSpec, database: Option<&str>) -> Result<Conn, Db
         } else {
             let mut o = PgConnectOptions::new()
                 .username(&spec.user)
-                .password(spec.password.expose())
                 .database(database.unwrap_or("postgres"))
                 .application_name("vmoodle")
                 .disable_statement_logging();
+            if !spec.password.is_empty() {
+                o = o.password(spec.password.expose());
+            }
             o = match &spec.socket {
                 Some(s) => o.socket(s),
                 None => o.host(&spec.host).port(spec.port),

@@ -131,6 +131,10 @@ impl Home {
     /// Opens a home for a change: takes its lock (waits while another vmoodle changes it).
     pub async fn open_locked(root: &Path) -> Result<Self> {
         let root = absolute(root)?;
+        if !Self::settings_path(&root).is_file() {
+            // Not a home: let `open` explain.
+            return Self::open(&root).await;
+        }
         let lock = take_lock(&root)?;
         let mut home = Self::open(&root).await?;
         home._lock = Some(lock);

@@ -298,7 +298,10 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         config: BTreeMap::new(),
     };
     check_fields(&f).with_context(|| format!("in {}", config.display()))?;
-    let i = home.registry.add_instance(&f).await?;
+    let i = match home.registry.master().await? {
+        Some(old) => home.registry.update_instance(old.id, &f).await?,
+        None => home.registry.add_instance(&f).await?,
+    };
     publish::write_hook(home, &home.registry.instances().await?)?;
     Ok(i)
 }

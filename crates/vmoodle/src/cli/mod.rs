@@ -24,6 +24,7 @@ pub mod exit {
     /// The command failed; nothing or only what the message says was changed.
     pub const ERROR: u8 = 1;
     /// The command line was wrong (clap's own code).
+    #[allow(dead_code)] // clap itself exits with it
     pub const USAGE: u8 = 2;
     /// Done in part: some items were refused (import), or a check found a problem.
     pub const PARTIAL: u8 = 3;
@@ -119,8 +120,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 /// Prints an error with its causes, then its `hint:` lines last.
 fn report_error(e: &anyhow::Error) {
     let mut hints = Vec::new();
+    let mut previous = String::new();
     for (n, cause) in e.chain().enumerate() {
         let text = cause.to_string();
+        // Errors that print their source already: don't say it twice.
+        if n > 0 && previous.contains(text.lines().next().unwrap_or_default()) {
+            continue;
+        }
+        previous = text.clone();
         let mut lines = Vec::new();
         for line in text.lines() {
             if let Some(h) = line.strip_prefix("hint: ") {
