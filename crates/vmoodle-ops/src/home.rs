@@ -49,7 +49,7 @@ impl Home {
     }
 
     /// Creates the home (or completes a partial one); existing files are kept as they are.
-    pub async fn init(root: &Path) -> Result<InitReport> {
+    pub async fn init(root: &Path, registry: Option<&str>) -> Result<InitReport> {
         let root = absolute(root)?;
         let mut created = Vec::new();
         let mut kept = Vec::new();
@@ -82,8 +82,24 @@ impl Home {
         if sp.exists() {
             kept.push(SETTINGS_FILE.into());
         } else {
-            files::write_atomic(&sp, settings::default_toml().as_bytes(), 0o600, None)?;
+            let mut text = settings::default_toml();
+            if let Some(url) = registry {
+                text = settings::set_in_document(&text, "registry", url)?;
+            }
+            files::write_atomic(&sp, text.as_bytes(), 0o600, None)?;
             created.push(SETTINGS_FILE.into());
+        }
+        if let (Some(url), true) = (registry, kept.iter().any(|k| k == SETTINGS_FILE)) {
+            let text = fs_err::read_to_string(&sp)?;
+            let current = Settings::parse(&text)?;
+            if current.registry != url {
+                bail!(
+                    "{} already uses the register `{}`; vmoodle will not switch it to another one silently\nhint: edit `registry` in {} if you really mean to",
+                    root.display(),
+                    vmoodle_registry::redact_url(&current.registry),
+                    sp.display()
+                );
+            }
         }
         let home = Self::open(&root).await?;
         let registry = match home.registry.backend() {

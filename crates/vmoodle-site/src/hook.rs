@@ -91,6 +91,12 @@ defined('VMOODLE_HOOK') || define('VMOODLE_HOOK', 1);
     if (strlen($host) > 259 || !preg_match('/\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*(?::[0-9]{1,5})?\z/', $host)) {
         $refuse(400, 'Bad request: the host name is not valid.', @EXIT_BAD_HOST@);
     }
+    if (($colon = strrpos($host, ':')) !== false) {
+        $port = (int)substr($host, $colon + 1);
+        if ($port < 1 || $port > 65535) {
+            $refuse(400, 'Bad request: the host name is not valid.', @EXIT_BAD_HOST@);
+        }
+    }
     $host = preg_replace('/:(?:80|443)\z/', '', $host);
     if (isset($masterhosts[$host])) {
         return;

@@ -13,7 +13,6 @@ pub struct Probe {
     pub host: String,
     pub status: u16,
     pub body: String,
-    pub headers: Vec<String>,
     /// `$CFG` after the hook; the master's values when the hook let them stand.
     pub cfg: BTreeMap<String, serde_json::Value>,
     pub included: Vec<String>,
@@ -36,7 +35,6 @@ register_shutdown_function(static function () {
         'host' => $_SERVER['HTTP_HOST'],
         'status' => $code === false ? 200 : $code,
         'body' => (string)$body,
-        'headers' => function_exists('xdebug_get_headers') ? xdebug_get_headers() : [],
         'cfg' => $cfg,
         'included' => get_included_files(),
     ], JSON_UNESCAPED_SLASHES | JSON_INVALID_UTF8_SUBSTITUTE);

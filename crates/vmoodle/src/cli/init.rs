@@ -7,6 +7,10 @@ use super::{exit, output};
 
 #[derive(Debug, clap::Args)]
 pub struct Cmd {
+    /// Keep the register in PostgreSQL instead of the home's SQLite file, e.g.
+    /// postgres://vmoodle@db.example.org:5432/vmoodle (vmoodle.toml is 0600 if the URL holds a password).
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -14,7 +18,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub async fn run(self, home: &Path) -> anyhow::Result<u8> {
-        let r = Home::init(home).await?;
+        let r = Home::init(home, self.registry.as_deref()).await?;
         if self.json {
             output::json(&r)?;
         } else {

@@ -1,1 +1,9 @@
+//! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
+mod common;
+mod dbserver;
+mod hook;
+mod import;
+mod init_settings;
+mod instances;
+mod master;
