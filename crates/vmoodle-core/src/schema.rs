@@ -46,7 +46,11 @@ pub fn expand(schema: &SchemaSettings, token: &str) -> Result<Expansion, Validat
         host: www.host,
         db_type: schema.db_type,
         db_host: schema.db_host.clone(),
-        db_port: if schema.db_port == 0 { schema.db_type.default_port() } else { schema.db_port },
+        db_port: if schema.db_port == 0 {
+            schema.db_type.default_port()
+        } else {
+            schema.db_port
+        },
         db_name,
         db_user,
         prefix: schema.prefix.clone(),
@@ -74,7 +78,10 @@ pub fn check_pattern(
             ValidationError::new(
                 field,
                 pattern,
-                format!("with token `{sample}` it gives `{}`, which is not {}", e.value, e.allowed),
+                format!(
+                    "with token `{sample}` it gives `{}`, which is not {}",
+                    e.value, e.allowed
+                ),
             )
         })?;
     }

@@ -26,7 +26,11 @@ impl Secret {
         const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
         let mut buf = [0u8; 24];
         rand_bytes(&mut buf).expect("the system random generator works");
-        Secret(buf.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+        Secret(
+            buf.iter()
+                .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+                .collect(),
+        )
     }
 }
 
@@ -92,7 +96,14 @@ impl SecretBox {
         let mut nonce = [0u8; 12];
         rand_bytes(&mut nonce)?;
         let mut tag = [0u8; 16];
-        let ct = encrypt_aead(Cipher::aes_256_gcm(), &self.key, Some(&nonce), AAD, secret.expose().as_bytes(), &mut tag)?;
+        let ct = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.key,
+            Some(&nonce),
+            AAD,
+            secret.expose().as_bytes(),
+            &mut tag,
+        )?;
         let mut blob = Vec::with_capacity(12 + ct.len() + 16);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ct);
@@ -110,7 +121,9 @@ impl SecretBox {
         let (ct, tag) = rest.split_at(rest.len() - 16);
         let pt = decrypt_aead(Cipher::aes_256_gcm(), &self.key, Some(nonce), AAD, ct, tag)
             .map_err(|_| SecretError::Decrypt)?;
-        String::from_utf8(pt).map(Secret).map_err(|_| SecretError::Decrypt)
+        String::from_utf8(pt)
+            .map(Secret)
+            .map_err(|_| SecretError::Decrypt)
     }
 }
 

@@ -89,7 +89,11 @@ impl Default for SchemaSettings {
 
 impl Default for WebSettings {
     fn default() -> Self {
-        Self { user: "www-data".into(), group: "www-data".into(), retry_after: 300 }
+        Self {
+            user: "www-data".into(),
+            group: "www-data".into(),
+            retry_after: 300,
+        }
     }
 }
 
@@ -137,14 +141,26 @@ impl Settings {
             ));
         }
         let s = &self.schema;
-        schema::check_pattern("schema.wwwroot", &s.wwwroot, |v| validate::wwwroot(v).map(|_| ()))?;
-        schema::check_pattern("schema.db_name", &s.db_name, |v| validate::db_name(v).map(|_| ()))?;
-        schema::check_pattern("schema.db_login", &s.db_login, |v| validate::db_user(v).map(|_| ()))?;
+        schema::check_pattern("schema.wwwroot", &s.wwwroot, |v| {
+            validate::wwwroot(v).map(|_| ())
+        })?;
+        schema::check_pattern("schema.db_name", &s.db_name, |v| {
+            validate::db_name(v).map(|_| ())
+        })?;
+        schema::check_pattern("schema.db_login", &s.db_login, |v| {
+            validate::db_user(v).map(|_| ())
+        })?;
         schema::check_pattern("schema.dataroot", &s.dataroot, |v| {
             validate::abs_path("schema.dataroot", v).map(|_| ())
         })?;
-        validate::db_host(&s.db_host).map_err(|e| ValidationError { field: "schema.db_host".into(), ..e })?;
-        validate::prefix(&s.prefix).map_err(|e| ValidationError { field: "schema.prefix".into(), ..e })?;
+        validate::db_host(&s.db_host).map_err(|e| ValidationError {
+            field: "schema.db_host".into(),
+            ..e
+        })?;
+        validate::prefix(&s.prefix).map_err(|e| ValidationError {
+            field: "schema.prefix".into(),
+            ..e
+        })?;
         if !s.db_password.is_empty() && !s.db_password.starts_with("v1:") {
             return Err(ValidationError::new(
                 "schema.db_password",
@@ -161,7 +177,8 @@ impl Settings {
         for (key, v) in [("web.user", &self.web.user), ("web.group", &self.web.group)] {
             let ok = !v.is_empty()
                 && v.len() <= 32
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
             if !ok {
                 return Err(ValidationError::new(key, v, "a system user or group name"));
             }
@@ -212,7 +229,11 @@ impl Settings {
     }
 
     fn key_list(&self) -> String {
-        self.flatten().into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(", ")
+        self.flatten()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -220,7 +241,11 @@ fn flatten_into(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serd
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_into(&key, v, out);
             }
         }
@@ -249,14 +274,17 @@ pub fn set_in_document(text: &str, key: &str, value: &str) -> Result<String, Set
         }
         _ => toml_edit::value(value),
     };
-    let mut doc: toml_edit::DocumentMut =
-        text.parse().map_err(|e: toml_edit::TomlError| SettingsError::Parse(e.to_string()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| SettingsError::Parse(e.to_string()))?;
     match key.split_once('.') {
         Some((table, leaf)) => {
             if doc.get(table).is_none() {
                 doc[table] = toml_edit::table();
             }
-            let t = doc[table].as_table_like_mut().ok_or_else(|| SettingsError::Parse(format!("`{table}` is not a table")))?;
+            let t = doc[table]
+                .as_table_like_mut()
+                .ok_or_else(|| SettingsError::Parse(format!("`{table}` is not a table")))?;
             match t.get_mut(leaf) {
                 Some(item) => {
                     // Keep the comment that decorates the existing value.
@@ -272,7 +300,10 @@ pub fn set_in_document(text: &str, key: &str, value: &str) -> Result<String, Set
             }
         }
         None => {
-            let decor = doc.get(key).and_then(|i| i.as_value()).map(|v| v.decor().clone());
+            let decor = doc
+                .get(key)
+                .and_then(|i| i.as_value())
+                .map(|v| v.decor().clone());
             doc[key] = new_item;
             if let (Some(d), Some(v)) = (decor, doc[key].as_value_mut()) {
                 *v.decor_mut() = d;
@@ -353,7 +384,10 @@ mod tests {
 
     #[test]
     fn default_file_is_the_default_settings() {
-        assert_eq!(Settings::parse(&default_toml()).unwrap(), Settings::default());
+        assert_eq!(
+            Settings::parse(&default_toml()).unwrap(),
+            Settings::default()
+        );
     }
 
     #[test]
@@ -361,7 +395,10 @@ mod tests {
         let text = default_toml();
         for (k, _) in Settings::default().flatten() {
             let leaf = k.rsplit('.').next().unwrap();
-            assert!(text.contains(&format!("\n{leaf} = ")), "{k} missing from vmoodle.toml");
+            assert!(
+                text.contains(&format!("\n{leaf} = ")),
+                "{k} missing from vmoodle.toml"
+            );
         }
     }
 
@@ -374,16 +411,23 @@ mod tests {
     #[test]
     fn set_keeps_comments_and_validates() {
         let text = default_toml();
-        let out = set_in_document(&text, "schema.wwwroot", "https://<%%INSTANCE%%>.school.org").unwrap();
+        let out =
+            set_in_document(&text, "schema.wwwroot", "https://<%%INSTANCE%%>.school.org").unwrap();
         assert!(out.contains("# The new instance's address"));
-        assert_eq!(Settings::parse(&out).unwrap().schema.wwwroot, "https://<%%INSTANCE%%>.school.org");
+        assert_eq!(
+            Settings::parse(&out).unwrap().schema.wwwroot,
+            "https://<%%INSTANCE%%>.school.org"
+        );
         let out = set_in_document(&out, "schema.automate", "off").unwrap();
         assert!(!Settings::parse(&out).unwrap().schema.automate);
         let e = set_in_document(&text, "schema.db_name", "vm_fixed").unwrap_err();
         assert!(e.to_string().contains("exactly once"), "{e}");
         let e = set_in_document(&text, "schema.dataroot", "relative/<%%INSTANCE%%>").unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
-        assert!(matches!(set_in_document(&text, "nope", "1"), Err(SettingsError::UnknownKey(..))));
+        assert!(matches!(
+            set_in_document(&text, "nope", "1"),
+            Err(SettingsError::UnknownKey(..))
+        ));
         let e = set_in_document(&text, "web.retry_after", "abc").unwrap_err();
         assert!(e.to_string().contains("whole number"));
     }

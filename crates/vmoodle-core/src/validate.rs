@@ -15,7 +15,11 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    pub fn new(field: impl Into<String>, value: impl AsRef<str>, allowed: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        value: impl AsRef<str>,
+        allowed: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             value: printable(value.as_ref()),
@@ -44,7 +48,8 @@ pub fn token(s: &str) -> Result<&str, ValidationError> {
     let ok = !s.is_empty()
         && s.len() <= 20
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(s)
     } else {
@@ -69,7 +74,8 @@ pub fn host(s: &str) -> Result<String, ValidationError> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -109,13 +115,28 @@ pub fn wwwroot(s: &str) -> Result<Wwwroot, ValidationError> {
     if trimmed.is_empty() || trimmed.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(bad());
     }
+    // The url crate resolves `.` and `..` segments; refuse them before it hides them.
+    if let Some(rest) = trimmed.split_once("://").map(|(_, r)| r) {
+        if rest.split(['/', '?', '#']).skip(1).any(|seg| {
+            seg == "."
+                || seg == ".."
+                || seg.eq_ignore_ascii_case("%2e%2e")
+                || seg.eq_ignore_ascii_case("%2e")
+        }) {
+            return Err(bad());
+        }
+    }
     let u = url::Url::parse(trimmed).map_err(|_| bad())?;
     let https = match u.scheme() {
         "http" => false,
         "https" => true,
         _ => return Err(bad()),
     };
-    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+    if !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
         return Err(bad());
     }
     let name = match u.host() {
@@ -134,7 +155,9 @@ pub fn wwwroot(s: &str) -> Result<Wwwroot, ValidationError> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
         });
         if !path_ok {
             return Err(bad());
@@ -144,7 +167,8 @@ pub fn wwwroot(s: &str) -> Result<Wwwroot, ValidationError> {
     Ok(Wwwroot { url, host, https })
 }
 
-const PREFIX_RULE: &str = "1 to 10 characters: lowercase letters, digits and underscores, starting \
+const PREFIX_RULE: &str =
+    "1 to 10 characters: lowercase letters, digits and underscores, starting \
 with a letter and ending with an underscore (Moodle's usual prefix is mdl_)";
 
 /// A Moodle table prefix.
@@ -153,7 +177,8 @@ pub fn prefix(s: &str) -> Result<&str, ValidationError> {
         && s.len() <= 10
         && s.as_bytes()[0].is_ascii_lowercase()
         && s.ends_with('_')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(s)
     } else {
@@ -189,7 +214,8 @@ fn ident_ok(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && (s.as_bytes()[0].is_ascii_alphabetic() || s.as_bytes()[0] == b'_')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 const NAME_RULE: &str = "1 to 64 characters: letters, digits, `_`, `.` and `-`, starting with a \
@@ -201,7 +227,8 @@ pub fn object_name<'a>(field: &str, s: &'a str) -> Result<&'a str, ValidationErr
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(s)
     } else {
@@ -210,7 +237,12 @@ pub fn object_name<'a>(field: &str, s: &'a str) -> Result<&'a str, ValidationErr
 }
 
 /// Free text stored in the register and written into PHP or Moodle (site name, description).
-pub fn text<'a>(field: &str, s: &'a str, max: usize, allow_empty: bool) -> Result<&'a str, ValidationError> {
+pub fn text<'a>(
+    field: &str,
+    s: &'a str,
+    max: usize,
+    allow_empty: bool,
+) -> Result<&'a str, ValidationError> {
     let ok = (allow_empty || !s.trim().is_empty())
         && s.chars().count() <= max
         && !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
@@ -234,7 +266,11 @@ and `/ _ . - + @` (no spaces, quotes or control characters), and not `/` itself"
 /// An absolute path vmoodle will write to or give to Moodle (dataroot, moodle directory).
 pub fn abs_path(field: &str, s: &str) -> Result<PathBuf, ValidationError> {
     let bad = || ValidationError::new(field, s, PATH_RULE);
-    let trimmed = if s.len() > 1 { s.trim_end_matches('/') } else { s };
+    let trimmed = if s.len() > 1 {
+        s.trim_end_matches('/')
+    } else {
+        s
+    };
     if !trimmed.starts_with('/')
         || trimmed == "/"
         || trimmed.len() > 1024
@@ -245,10 +281,18 @@ pub fn abs_path(field: &str, s: &str) -> Result<PathBuf, ValidationError> {
     {
         return Err(bad());
     }
-    let p = Path::new(trimmed);
-    if p.components().any(|c| matches!(c, Component::CurDir | Component::ParentDir)) {
+    // Path::components() drops `.` silently, so look at the raw segments.
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(bad());
     }
+    let p = Path::new(trimmed);
+    debug_assert!(p
+        .components()
+        .all(|c| !matches!(c, Component::CurDir | Component::ParentDir)));
     Ok(p.to_path_buf())
 }
 
@@ -290,18 +334,44 @@ mod tests {
     fn tokens() {
         assert!(token("school1").is_ok());
         assert!(token("a").is_ok());
-        for bad in ["", "1abc", "a-b", "a_b", "a.b", "../x", "a b", "é", "abcdefghijklmnopqrstu", "x'; drop"] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a_b",
+            "a.b",
+            "../x",
+            "a b",
+            "é",
+            "abcdefghijklmnopqrstu",
+            "x'; drop",
+        ] {
             let e = token(bad).unwrap_err();
             assert_eq!(e.field, "token");
         }
-        assert!(token("School1").unwrap_err().allowed.contains("did you mean `school1`"));
+        assert!(token("School1")
+            .unwrap_err()
+            .allowed
+            .contains("did you mean `school1`"));
     }
 
     #[test]
     fn hosts() {
         assert_eq!(host("A.Example.org").unwrap(), "a.example.org");
         assert_eq!(host("a.example.org:8080").unwrap(), "a.example.org:8080");
-        for bad in ["", "../etc", "a..b", "-a.b", "a.b:0", "a.b:99999", "a.b/x", "a\0b", "é.org", "a.b:", ":80"] {
+        for bad in [
+            "",
+            "../etc",
+            "a..b",
+            "-a.b",
+            "a.b:0",
+            "a.b:99999",
+            "a.b/x",
+            "a\0b",
+            "é.org",
+            "a.b:",
+            ":80",
+        ] {
             assert!(host(bad).is_err(), "{bad:?} accepted");
         }
         assert!(host(&"a".repeat(64)).is_err());
@@ -317,7 +387,15 @@ mod tests {
         assert_eq!(w.url, "http://x.example.org/moodle");
         let w = wwwroot("http://x.example.org:8080").unwrap();
         assert_eq!(w.host, "x.example.org:8080");
-        for bad in ["ftp://a.b", "http://u:p@a.b", "http://a.b/?q=1", "a.b", "http://a.b/../x", "http://[::1]/", "http://a b"] {
+        for bad in [
+            "ftp://a.b",
+            "http://u:p@a.b",
+            "http://a.b/?q=1",
+            "a.b",
+            "http://a.b/../x",
+            "http://[::1]/",
+            "http://a b",
+        ] {
             assert!(wwwroot(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -332,8 +410,13 @@ mod tests {
         assert!(db_name("a`b").is_err());
         assert!(db_name(&"a".repeat(64)).is_err());
         assert!(db_user("x'y").is_err());
-        assert_eq!(abs_path("dataroot", "/srv/data/").unwrap(), PathBuf::from("/srv/data"));
-        for bad in ["relative", "/", "/a/../b", "/a/./b", "/a b", "/a'b", "/a//b"] {
+        assert_eq!(
+            abs_path("dataroot", "/srv/data/").unwrap(),
+            PathBuf::from("/srv/data")
+        );
+        for bad in [
+            "relative", "/", "/a/../b", "/a/./b", "/a b", "/a'b", "/a//b",
+        ] {
             assert!(abs_path("dataroot", bad).is_err(), "{bad:?} accepted");
         }
         assert!(same_db_host("localhost", "127.0.0.1"));

@@ -15,13 +15,31 @@ use vmoodle_core::{DbKind, Secret};
 #[derive(Debug, Error)]
 pub enum DbError {
     #[error("cannot connect to database server `{server}` ({kind} at {address}) as `{user}`: {source}\nhint: is the server running and reachable, and are the account and password right? `vmoodle dbserver check {server}` tests it")]
-    Connect { server: String, kind: DbKind, address: String, user: String, source: sqlx::Error },
+    Connect {
+        server: String,
+        kind: DbKind,
+        address: String,
+        user: String,
+        source: sqlx::Error,
+    },
     #[error("database server `{server}` did not answer within {secs} s ({address})")]
-    Timeout { server: String, address: String, secs: u64 },
+    Timeout {
+        server: String,
+        address: String,
+        secs: u64,
+    },
     #[error("query on database server `{server}` failed ({context}): {source}")]
-    Query { server: String, context: String, source: sqlx::Error },
+    Query {
+        server: String,
+        context: String,
+        source: sqlx::Error,
+    },
     #[error("table `{table}` was not found in database `{database}` on server `{server}`")]
-    NoTable { server: String, database: String, table: String },
+    NoTable {
+        server: String,
+        database: String,
+        table: String,
+    },
 }
 
 /// How to reach a database server with a given account.
@@ -65,7 +83,10 @@ pub async fn connect(spec: &ConnSpec, database: Option<&str>) -> Result<Conn, Db
     };
     let fut = async {
         if spec.kind.is_mysql_family() {
-            let mut o = MySqlConnectOptions::new().username(&spec.user).charset("utf8mb4").disable_statement_logging();
+            let mut o = MySqlConnectOptions::new()
+                .username(&spec.user)
+                .charset("utf8mb4")
+                .disable_statement_logging();
             if !spec.password.is_empty() {
                 o = o.password(spec.password.expose());
             }
@@ -76,7 +97,10 @@ pub async fn connect(spec: &ConnSpec, database: Option<&str>) -> Result<Conn, Db
             if let Some(db) = database {
                 o = o.database(db);
             }
-            MySqlConnection::connect_with(&o).await.map(Conn::My).map_err(err)
+            MySqlConnection::connect_with(&o)
+                .await
+                .map(Conn::My)
+                .map_err(err)
         } else {
             let mut o = PgConnectOptions::new()
                 .username(&spec.user)
@@ -90,14 +114,19 @@ pub async fn connect(spec: &ConnSpec, database: Option<&str>) -> Result<Conn, Db
                 Some(s) => o.socket(s),
                 None => o.host(&spec.host).port(spec.port),
             };
-            PgConnection::connect_with(&o).await.map(Conn::Pg).map_err(err)
+            PgConnection::connect_with(&o)
+                .await
+                .map(Conn::Pg)
+                .map_err(err)
         }
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, fut).await.map_err(|_| DbError::Timeout {
-        server: spec.server.clone(),
-        address: spec.address(),
-        secs: CONNECT_TIMEOUT.as_secs(),
-    })?
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .map_err(|_| DbError::Timeout {
+            server: spec.server.clone(),
+            address: spec.address(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        })?
 }
 
 /// What `vmoodle dbserver check` reports.
@@ -126,7 +155,11 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
     let qerr = |context: &str| {
         let server = spec.server.clone();
         let context = context.to_string();
-        move |source| DbError::Query { server, context, source }
+        move |source| DbError::Query {
+            server,
+            context,
+            source,
+        }
     };
     let mut r = CheckReport {
         server: spec.server.clone(),
@@ -155,8 +188,12 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
             .await
             .map_err(qerr("reading the account's privileges"))?;
             for row in rows {
-                let p: String = row.try_get(0).map_err(qerr("reading the account's privileges"))?;
-                let g: String = row.try_get(1).map_err(qerr("reading the account's privileges"))?;
+                let p: String = row
+                    .try_get(0)
+                    .map_err(qerr("reading the account's privileges"))?;
+                let g: String = row
+                    .try_get(1)
+                    .map_err(qerr("reading the account's privileges"))?;
                 match p.as_str() {
                     "CREATE" => r.can_create_databases = true,
                     "CREATE USER" => r.can_create_users = true,
@@ -177,9 +214,17 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
                 .fetch_one(&mut *c)
                 .await
                 .map_err(qerr("reading the account's attributes"))?;
-            r.superuser = row.try_get(0).map_err(qerr("reading the account's attributes"))?;
-            r.can_create_databases = r.superuser || row.try_get::<bool, _>(1).map_err(qerr("reading the account's attributes"))?;
-            r.can_create_users = r.superuser || row.try_get::<bool, _>(2).map_err(qerr("reading the account's attributes"))?;
+            r.superuser = row
+                .try_get(0)
+                .map_err(qerr("reading the account's attributes"))?;
+            r.can_create_databases = r.superuser
+                || row
+                    .try_get::<bool, _>(1)
+                    .map_err(qerr("reading the account's attributes"))?;
+            r.can_create_users = r.superuser
+                || row
+                    .try_get::<bool, _>(2)
+                    .map_err(qerr("reading the account's attributes"))?;
             // A role that creates roles can grant them rights on databases it owns.
             r.can_grant = r.can_create_users;
         }
@@ -216,7 +261,11 @@ pub async fn read_table(
     let qerr = |context: &str| {
         let server = spec.server.clone();
         let context = context.to_string();
-        move |source| DbError::Query { server, context, source }
+        move |source| DbError::Query {
+            server,
+            context,
+            source,
+        }
     };
     let present: Vec<String> = match &mut conn {
         Conn::My(c) => sqlx::query_scalar::<_, String>(
@@ -236,9 +285,17 @@ pub async fn read_table(
     };
     if present.is_empty() {
         close(conn).await;
-        return Err(DbError::NoTable { server: spec.server.clone(), database: database.into(), table: table.into() });
+        return Err(DbError::NoTable {
+            server: spec.server.clone(),
+            database: database.into(),
+            table: table.into(),
+        });
     }
-    let wanted: Vec<&str> = columns.iter().copied().filter(|c| present.iter().any(|p| p == c)).collect();
+    let wanted: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| present.iter().any(|p| p == c))
+        .collect();
     let select: Vec<String> = wanted
         .iter()
         .map(|c| {
@@ -254,12 +311,19 @@ pub async fn read_table(
         "SELECT {} FROM {} ORDER BY {}",
         select.join(", "),
         quote_ident(spec.kind, table),
-        if present.iter().any(|p| p == "id") { quote_ident(spec.kind, "id") } else { "1".into() }
+        if present.iter().any(|p| p == "id") {
+            quote_ident(spec.kind, "id")
+        } else {
+            "1".into()
+        }
     );
     let mut out = Vec::new();
     macro_rules! collect_rows {
         ($c:expr) => {{
-            let rows = sqlx::query(&sql).fetch_all(&mut *$c).await.map_err(qerr("reading the table"))?;
+            let rows = sqlx::query(&sql)
+                .fetch_all(&mut *$c)
+                .await
+                .map_err(qerr("reading the table"))?;
             for row in rows {
                 let mut m = BTreeMap::new();
                 for (i, col) in wanted.iter().enumerate() {

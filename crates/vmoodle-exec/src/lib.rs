@@ -15,18 +15,31 @@ use tokio::process::Command;
 #[derive(Debug, Error)]
 pub enum ExecError {
     #[error("`{tool}` was not found{}\nhint: install it, or set its path with `vmoodle settings set executables.{setting} /path/to/{tool}`", if .searched.is_empty() { String::new() } else { format!(" (looked for {} on PATH)", .searched) })]
-    NotFound { tool: String, setting: String, searched: String },
+    NotFound {
+        tool: String,
+        setting: String,
+        searched: String,
+    },
     #[error("could not start `{program}`: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("`{program}` did not finish within {secs} s and was stopped")]
     Timeout { program: String, secs: u64 },
     #[error("`{program}` failed ({status}): {stderr_tail}")]
-    Failed { program: String, status: String, stderr_tail: String, stdout: Vec<u8> },
+    Failed {
+        program: String,
+        status: String,
+        stderr_tail: String,
+        stdout: Vec<u8>,
+    },
 }
 
 /// Finds the first of `names` on PATH.
 pub fn find_on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     for name in names {
         for dir in std::env::split_paths(&path) {
             let p = dir.join(name);
@@ -40,7 +53,9 @@ pub fn find_on_path(names: &[&str]) -> Option<PathBuf> {
 
 pub fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// What a tool printed when it succeeded.
@@ -99,7 +114,10 @@ impl Tool {
     }
 
     fn display_name(&self) -> String {
-        self.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Runs to completion; a non-zero exit is an error carrying stderr's tail.
@@ -118,13 +136,18 @@ impl Tool {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         tracing::debug!(args = ?self.args, "starting");
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| ExecError::Spawn { program: self.program.display().to_string(), source })?;
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
         if let Some(input) = self.stdin {
             let mut pipe = child.stdin.take().expect("stdin is piped");
             tokio::spawn(async move {
@@ -133,27 +156,47 @@ impl Tool {
             });
         }
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(r) => r.map_err(|source| ExecError::Spawn { program: name.clone(), source })?,
-            Err(_) => return Err(ExecError::Timeout { program: name, secs: self.timeout.as_secs() }),
+            Ok(r) => r.map_err(|source| ExecError::Spawn {
+                program: name.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ExecError::Timeout {
+                    program: name,
+                    secs: self.timeout.as_secs(),
+                })
+            }
         };
         for line in String::from_utf8_lossy(&out.stderr).lines().take(50) {
             tracing::debug!(target: "tool.stderr", "{line}");
         }
         if out.status.success() {
-            Ok(Output { stdout: out.stdout, stderr: out.stderr })
+            Ok(Output {
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
         } else {
             let status = match out.status.code() {
                 Some(c) => format!("exit code {c}"),
                 None => "killed by a signal".to_string(),
             };
-            Err(ExecError::Failed { program: name, status, stderr_tail: tail(&out.stderr, &out.stdout), stdout: out.stdout })
+            Err(ExecError::Failed {
+                program: name,
+                status,
+                stderr_tail: tail(&out.stderr, &out.stdout),
+                stdout: out.stdout,
+            })
         }
     }
 }
 
 /// The last lines of stderr (or stdout when stderr is empty), for error messages.
 fn tail(stderr: &[u8], stdout: &[u8]) -> String {
-    let text = if stderr.iter().any(|b| !b.is_ascii_whitespace()) { stderr } else { stdout };
+    let text = if stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+        stderr
+    } else {
+        stdout
+    };
     let s = String::from_utf8_lossy(text);
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(8);
@@ -172,11 +215,32 @@ mod tests {
     #[tokio::test]
     async fn runs_and_reports_failures() {
         let sh = find_on_path(&["sh"]).unwrap();
-        let out = Tool::new(&sh).args(["-c", "cat; echo $SECRET_LEAK"]).stdin("hi\n").run().await.unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n\n", "environment must be cleared");
-        let e = Tool::new(&sh).args(["-c", "echo boom >&2; exit 3"]).run().await.unwrap_err();
-        assert!(e.to_string().contains("exit code 3") && e.to_string().contains("boom"), "{e}");
-        let e = Tool::new(&sh).args(["-c", "sleep 5"]).timeout(Duration::from_millis(100)).run().await.unwrap_err();
+        let out = Tool::new(&sh)
+            .args(["-c", "cat; echo $SECRET_LEAK"])
+            .stdin("hi\n")
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hi\n\n",
+            "environment must be cleared"
+        );
+        let e = Tool::new(&sh)
+            .args(["-c", "echo boom >&2; exit 3"])
+            .run()
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("exit code 3") && e.to_string().contains("boom"),
+            "{e}"
+        );
+        let e = Tool::new(&sh)
+            .args(["-c", "sleep 5"])
+            .timeout(Duration::from_millis(100))
+            .run()
+            .await
+            .unwrap_err();
         assert!(matches!(e, ExecError::Timeout { .. }));
     }
 }

@@ -30,7 +30,11 @@ pub async fn add(home: &Home, a: AddDbServer) -> Result<(DbServer, Option<CheckR
     };
     validate::db_user(&a.user)?;
     if home.registry.find_dbserver(&a.name).await?.is_some() {
-        bail!("database server `{}` is already registered\nhint: `vmoodle dbserver show {}`", a.name, a.name);
+        bail!(
+            "database server `{}` is already registered\nhint: `vmoodle dbserver show {}`",
+            a.name,
+            a.name
+        );
     }
     let new = NewDbServer {
         name: a.name.clone(),
@@ -74,7 +78,9 @@ pub fn admin_spec(home: &Home, s: &DbServer) -> Result<ConnSpec> {
         password: home
             .secrets
             .open(&s.admin_password_sealed)
-            .with_context(|| format!("the administrator password of database server `{}`", s.name))?,
+            .with_context(|| {
+                format!("the administrator password of database server `{}`", s.name)
+            })?,
     })
 }
 
@@ -84,10 +90,17 @@ pub async fn check(home: &Home, name: &str) -> Result<CheckReport> {
 }
 
 /// Finds the registered server a Moodle's dbtype/dbhost/port points at.
-pub async fn find_matching(home: &Home, kind: DbKind, host: &str, port: Option<u16>) -> Result<Option<DbServer>> {
+pub async fn find_matching(
+    home: &Home,
+    kind: DbKind,
+    host: &str,
+    port: Option<u16>,
+) -> Result<Option<DbServer>> {
     let port = port.unwrap_or(kind.default_port());
     let all = home.registry.dbservers().await?;
     Ok(all.into_iter().find(|s| {
-        s.kind.is_mysql_family() == kind.is_mysql_family() && validate::same_db_host(&s.host, host) && s.port == port
+        s.kind.is_mysql_family() == kind.is_mysql_family()
+            && validate::same_db_host(&s.host, host)
+            && s.port == port
     }))
 }

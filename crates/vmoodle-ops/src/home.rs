@@ -75,7 +75,12 @@ impl Home {
             check_key_mode(&key)?;
             kept.push(KEY_FILE.into());
         } else {
-            files::write_atomic(&key, format!("{}\n", SecretBox::generate_key_hex()).as_bytes(), 0o600, None)?;
+            files::write_atomic(
+                &key,
+                format!("{}\n", SecretBox::generate_key_hex()).as_bytes(),
+                0o600,
+                None,
+            )?;
             created.push(KEY_FILE.into());
         }
         let sp = Self::settings_path(&root);
@@ -104,10 +109,15 @@ impl Home {
         let home = Self::open(&root).await?;
         let registry = match home.registry.backend() {
             vmoodle_registry::Backend::Sqlite => root.join(REGISTRY_FILE).display().to_string(),
-            vmoodle_registry::Backend::Postgres => vmoodle_registry::redact_url(&home.settings.registry),
+            vmoodle_registry::Backend::Postgres => {
+                vmoodle_registry::redact_url(&home.settings.registry)
+            }
         };
         if home.registry.backend() == vmoodle_registry::Backend::Sqlite {
-            fs_err::set_permissions(root.join(REGISTRY_FILE), std::fs::Permissions::from_mode(0o600))?;
+            fs_err::set_permissions(
+                root.join(REGISTRY_FILE),
+                std::fs::Permissions::from_mode(0o600),
+            )?;
         }
         let hosts_existed = home.hosts_dir().exists();
         crate::publish::publish_all(&home).await?;
@@ -117,7 +127,12 @@ impl Home {
             created.push(format!("{HOSTS_DIR}/"));
         }
         home.registry.close().await;
-        Ok(InitReport { home: root, created, kept, registry })
+        Ok(InitReport {
+            home: root,
+            created,
+            kept,
+            registry,
+        })
     }
 
     /// Opens an existing home.
@@ -135,13 +150,20 @@ impl Home {
         let settings = Settings::parse(&text).with_context(|| format!("in {}", sp.display()))?;
         let key = root.join(KEY_FILE);
         check_key_mode(&key)?;
-        let secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?).with_context(|| format!("in {}", key.display()))?;
+        let secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?)
+            .with_context(|| format!("in {}", key.display()))?;
         let registry = if settings.registry == "sqlite" {
             Registry::open_sqlite(&root.join(REGISTRY_FILE)).await?
         } else {
             Registry::open_postgres(&settings.registry).await?
         };
-        Ok(Self { root, settings, secrets, registry, _lock: None })
+        Ok(Self {
+            root,
+            settings,
+            secrets,
+            registry,
+            _lock: None,
+        })
     }
 
     /// Opens a home for a change: takes its lock (waits while another vmoodle changes it).
@@ -160,7 +182,12 @@ impl Home {
     /// Writes new settings text after validating it, and takes it into use.
     pub fn save_settings(&mut self, text: &str) -> Result<()> {
         let s = Settings::parse(text)?;
-        files::write_atomic(&Self::settings_path(&self.root), text.as_bytes(), 0o600, None)?;
+        files::write_atomic(
+            &Self::settings_path(&self.root),
+            text.as_bytes(),
+            0o600,
+            None,
+        )?;
         self.settings = s;
         Ok(())
     }
@@ -172,13 +199,21 @@ impl Home {
     /// The path of a tool: the setting when set, else the first of its names on PATH.
     pub fn executable(&self, key: &str) -> Result<PathBuf, vmoodle_exec::ExecError> {
         let set = self.settings.executable(key);
-        let names = settings::EXECUTABLES.iter().find(|(k, _)| *k == key).map(|(_, n)| *n).unwrap_or(&[]);
+        let names = settings::EXECUTABLES
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, n)| *n)
+            .unwrap_or(&[]);
         if !set.is_empty() {
             let p = PathBuf::from(set);
             return if vmoodle_exec::is_executable(&p) {
                 Ok(p)
             } else {
-                Err(vmoodle_exec::ExecError::NotFound { tool: set.into(), setting: key.into(), searched: String::new() })
+                Err(vmoodle_exec::ExecError::NotFound {
+                    tool: set.into(),
+                    setting: key.into(),
+                    searched: String::new(),
+                })
             };
         }
         vmoodle_exec::find_on_path(names).ok_or_else(|| vmoodle_exec::ExecError::NotFound {
@@ -207,7 +242,8 @@ fn take_lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
 }
 
 fn check_key_mode(key: &Path) -> Result<()> {
-    let meta = fs_err::metadata(key).context("the home has no secret key\nhint: `vmoodle init` makes one")?;
+    let meta = fs_err::metadata(key)
+        .context("the home has no secret key\nhint: `vmoodle init` makes one")?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
@@ -223,5 +259,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.as_os_str().is_empty() {
         bail!("the home directory is empty\nhint: give --home DIR or set VMOODLE_HOME");
     }
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }

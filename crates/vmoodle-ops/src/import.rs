@@ -13,12 +13,33 @@ use crate::{dbservers, instances, Home};
 
 /// The columns of VMoodle's `local_vmoodle` table that vmoodle reads.
 pub const VMOODLE_COLUMNS: &[&str] = &[
-    "id", "vhostname", "vdbtype", "vdbhost", "vdblogin", "vdbpass", "vdbname", "vdbprefix", "vdbpersist",
-    "vdatapath", "mnet", "enabled", "name", "shortname", "description",
+    "id",
+    "vhostname",
+    "vdbtype",
+    "vdbhost",
+    "vdblogin",
+    "vdbpass",
+    "vdbname",
+    "vdbprefix",
+    "vdbpersist",
+    "vdatapath",
+    "mnet",
+    "enabled",
+    "name",
+    "shortname",
+    "description",
 ];
 
 /// Columns a node list must have (as VMoodle's bulk tool required).
-pub const CSV_REQUIRED: &[&str] = &["vhostname", "name", "shortname", "vdatapath", "vdbname", "vdblogin", "vdbpass"];
+pub const CSV_REQUIRED: &[&str] = &[
+    "vhostname",
+    "name",
+    "shortname",
+    "vdatapath",
+    "vdbname",
+    "vdblogin",
+    "vdbpass",
+];
 
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
@@ -43,7 +64,12 @@ pub struct Refused {
 type RowMap = BTreeMap<String, Option<String>>;
 
 /// Imports the rows of a VMoodle register table.
-pub async fn from_vmoodle_table(home: &Home, dbserver: &str, database: &str, prefix: &str) -> Result<ImportReport> {
+pub async fn from_vmoodle_table(
+    home: &Home,
+    dbserver: &str,
+    database: &str,
+    prefix: &str,
+) -> Result<ImportReport> {
     validate::prefix(prefix)?;
     validate::db_name(database)?;
     let server = home.registry.dbserver(dbserver).await?;
@@ -51,7 +77,14 @@ pub async fn from_vmoodle_table(home: &Home, dbserver: &str, database: &str, pre
     let mut last_err = None;
     let mut rows = None;
     for table in ["local_vmoodle", "block_vmoodle"] {
-        match vmoodle_dbserver::read_table(&spec, database, &format!("{prefix}{table}"), VMOODLE_COLUMNS).await {
+        match vmoodle_dbserver::read_table(
+            &spec,
+            database,
+            &format!("{prefix}{table}"),
+            VMOODLE_COLUMNS,
+        )
+        .await
+        {
             Ok(r) => {
                 rows = Some(r);
                 break;
@@ -86,9 +119,17 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
         })
         .map(|l| format!("{}\n", l.trim_end_matches('\r')))
         .collect();
-    let mut rdr = csv::ReaderBuilder::new().delimiter(b';').flexible(false).trim(csv::Trim::All).from_reader(data.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(data.as_bytes());
     let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.to_string()).collect();
-    let missing: Vec<&str> = CSV_REQUIRED.iter().copied().filter(|c| !headers.iter().any(|h| h == c)).collect();
+    let missing: Vec<&str> = CSV_REQUIRED
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == c))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{} lacks the column(s) {}; a node list needs {} (semicolon-separated, header line first)",
@@ -100,7 +141,9 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
     let mut report = ImportReport::default();
     let deploy_only: Vec<&String> = headers
         .iter()
-        .filter(|h| h.starts_with("config_") || h.contains('|') || *h == "vtemplate" || *h == "services")
+        .filter(|h| {
+            h.starts_with("config_") || h.contains('|') || *h == "vtemplate" || *h == "services"
+        })
         .collect();
     if !deploy_only.is_empty() {
         report.notes.push(format!(
@@ -120,14 +163,22 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                report.refused.push(Refused { row: line, reason: format!("not a valid CSV record: {e}") });
+                report.refused.push(Refused {
+                    row: line,
+                    reason: format!("not a valid CSV record: {e}"),
+                });
                 continue;
             }
         };
         let mut row: RowMap = headers
             .iter()
             .zip(rec.iter())
-            .map(|(h, v)| (h.clone(), Some(v.replace("&#44", ";")).filter(|s| !s.is_empty())))
+            .map(|(h, v)| {
+                (
+                    h.clone(),
+                    Some(v.replace("&#44", ";")).filter(|s| !s.is_empty()),
+                )
+            })
             .collect();
         if row.get("mnet").cloned().flatten().as_deref() == Some("NEW") {
             row.insert("mnet".into(), Some(next_subnet.to_string()));
@@ -139,20 +190,49 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
 }
 
 async fn next_free_subnetwork(home: &Home) -> Result<i64> {
-    Ok(home.registry.instances().await?.iter().map(|i| i.mnet).max().unwrap_or(0).max(0) + 1)
+    Ok(home
+        .registry
+        .instances()
+        .await?
+        .iter()
+        .map(|i| i.mnet)
+        .max()
+        .unwrap_or(0)
+        .max(0)
+        + 1)
 }
 
-async fn import_row(home: &Home, label: &str, row: &RowMap, source: Option<&vmoodle_registry::DbServer>, report: &mut ImportReport) {
+async fn import_row(
+    home: &Home,
+    label: &str,
+    row: &RowMap,
+    source: Option<&vmoodle_registry::DbServer>,
+    report: &mut ImportReport,
+) {
     match row_fields(home, row, source).await {
         Ok(f) => match instances::add(home, &f).await {
-            Ok(i) => report.taken.push(Taken { row: label.into(), shortname: i.shortname, host: i.host }),
-            Err(e) => report.refused.push(Refused { row: label.into(), reason: format!("{e:#}") }),
+            Ok(i) => report.taken.push(Taken {
+                row: label.into(),
+                shortname: i.shortname,
+                host: i.host,
+            }),
+            Err(e) => report.refused.push(Refused {
+                row: label.into(),
+                reason: format!("{e:#}"),
+            }),
         },
-        Err(e) => report.refused.push(Refused { row: label.into(), reason: format!("{e:#}") }),
+        Err(e) => report.refused.push(Refused {
+            row: label.into(),
+            reason: format!("{e:#}"),
+        }),
     }
 }
 
-async fn row_fields(home: &Home, row: &RowMap, source: Option<&vmoodle_registry::DbServer>) -> Result<InstanceFields> {
+async fn row_fields(
+    home: &Home,
+    row: &RowMap,
+    source: Option<&vmoodle_registry::DbServer>,
+) -> Result<InstanceFields> {
     let get = |k: &str| row.get(k).cloned().flatten().unwrap_or_default();
     let need = |k: &str| {
         let v = get(k);
@@ -164,11 +244,23 @@ async fn row_fields(home: &Home, row: &RowMap, source: Option<&vmoodle_registry:
     let vhost = need("vhostname")?;
     let www = validate::wwwroot(&vhost)?;
     if let Some(existing) = home.registry.find_instance(&www.host).await? {
-        bail!("host {} is already registered as instance `{}`", www.host, existing.shortname);
+        bail!(
+            "host {} is already registered as instance `{}`",
+            www.host,
+            existing.shortname
+        );
     }
-    let vdbtype = row.get("vdbtype").cloned().flatten().unwrap_or_else(|| "mariadb".into());
+    let vdbtype = row
+        .get("vdbtype")
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| "mariadb".into());
     let kind = DbKind::from_moodle_dbtype(&vdbtype)?;
-    let vdbhost = row.get("vdbhost").cloned().flatten().unwrap_or_else(|| "localhost".into());
+    let vdbhost = row
+        .get("vdbhost")
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| "localhost".into());
     let (dbhost, dbport) = match vdbhost.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h.to_string(), Some(validate::port(p)?)),
         _ => (vdbhost.clone(), None),
@@ -195,10 +287,22 @@ async fn row_fields(home: &Home, row: &RowMap, source: Option<&vmoodle_registry:
         other => bail!("`{k}` is `{other}`, expected 0 or 1"),
     };
     let mnet_raw = get("mnet");
-    let mnet = if mnet_raw.trim().is_empty() { -1 } else { vmoodle_core::MnetMode::parse(&mnet_raw)?.0 };
-    let dbtype = if kind == DbKind::Pgsql { "pgsql".to_string() } else if vdbtype == "mariadb" { "mariadb".into() } else { server.kind.moodle_dbtype().into() };
-    let f = InstanceFields {
-        name: Some(get("name")).filter(|n| !n.trim().is_empty()).unwrap_or_else(|| shortname.clone()),
+    let mnet = if mnet_raw.trim().is_empty() {
+        -1
+    } else {
+        vmoodle_core::MnetMode::parse(&mnet_raw)?.0
+    };
+    let dbtype = if kind == DbKind::Pgsql {
+        "pgsql".to_string()
+    } else if vdbtype == "mariadb" {
+        "mariadb".into()
+    } else {
+        server.kind.moodle_dbtype().into()
+    };
+    let mut f = InstanceFields {
+        name: Some(get("name"))
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| shortname.clone()),
         shortname,
         host: www.host,
         wwwroot: www.url,
@@ -210,13 +314,15 @@ async fn row_fields(home: &Home, row: &RowMap, source: Option<&vmoodle_registry:
         dbname: need("vdbname")?,
         dbuser: need("vdblogin")?,
         dbpass_sealed: home.secrets.seal(&Secret::new(get("vdbpass")))?,
-        prefix: Some(get("vdbprefix")).filter(|p| !p.is_empty()).unwrap_or_else(|| "mdl_".into()),
+        prefix: Some(get("vdbprefix"))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "mdl_".into()),
         dbpersist: flag("vdbpersist", false)?,
-        dataroot: need("vdatapath")?.trim_end_matches('/').to_string(),
+        dataroot: need("vdatapath")?,
         mnet,
         template: None,
         config: BTreeMap::new(),
     };
-    instances::check_fields(&f)?;
+    instances::check_fields(&mut f)?;
     Ok(f)
 }

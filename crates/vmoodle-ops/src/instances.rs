@@ -42,9 +42,15 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
         None => None,
     };
     let pick = |given: &Option<String>, from: Option<String>, what: &str| -> Result<String> {
-        given.clone().or(from).ok_or_else(|| anyhow!("missing --{what} (or give --token to take it from the naming schema)"))
+        given.clone().or(from).ok_or_else(|| {
+            anyhow!("missing --{what} (or give --token to take it from the naming schema)")
+        })
     };
-    let wwwroot = pick(&inp.wwwroot, exp.as_ref().map(|e| e.wwwroot.clone()), "wwwroot")?;
+    let wwwroot = pick(
+        &inp.wwwroot,
+        exp.as_ref().map(|e| e.wwwroot.clone()),
+        "wwwroot",
+    )?;
     let www = validate::wwwroot(&wwwroot)?;
     let shortname = pick(&inp.shortname, inp.token.clone(), "shortname")?;
     validate::object_name("shortname", &shortname)?;
@@ -60,14 +66,34 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
             })?
         }
     };
-    let dbname = pick(&inp.dbname, exp.as_ref().map(|e| e.db_name.clone()), "dbname")?;
-    let dbuser = pick(&inp.dbuser, exp.as_ref().map(|e| e.db_user.clone()), "dbuser")?;
-    let prefix = inp.prefix.clone().or(exp.as_ref().map(|e| e.prefix.clone())).unwrap_or_else(|| "mdl_".into());
-    let dataroot = pick(&inp.dataroot, exp.as_ref().map(|e| e.dataroot.display().to_string()), "dataroot")?;
+    let dbname = pick(
+        &inp.dbname,
+        exp.as_ref().map(|e| e.db_name.clone()),
+        "dbname",
+    )?;
+    let dbuser = pick(
+        &inp.dbuser,
+        exp.as_ref().map(|e| e.db_user.clone()),
+        "dbuser",
+    )?;
+    let prefix = inp
+        .prefix
+        .clone()
+        .or(exp.as_ref().map(|e| e.prefix.clone()))
+        .unwrap_or_else(|| "mdl_".into());
+    let dataroot = pick(
+        &inp.dataroot,
+        exp.as_ref().map(|e| e.dataroot.display().to_string()),
+        "dataroot",
+    )?;
     let password = match &inp.password {
         Some(p) => p.clone(),
-        None if !home.settings.schema.db_password.is_empty() && exp.is_some() => home.secrets.open(&home.settings.schema.db_password)?,
-        None => bail!("missing the database password: give --password-file FILE or --password-stdin"),
+        None if !home.settings.schema.db_password.is_empty() && exp.is_some() => {
+            home.secrets.open(&home.settings.schema.db_password)?
+        }
+        None => {
+            bail!("missing the database password: give --password-file FILE or --password-stdin")
+        }
     };
     let name = inp.name.clone().unwrap_or_else(|| shortname.clone());
     let mut f = InstanceFields {
@@ -84,35 +110,44 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
         dbuser,
         dbpass_sealed: home.secrets.seal(&password)?,
         prefix,
-        dbpersist: inp.persist.or(exp.as_ref().map(|e| e.db_persist)).unwrap_or(false),
+        dbpersist: inp
+            .persist
+            .or(exp.as_ref().map(|e| e.db_persist))
+            .unwrap_or(false),
         dataroot,
         mnet: inp.mnet.unwrap_or(-1),
         template: None,
         config: BTreeMap::new(),
     };
     apply_config(&mut f.config, &inp.config, &[])?;
-    check_fields(&f)?;
+    check_fields(&mut f)?;
     Ok(f)
 }
 
-/// Validates every field of an instance before it reaches the register.
-pub fn check_fields(f: &InstanceFields) -> Result<()> {
+/// Validates every field of an instance before it reaches the register, normalizing the
+/// wwwroot and dataroot spellings.
+pub fn check_fields(f: &mut InstanceFields) -> Result<()> {
     validate::object_name("shortname", &f.shortname)?;
-    validate::wwwroot(&f.wwwroot)?;
+    let www = validate::wwwroot(&f.wwwroot)?;
+    f.wwwroot = www.url;
+    f.host = www.host;
     validate::db_name(&f.dbname)?;
     validate::db_user(&f.dbuser)?;
     validate::prefix(&f.prefix)?;
-    let dr = validate::abs_path("dataroot", &f.dataroot)?;
-    if dr.display().to_string() != f.dataroot {
-        bail!("dataroot `{}` must be written without a trailing slash: {}", f.dataroot, dr.display());
-    }
+    f.dataroot = validate::abs_path("dataroot", &f.dataroot)?
+        .display()
+        .to_string();
     validate::text("name", &f.name, 255, false)?;
     validate::text("description", &f.description, 10_000, true)?;
     MnetMode::new(f.mnet)?;
     Ok(())
 }
 
-fn apply_config(cfg: &mut BTreeMap<String, String>, set: &[(String, String)], unset: &[String]) -> Result<()> {
+fn apply_config(
+    cfg: &mut BTreeMap<String, String>,
+    set: &[(String, String)],
+    unset: &[String],
+) -> Result<()> {
     for (k, v) in set {
         if !vmoodle_site::hostfile::extra_name_ok(k) {
             bail!(
@@ -172,7 +207,12 @@ pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> 
         let server = home.registry.dbserver(s).await?;
         let old_server = home.registry.dbserver_by_id(old.dbserver_id).await?;
         if server.kind.is_mysql_family() != old_server.kind.is_mysql_family() {
-            bail!("database server `{s}` is {}, but instance `{}` uses {}", server.kind, old.shortname, old_server.kind);
+            bail!(
+                "database server `{s}` is {}, but instance `{}` uses {}",
+                server.kind,
+                old.shortname,
+                old_server.kind
+            );
         }
         f.dbserver_id = server.id;
         if server.kind != old_server.kind {
@@ -203,7 +243,7 @@ pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> 
         f.dbpass_sealed = home.secrets.seal(p)?;
     }
     apply_config(&mut f.config, &e.set_config, &e.unset_config)?;
-    check_fields(&f)?;
+    check_fields(&mut f)?;
     let new = home.registry.update_instance(old.id, &f).await?;
     if new.host != old.host {
         publish::remove_host_file(home, &old.host)?;
@@ -253,17 +293,26 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
     let php = home.executable("php")?;
     let cfg = vmoodle_site::config_php::read(&php, &config).await?;
     let kind = DbKind::from_moodle_dbtype(&cfg.dbtype)?;
-    let www = validate::wwwroot(&cfg.wwwroot).with_context(|| format!("$CFG->wwwroot in {}", config.display()))?;
+    let www = validate::wwwroot(&cfg.wwwroot)
+        .with_context(|| format!("$CFG->wwwroot in {}", config.display()))?;
     let server: DbServer = match &inp.dbserver {
         Some(n) => {
             let s = home.registry.dbserver(n).await?;
             if s.kind.is_mysql_family() != kind.is_mysql_family() {
-                bail!("database server `{n}` is {}, but the master's $CFG->dbtype is `{}`", s.kind, cfg.dbtype);
+                bail!(
+                    "database server `{n}` is {}, but the master's $CFG->dbtype is `{}`",
+                    s.kind,
+                    cfg.dbtype
+                );
             }
             s
         }
         None => {
-            let host = if cfg.dbhost.is_empty() { "localhost" } else { cfg.dbhost.as_str() };
+            let host = if cfg.dbhost.is_empty() {
+                "localhost"
+            } else {
+                cfg.dbhost.as_str()
+            };
             dbservers::find_matching(home, kind, host, cfg.dbport).await?.ok_or_else(|| {
                 anyhow!(
                     "no registered database server matches the master's database ({} at {}:{})\nhint: register it first (`vmoodle dbserver add NAME --type {} --host {} --user ADMIN --password-stdin`) or give --dbserver NAME",
@@ -275,9 +324,11 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
     let shortname = inp.shortname.clone().unwrap_or_else(|| "master".into());
     let name = match &inp.name {
         Some(n) => n.clone(),
-        None => site_name(home, &server, &cfg).await.unwrap_or_else(|| www.host.clone()),
+        None => site_name(home, &server, &cfg)
+            .await
+            .unwrap_or_else(|| www.host.clone()),
     };
-    let f = InstanceFields {
+    let mut f = InstanceFields {
         shortname,
         host: www.host,
         wwwroot: www.url,
@@ -292,12 +343,12 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         dbpass_sealed: home.secrets.seal(&cfg.dbpass)?,
         prefix: cfg.prefix.clone(),
         dbpersist: cfg.dbpersist,
-        dataroot: cfg.dataroot.trim_end_matches('/').to_string(),
+        dataroot: cfg.dataroot.clone(),
         mnet: -1,
         template: None,
         config: BTreeMap::new(),
     };
-    check_fields(&f).with_context(|| format!("in {}", config.display()))?;
+    check_fields(&mut f).with_context(|| format!("in {}", config.display()))?;
     let i = match home.registry.master().await? {
         Some(old) => home.registry.update_instance(old.id, &f).await?,
         None => home.registry.add_instance(&f).await?,
@@ -307,7 +358,11 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
 }
 
 /// The site's full name from its database, when reachable with the Moodle's own account.
-async fn site_name(home: &Home, server: &DbServer, cfg: &vmoodle_site::config_php::MoodleConfig) -> Option<String> {
+async fn site_name(
+    home: &Home,
+    server: &DbServer,
+    cfg: &vmoodle_site::config_php::MoodleConfig,
+) -> Option<String> {
     let spec = vmoodle_dbserver::ConnSpec {
         server: server.name.clone(),
         kind: server.kind,
@@ -318,10 +373,15 @@ async fn site_name(home: &Home, server: &DbServer, cfg: &vmoodle_site::config_ph
         password: cfg.dbpass.clone(),
     };
     let _ = home;
-    let rows = vmoodle_dbserver::read_table(&spec, &cfg.dbname, &format!("{}course", cfg.prefix), &["id", "fullname"])
-        .await
-        .map_err(|e| tracing::warn!("could not read the site name: {e}"))
-        .ok()?;
+    let rows = vmoodle_dbserver::read_table(
+        &spec,
+        &cfg.dbname,
+        &format!("{}course", cfg.prefix),
+        &["id", "fullname"],
+    )
+    .await
+    .map_err(|e| tracing::warn!("could not read the site name: {e}"))
+    .ok()?;
     rows.into_iter()
         .find(|r| r.get("id").and_then(|v| v.as_deref()) == Some("1"))
         .and_then(|r| r.get("fullname").cloned().flatten())

@@ -23,7 +23,9 @@ pub fn read_password_stdin() -> std::io::Result<vmoodle_core::Secret> {
 /// Reads a password from a file (its first line).
 pub fn read_password_file(path: &std::path::Path) -> anyhow::Result<vmoodle_core::Secret> {
     let s = fs_err::read_to_string(path)?;
-    Ok(vmoodle_core::Secret::new(strip_newline(s.lines().next().unwrap_or("").to_string())))
+    Ok(vmoodle_core::Secret::new(strip_newline(
+        s.lines().next().unwrap_or("").to_string(),
+    )))
 }
 
 fn strip_newline(mut s: String) -> String {

@@ -26,7 +26,10 @@ pub async fn publish_all(home: &Home) -> Result<PublishReport> {
     files::ensure_dir(&hosts, 0o750, Some((gid, group)))?;
     let instances = home.registry.instances().await?;
     write_hook(home, &instances)?;
-    let mut report = PublishReport { hook: home.hook_path().display().to_string(), ..Default::default() };
+    let mut report = PublishReport {
+        hook: home.hook_path().display().to_string(),
+        ..Default::default()
+    };
     let mut keep = std::collections::HashSet::new();
     for i in instances.iter().filter(|i| !i.is_master) {
         write_host_file(home, i).await?;
@@ -49,7 +52,11 @@ pub fn write_hook(home: &Home, instances: &[Instance]) -> Result<()> {
     let gid = home.web_gid()?;
     let params = HookParams {
         hosts_dir: home.hosts_dir(),
-        master_hosts: instances.iter().filter(|i| i.is_master).map(|i| i.host.clone()).collect(),
+        master_hosts: instances
+            .iter()
+            .filter(|i| i.is_master)
+            .map(|i| i.host.clone())
+            .collect(),
         retry_after: home.settings.web.retry_after,
     };
     files::write_atomic(

@@ -13,15 +13,25 @@ use vmoodle_core::{now_unix, DbKind};
 #[derive(Debug, Error)]
 pub enum RegistryError {
     #[error("cannot open the register at {location}: {source}")]
-    Open { location: String, source: sqlx::Error },
+    Open {
+        location: String,
+        source: sqlx::Error,
+    },
     #[error("cannot bring the register's tables up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{what} `{name}` is not in the register{hint}")]
-    NotFound { what: &'static str, name: String, hint: String },
+    NotFound {
+        what: &'static str,
+        name: String,
+        hint: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("register query failed ({context}): {source}")]
-    Query { context: &'static str, source: sqlx::Error },
+    Query {
+        context: &'static str,
+        source: sqlx::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
@@ -32,9 +42,9 @@ fn q(context: &'static str) -> impl FnOnce(sqlx::Error) -> RegistryError {
             "{context}: an entry with the same unique value is already registered ({})",
             d.message()
         )),
-        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-            RegistryError::Conflict(format!("{context}: it is still referenced ({})", d.message()))
-        }
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => RegistryError::Conflict(
+            format!("{context}: it is still referenced ({})", d.message()),
+        ),
         _ => RegistryError::Query { context, source },
     }
 }
@@ -185,9 +195,15 @@ impl Registry {
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -195,7 +211,10 @@ impl Registry {
         let pool = opts
             .connect(url)
             .await
-            .map_err(|source| RegistryError::Open { location: location.to_string(), source })?;
+            .map_err(|source| RegistryError::Open {
+                location: location.to_string(),
+                source,
+            })?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
@@ -215,7 +234,10 @@ impl Registry {
 
     pub async fn add_dbserver(&self, s: &NewDbServer) -> Result<DbServer> {
         if self.find_dbserver(&s.name).await?.is_some() {
-            return Err(RegistryError::Conflict(format!("database server `{}` is already registered", s.name)));
+            return Err(RegistryError::Conflict(format!(
+                "database server `{}` is already registered",
+                s.name
+            )));
         }
         let now = now_unix();
         sqlx::query(
@@ -255,11 +277,13 @@ impl Registry {
     }
 
     pub async fn dbserver(&self, name: &str) -> Result<DbServer> {
-        self.find_dbserver(name).await?.ok_or_else(|| RegistryError::NotFound {
-            what: "database server",
-            name: name.into(),
-            hint: "\nhint: `vmoodle dbserver list` shows the registered servers".into(),
-        })
+        self.find_dbserver(name)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "database server",
+                name: name.into(),
+                hint: "\nhint: `vmoodle dbserver list` shows the registered servers".into(),
+            })
     }
 
     pub async fn dbserver_by_id(&self, id: i64) -> Result<DbServer> {
@@ -274,15 +298,17 @@ impl Registry {
     /// Removes a database server; refused while any instance uses it.
     pub async fn remove_dbserver(&self, name: &str) -> Result<()> {
         let s = self.dbserver(name).await?;
-        let users: Vec<String> = sqlx::query("SELECT shortname FROM instances WHERE dbserver_id = $1 ORDER BY shortname")
-            .bind(s.id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("checking a database server's instances"))?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(q("checking a database server's instances"))?;
+        let users: Vec<String> = sqlx::query(
+            "SELECT shortname FROM instances WHERE dbserver_id = $1 ORDER BY shortname",
+        )
+        .bind(s.id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("checking a database server's instances"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(q("checking a database server's instances"))?;
         if !users.is_empty() {
             return Err(RegistryError::Conflict(format!(
                 "database server `{name}` is used by {} instance(s): {}; move or delete them first",
@@ -450,7 +476,10 @@ impl Registry {
             "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN db_servers s ON s.id = i.dbserver_id \
              ORDER BY i.is_master DESC, i.shortname"
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(q("listing instances"))?;
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("listing instances"))?;
         rows.iter().map(instance_from_row).collect()
     }
 
@@ -489,7 +518,10 @@ impl Registry {
         let sql = format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN db_servers s ON s.id = i.dbserver_id WHERE i.is_master = 1"
         );
-        let row = sqlx::query(&sql).fetch_optional(&self.pool).await.map_err(q("reading the master"))?;
+        let row = sqlx::query(&sql)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading the master"))?;
         row.as_ref().map(instance_from_row).transpose()
     }
 }
@@ -519,13 +551,18 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn dbserver_from_row(r: &AnyRow) -> Result<DbServer> {
-    let get = |e| RegistryError::Query { context: "reading a database server row", source: e };
+    let get = |e| RegistryError::Query {
+        context: "reading a database server row",
+        source: e,
+    };
     let kind: String = r.try_get("kind").map_err(get)?;
     let port: i64 = r.try_get("port").map_err(get)?;
     Ok(DbServer {
         id: r.try_get("id").map_err(get)?,
         name: r.try_get("name").map_err(get)?,
-        kind: kind.parse().map_err(|e: vmoodle_core::ValidationError| RegistryError::Conflict(e.to_string()))?,
+        kind: kind
+            .parse()
+            .map_err(|e: vmoodle_core::ValidationError| RegistryError::Conflict(e.to_string()))?,
         host: r.try_get("host").map_err(get)?,
         port: u16::try_from(port).unwrap_or(0),
         socket: r.try_get("socket").map_err(get)?,
@@ -538,7 +575,10 @@ fn dbserver_from_row(r: &AnyRow) -> Result<DbServer> {
 }
 
 fn instance_from_row(r: &AnyRow) -> Result<Instance> {
-    let get = |e| RegistryError::Query { context: "reading an instance row", source: e };
+    let get = |e| RegistryError::Query {
+        context: "reading an instance row",
+        source: e,
+    };
     let config: String = r.try_get("config").map_err(get)?;
     Ok(Instance {
         id: r.try_get("id").map_err(get)?,

@@ -80,18 +80,32 @@ pub async fn read(php: &Path, path: &Path) -> Result<MoodleConfig, ConfigError> 
     let p = path.display().to_string();
     // php -n -d display_errors=stderr -- /path/config.php   (script on stdin)
     let out = Tool::new(php)
-        .args(["-n", "-d", "display_errors=stderr", "-d", "error_reporting=E_ALL & ~E_DEPRECATED", "--"])
+        .args([
+            "-n",
+            "-d",
+            "display_errors=stderr",
+            "-d",
+            "error_reporting=E_ALL & ~E_DEPRECATED",
+            "--",
+        ])
         .arg(path.as_os_str())
         .stdin(READER)
         .timeout(Duration::from_secs(30))
         .run()
         .await
-        .map_err(|source| ConfigError::Php { path: p.clone(), source })?;
-    let raw: Raw = serde_json::from_slice(&out.stdout)
-        .map_err(|e| ConfigError::Bad { path: p.clone(), why: format!("unexpected output from php ({e})") })?;
+        .map_err(|source| ConfigError::Php {
+            path: p.clone(),
+            source,
+        })?;
+    let raw: Raw = serde_json::from_slice(&out.stdout).map_err(|e| ConfigError::Bad {
+        path: p.clone(),
+        why: format!("unexpected output from php ({e})"),
+    })?;
     let need = |name: &str, v: Option<String>| {
-        v.filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError::Bad { path: p.clone(), why: format!("$CFG->{name} is not set") })
+        v.filter(|s| !s.is_empty()).ok_or_else(|| ConfigError::Bad {
+            path: p.clone(),
+            why: format!("$CFG->{name} is not set"),
+        })
     };
     let dbport = match raw.dbport.trim() {
         "" | "0" => None,

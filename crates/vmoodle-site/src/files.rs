@@ -10,11 +10,18 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the web server group `{0}` does not exist on this machine\nhint: set the group that runs Moodle with `vmoodle settings set web.group NAME`")]
     NoGroup(String),
     #[error("cannot give {path} to group `{group}`: {source}\nhint: run vmoodle as root or as a member of that group")]
-    Chown { path: String, group: String, source: nix::Error },
+    Chown {
+        path: String,
+        group: String,
+        source: nix::Error,
+    },
 }
 
 /// Looks up a group id by name.
@@ -26,12 +33,25 @@ pub fn group_id(name: &str) -> Result<Gid, FileError> {
 }
 
 /// Writes `content` to `path` atomically with `mode`, owned by group `gid` when given.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<(Gid, &str)>) -> Result<(), FileError> {
-    let io = |source| FileError::Io { path: path.display().to_string(), source };
+pub fn write_atomic(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    gid: Option<(Gid, &str)>,
+) -> Result<(), FileError> {
+    let io = |source| FileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let dir = path.parent().expect("files are written inside a directory");
-    let mut tmp = tempfile::Builder::new().prefix(".vmoodle-").tempfile_in(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vmoodle-")
+        .tempfile_in(dir)
+        .map_err(io)?;
     tmp.write_all(content).map_err(io)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     if let Some((gid, name)) = gid {
         let cur = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(tmp.as_file()))
             .map(|st| st.st_gid)
@@ -54,7 +74,10 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<(Gid, &s
 
 /// Creates a directory (and parents) if missing, then sets its mode and group.
 pub fn ensure_dir(path: &Path, mode: u32, gid: Option<(Gid, &str)>) -> Result<(), FileError> {
-    let io = |source| FileError::Io { path: path.display().to_string(), source };
+    let io = |source| FileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     if let Some((gid, name)) = gid {

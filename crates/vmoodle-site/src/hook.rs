@@ -33,7 +33,10 @@ pub fn render_hook(p: &HookParams) -> String {
         .map(|h| format!("{} => true, ", php::string(h)))
         .collect();
     HOOK_TEMPLATE
-        .replace("@HOSTS_DIR@", &php::string(&p.hosts_dir.display().to_string()))
+        .replace(
+            "@HOSTS_DIR@",
+            &php::string(&p.hosts_dir.display().to_string()),
+        )
         .replace("@MASTER_HOSTS@", masters.trim_end())
         .replace("@RETRY_AFTER@", &p.retry_after.to_string())
         .replace("@EXIT_BAD_HOST@", &EXIT_BAD_HOST.to_string())
@@ -135,7 +138,10 @@ pub enum InstallError {
     #[error("{path} does not look like a Moodle config.php: {why}")]
     NotMoodleConfig { path: String, why: String },
     #[error("cannot read or write {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     File(#[from] crate::files::FileError),
 }
@@ -145,7 +151,8 @@ pub enum InstallError {
 pub fn locate_config(dir: &Path) -> Result<PathBuf, InstallError> {
     let own = dir.join("config.php");
     let parent = dir.parent().map(|p| p.join("config.php"));
-    let is_public = dir.file_name().is_some_and(|n| n == "public") && dir.join("lib/setup.php").is_file();
+    let is_public =
+        dir.file_name().is_some_and(|n| n == "public") && dir.join("lib/setup.php").is_file();
     if is_public {
         if let Some(p) = &parent {
             if p.is_file() {
@@ -182,8 +189,12 @@ pub fn is_setup_require(line: &str) -> bool {
 /// Inserts (or refreshes) the snippet in config.php text, right before the setup.php require.
 pub fn insert_snippet(text: &str, snippet: &str) -> Result<String, String> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let begin = lines.iter().position(|l| l.trim_start().starts_with(BEGIN_MARK));
-    let end = lines.iter().position(|l| l.trim_start().starts_with(END_MARK));
+    let begin = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(BEGIN_MARK));
+    let end = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(END_MARK));
     let mut out = String::with_capacity(text.len() + snippet.len());
     match (begin, end) {
         (Some(b), Some(e)) if b < e => {
@@ -216,7 +227,9 @@ pub fn insert_snippet(text: &str, snippet: &str) -> Result<String, String> {
             }
             Ok(out)
         }
-        _ => Err(format!("it holds only one of the `{BEGIN_MARK}` / `{END_MARK}` lines; mend it by hand")),
+        _ => Err(format!(
+            "it holds only one of the `{BEGIN_MARK}` / `{END_MARK}` lines; mend it by hand"
+        )),
     }
 }
 
@@ -224,10 +237,15 @@ pub fn insert_snippet(text: &str, snippet: &str) -> Result<String, String> {
 pub fn install(moodle_dir: &Path, snippet: &str) -> Result<InstallOutcome, InstallError> {
     use std::os::unix::fs::MetadataExt;
     let config = locate_config(moodle_dir)?;
-    let io = |source| InstallError::Io { path: config.display().to_string(), source };
+    let io = |source| InstallError::Io {
+        path: config.display().to_string(),
+        source,
+    };
     let text = std::fs::read_to_string(&config).map_err(io)?;
-    let new = insert_snippet(&text, snippet)
-        .map_err(|why| InstallError::NotMoodleConfig { path: config.display().to_string(), why })?;
+    let new = insert_snippet(&text, snippet).map_err(|why| InstallError::NotMoodleConfig {
+        path: config.display().to_string(),
+        why,
+    })?;
     if new == text {
         return Ok(InstallOutcome::AlreadyInstalled { config });
     }
@@ -237,9 +255,19 @@ pub fn install(moodle_dir: &Path, snippet: &str) -> Result<InstallOutcome, Insta
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let backup = config.with_file_name(format!("config.php.vmoodle-backup-{stamp}"));
-    crate::files::write_atomic(&backup, text.as_bytes(), meta.mode() & 0o7777 & !0o007, None)?;
+    crate::files::write_atomic(
+        &backup,
+        text.as_bytes(),
+        meta.mode() & 0o7777 & !0o007,
+        None,
+    )?;
     let gid = nix::unistd::Gid::from_raw(meta.gid());
-    crate::files::write_atomic(&config, new.as_bytes(), meta.mode() & 0o7777, Some((gid, "of config.php")))?;
+    crate::files::write_atomic(
+        &config,
+        new.as_bytes(),
+        meta.mode() & 0o7777,
+        Some((gid, "of config.php")),
+    )?;
     let _ = nix::unistd::chown(&config, Some(nix::unistd::Uid::from_raw(meta.uid())), None);
     let updated = text.contains(BEGIN_MARK);
     Ok(if updated {
@@ -260,7 +288,9 @@ mod tests {
         let snip = snippet(Path::new("/srv/vmoodle/hook.php"));
         let once = insert_snippet(CONFIG, &snip).unwrap();
         let hook_at = once.find(BEGIN_MARK).unwrap();
-        let setup_at = once.find("require_once(__DIR__ . '/lib/setup.php')").unwrap();
+        let setup_at = once
+            .find("require_once(__DIR__ . '/lib/setup.php')")
+            .unwrap();
         let cfg_at = once.find("$CFG->wwwroot").unwrap();
         assert!(cfg_at < hook_at && hook_at < setup_at);
         assert_eq!(insert_snippet(&once, &snip).unwrap(), once);

@@ -35,15 +35,28 @@ pub fn file_name(host: &str) -> String {
 
 /// Whether `name` is a file name `file_name` could have produced (so publish may remove it).
 pub fn is_host_file_name(name: &str) -> bool {
-    name.strip_suffix(".php")
-        .is_some_and(|h| vmoodle_core::validate::host(&h.replacen('_', ":", 1)).is_ok_and(|v| v == h.replacen('_', ":", 1)))
+    name.strip_suffix(".php").is_some_and(|h| {
+        vmoodle_core::validate::host(&h.replacen('_', ":", 1))
+            .is_ok_and(|v| v == h.replacen('_', ":", 1))
+    })
 }
 
 /// Names extras may not use: the hook sets these from the register, and the rest would break
 /// Moodle or bypass the hook.
 pub const RESERVED_CFG: &[&str] = &[
-    "wwwroot", "dataroot", "dbtype", "dbhost", "dbname", "dbuser", "dbpass", "prefix", "dboptions",
-    "dirroot", "libdir", "admin", "dblibrary",
+    "wwwroot",
+    "dataroot",
+    "dbtype",
+    "dbhost",
+    "dbname",
+    "dbuser",
+    "dbpass",
+    "prefix",
+    "dboptions",
+    "dirroot",
+    "libdir",
+    "admin",
+    "dblibrary",
 ];
 
 /// Whether `name` may be set as an extra `$CFG` value.
@@ -51,7 +64,9 @@ pub fn extra_name_ok(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !RESERVED_CFG.contains(&name)
 }
 
@@ -71,7 +86,8 @@ impl HostFile {
             return s;
         }
         s.push_str("return [\n    'enabled' => true,\n    'cfg' => [\n");
-        let mut kv = |k: &str, v: String| s.push_str(&format!("        {} => {v},\n", php::string(k)));
+        let mut kv =
+            |k: &str, v: String| s.push_str(&format!("        {} => {v},\n", php::string(k)));
         kv("wwwroot", php::string(&self.wwwroot));
         kv("dataroot", php::string(&self.dataroot));
         kv("dbtype", php::string(&self.dbtype));

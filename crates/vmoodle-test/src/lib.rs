@@ -45,9 +45,95 @@ pub fn pg_user() -> String {
     std::env::var("VMOODLE_TEST_PG_USER").unwrap_or_else(|_| "postgres".into())
 }
 
+fn password_from(var: &str) -> String {
+    std::env::var_os(var)
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+        .unwrap_or_default()
+}
+
+/// The MariaDB test administrator's password (`VMOODLE_TEST_MARIADB_PASSWORD_FILE`; empty if unset).
+pub fn mariadb_password() -> String {
+    password_from("VMOODLE_TEST_MARIADB_PASSWORD_FILE")
+}
+
+/// The PostgreSQL test administrator's password (`VMOODLE_TEST_PG_PASSWORD_FILE`; empty if unset).
+pub fn pg_password() -> String {
+    password_from("VMOODLE_TEST_PG_PASSWORD_FILE")
+}
+
+/// 0600 client files holding the test passwords, made once per test process, so that no
+/// password reaches a command line or an environment variable.
+struct ClientFiles {
+    _dir: tempfile::TempDir,
+    my_cnf: PathBuf,
+    pgpass: PathBuf,
+}
+
+fn client_files() -> &'static ClientFiles {
+    static FILES: std::sync::OnceLock<ClientFiles> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("vmt-client-")
+            .tempdir()
+            .expect("tempdir");
+        let my_cnf = dir.path().join("my.cnf");
+        let pgpass = dir.path().join("pgpass");
+        let pw = mariadb_password();
+        std::fs::write(
+            &my_cnf,
+            if pw.is_empty() {
+                "[client]\n".to_string()
+            } else {
+                format!("[client]\npassword=\"{pw}\"\n")
+            },
+        )
+        .unwrap();
+        std::fs::write(
+            &pgpass,
+            format!(
+                "*:*:*:{}:{}\n",
+                pg_user(),
+                pg_password().replace('\\', "\\\\").replace(':', "\\:")
+            ),
+        )
+        .unwrap();
+        for f in [&my_cnf, &pgpass] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        ClientFiles {
+            _dir: dir,
+            my_cnf,
+            pgpass,
+        }
+    })
+}
+
+/// The mariadb client as the test administrator over 127.0.0.1.
+pub fn mariadb_client() -> Command {
+    let mut c = Command::new("mariadb");
+    c.arg(format!(
+        "--defaults-extra-file={}",
+        client_files().my_cnf.display()
+    ));
+    c.args(["-h", "127.0.0.1", "-u", &mariadb_user()]);
+    c
+}
+
+/// psql as the test administrator over 127.0.0.1.
+pub fn psql_client(db: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.env("PGPASSFILE", &client_files().pgpass);
+    c.args(["-h", "127.0.0.1", "-U", &pg_user(), "-d", db, "-X", "-q"]);
+    c
+}
+
 /// Runs a command and panics with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -60,8 +146,8 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 /// SQL through the mariadb client as the administrator.
 pub fn mariadb_sql(db: Option<&str>, sql: &str) -> String {
-    let mut c = Command::new("mariadb");
-    c.args(["-h", "127.0.0.1", "-u", &mariadb_user(), "--batch", "--skip-column-names"]);
+    let mut c = mariadb_client();
+    c.args(["--batch", "--skip-column-names"]);
     if let Some(db) = db {
         c.arg(db);
     }
@@ -71,8 +157,8 @@ pub fn mariadb_sql(db: Option<&str>, sql: &str) -> String {
 
 /// SQL through psql as the administrator.
 pub fn pg_sql(db: &str, sql: &str) -> String {
-    let mut c = Command::new("psql");
-    c.args(["-h", "127.0.0.1", "-U", &pg_user(), "-d", db, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    let mut c = psql_client(db);
+    c.args(["-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
 }
 
@@ -86,25 +172,19 @@ pub struct MariaDb {
 impl MariaDb {
     pub fn create(tag: &str) -> Self {
         let name = unique_name(tag);
-        mariadb_sql(None, &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"));
+        mariadb_sql(
+            None,
+            &format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
+        );
         Self { name, user: None }
     }
 
     /// Loads a gzipped dump from the fixtures.
     pub fn load_fixture(&self, file: &str) {
         let path = fixtures_dir().join(file);
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gzip -dc '{}' | mariadb -h 127.0.0.1 -u '{}' '{}'",
-                path.display(),
-                mariadb_user(),
-                self.name
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("load fixture");
-        assert!(child.wait().expect("load fixture").success(), "loading {} failed", path.display());
+        let mut c = mariadb_client();
+        c.arg(&self.name);
+        load_gz(&path, c);
     }
 
     /// Creates a user with rights on this database only.
@@ -133,7 +213,7 @@ impl Drop for MariaDb {
         if let Some(u) = &self.user {
             sql.push_str(&format!("DROP USER IF EXISTS '{u}'@'%';"));
         }
-        let _ = Command::new("mariadb").args(["-h", "127.0.0.1", "-u", &mariadb_user(), "-e", &sql]).output();
+        let _ = mariadb_client().args(["-e", &sql]).output();
     }
 }
 
@@ -147,26 +227,22 @@ pub struct PgDb {
 impl PgDb {
     pub fn create(tag: &str) -> Self {
         let name = unique_name(tag);
-        pg_sql("postgres", &format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"));
+        pg_sql(
+            "postgres",
+            &format!("CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"),
+        );
         Self { name, user: None }
     }
 
     pub fn load_fixture(&self, file: &str) {
         let path = fixtures_dir().join(file);
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gzip -dc '{}' | psql -h 127.0.0.1 -U '{}' -d '{}' -X -q -v ON_ERROR_STOP=1",
-                path.display(),
-                pg_user(),
-                self.name
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("load fixture");
-        assert!(child.wait().expect("load fixture").success(), "loading {} failed", path.display());
+        let mut c = psql_client(&self.name);
+        c.args(["-v", "ON_ERROR_STOP=1"]);
+        load_gz(&path, c);
     }
 
+    /// Creates a login role owning this database, with rights on every table already in it
+    /// (call after loading a fixture, as the fixture's tables belong to the administrator).
     pub fn with_user(mut self, password: &str) -> Self {
         let user = self.name.clone();
         pg_sql(
@@ -177,13 +253,23 @@ impl PgDb {
                 self.name
             ),
         );
+        pg_sql(
+            &self.name,
+            &format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{user}\"; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{user}\";"),
+        );
         self.user = Some(user);
         self
     }
 
     /// The URL of this database for the administrator (as a register location).
     pub fn url(&self) -> String {
-        format!("postgres://{}@127.0.0.1:5432/{}", pg_user(), self.name)
+        let pw = pg_password();
+        let auth = if pw.is_empty() {
+            pg_user()
+        } else {
+            format!("{}:{}", pg_user(), pct(&pw))
+        };
+        format!("postgres://{auth}@127.0.0.1:5432/{}", self.name)
     }
 }
 
@@ -198,9 +284,7 @@ impl Drop for PgDb {
             sql.push_str(&format!("DROP ROLE IF EXISTS \"{u}\";"));
         }
         for stmt in sql.split_inclusive(';') {
-            let _ = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", &pg_user(), "-d", "postgres", "-X", "-q", "-c", stmt])
-                .output();
+            let _ = psql_client("postgres").args(["-c", stmt]).output();
         }
     }
 }
@@ -211,7 +295,12 @@ pub struct TempDir(Option<tempfile::TempDir>);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        Self(Some(tempfile::Builder::new().prefix(&format!("vmt-{tag}-")).tempdir().expect("tempdir")))
+        Self(Some(
+            tempfile::Builder::new()
+                .prefix(&format!("vmt-{tag}-"))
+                .tempdir()
+                .expect("tempdir"),
+        ))
     }
     pub fn path(&self) -> &Path {
         self.0.as_ref().expect("present").path()
@@ -231,4 +320,42 @@ impl Drop for TempDir {
 /// Base64 of bytes (to hand arbitrary bytes, NUL included, to a PHP script's argv).
 pub fn base64(bytes: &[u8]) -> String {
     openssl::base64::encode_block(bytes)
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Pipes a gzipped SQL file into a client command.
+fn load_gz(path: &Path, mut client: Command) {
+    let mut gz = Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let out = client
+        .stdin(gz.stdout.take().expect("piped"))
+        .stdout(Stdio::null())
+        .output()
+        .expect("client");
+    assert!(
+        gz.wait().expect("gzip").success(),
+        "cannot read {}",
+        path.display()
+    );
+    assert!(
+        out.status.success(),
+        "loading {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -59,17 +59,38 @@ pub enum Cmd {
 impl Cmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
         match self {
-            Cmd::Add { name, kind, host, port, socket, user, password, no_check } => {
+            Cmd::Add {
+                name,
+                kind,
+                host,
+                port,
+                socket,
+                user,
+                password,
+                no_check,
+            } => {
                 let home = Home::open_locked(root).await?;
                 let password = password
                     .read()?
                     .ok_or_else(|| anyhow!("give the administrator password with --password-file FILE or --password-stdin"))?;
                 let (s, report) = dbservers::add(
                     &home,
-                    dbservers::AddDbServer { name, kind, host, port, socket, user, password, check: !no_check },
+                    dbservers::AddDbServer {
+                        name,
+                        kind,
+                        host,
+                        port,
+                        socket,
+                        user,
+                        password,
+                        check: !no_check,
+                    },
                 )
                 .await?;
-                eprintln!("registered database server `{}` ({} at {}:{})", s.name, s.kind, s.host, s.port);
+                eprintln!(
+                    "registered database server `{}` ({} at {}:{})",
+                    s.name, s.kind, s.host, s.port
+                );
                 if let Some(r) = report {
                     print_check(&r);
                 }
@@ -89,9 +110,15 @@ impl Cmd {
                                 vec![
                                     s.name.clone(),
                                     s.kind.to_string(),
-                                    s.socket.clone().unwrap_or_else(|| format!("{}:{}", s.host, s.port)),
+                                    s.socket
+                                        .clone()
+                                        .unwrap_or_else(|| format!("{}:{}", s.host, s.port)),
                                     s.admin_user.clone(),
-                                    instances.iter().filter(|i| i.dbserver_id == s.id).count().to_string(),
+                                    instances
+                                        .iter()
+                                        .filter(|i| i.dbserver_id == s.id)
+                                        .count()
+                                        .to_string(),
                                 ]
                             })
                             .collect(),

@@ -44,10 +44,18 @@ impl Cmd {
                 vmoodle_ops::publish::publish_all(&home).await?;
                 match hook::install(&moodle_dir, &hook::snippet(&home.hook_path()))? {
                     InstallOutcome::Installed { config, backup } => {
-                        eprintln!("hook added to {} (backup: {})", config.display(), backup.display())
+                        eprintln!(
+                            "hook added to {} (backup: {})",
+                            config.display(),
+                            backup.display()
+                        )
                     }
                     InstallOutcome::Updated { config, backup } => {
-                        eprintln!("hook updated in {} (backup: {})", config.display(), backup.display())
+                        eprintln!(
+                            "hook updated in {} (backup: {})",
+                            config.display(),
+                            backup.display()
+                        )
                     }
                     InstallOutcome::AlreadyInstalled { config } => {
                         eprintln!("hook already in {}; nothing changed", config.display())
@@ -64,7 +72,11 @@ impl Cmd {
                         "published {} and {} host file(s){}",
                         r.hook,
                         r.written.len(),
-                        if r.removed.is_empty() { String::new() } else { format!("; removed stale: {}", r.removed.join(", ")) }
+                        if r.removed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; removed stale: {}", r.removed.join(", "))
+                        }
                     );
                 }
             }

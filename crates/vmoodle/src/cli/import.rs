@@ -36,13 +36,23 @@ impl Cmd {
     pub async fn run(self, root: &Path) -> anyhow::Result<u8> {
         let home = Home::open_locked(root).await?;
         let (report, json) = match self {
-            Cmd::Vmoodle { dbserver, database, prefix, json } => {
-                (import::from_vmoodle_table(&home, &dbserver, &database, &prefix).await?, json)
-            }
+            Cmd::Vmoodle {
+                dbserver,
+                database,
+                prefix,
+                json,
+            } => (
+                import::from_vmoodle_table(&home, &dbserver, &database, &prefix).await?,
+                json,
+            ),
             Cmd::Csv { file, json } => (import::from_csv(&home, &file).await?, json),
         };
         print(&report, json)?;
-        Ok(if report.refused.is_empty() { exit::OK } else { exit::PARTIAL })
+        Ok(if report.refused.is_empty() {
+            exit::OK
+        } else {
+            exit::PARTIAL
+        })
     }
 }
 
@@ -55,11 +65,23 @@ fn print(r: &ImportReport, json: bool) -> anyhow::Result<()> {
     }
     if !r.taken.is_empty() {
         println!("registered {}:", r.taken.len());
-        output::table(&["row", "shortname", "host"], r.taken.iter().map(|t| vec![t.row.clone(), t.shortname.clone(), t.host.clone()]).collect());
+        output::table(
+            &["row", "shortname", "host"],
+            r.taken
+                .iter()
+                .map(|t| vec![t.row.clone(), t.shortname.clone(), t.host.clone()])
+                .collect(),
+        );
     }
     if !r.refused.is_empty() {
         println!("refused {}:", r.refused.len());
-        output::table(&["row", "reason"], r.refused.iter().map(|t| vec![t.row.clone(), t.reason.clone()]).collect());
+        output::table(
+            &["row", "reason"],
+            r.refused
+                .iter()
+                .map(|t| vec![t.row.clone(), t.reason.clone()])
+                .collect(),
+        );
     }
     if r.taken.is_empty() && r.refused.is_empty() {
         println!("nothing to import: the source has no rows");

@@ -153,7 +153,10 @@ impl Cmd {
                 if a.json {
                     output::json(&i)?;
                 } else {
-                    eprintln!("registered instance `{}` at {} and published its host file", i.shortname, i.wwwroot);
+                    eprintln!(
+                        "registered instance `{}` at {} and published its host file",
+                        i.shortname, i.wwwroot
+                    );
                 }
             }
             Cmd::List { json } => {
@@ -163,7 +166,14 @@ impl Cmd {
                     output::json(&all)?;
                 } else {
                     output::table(
-                        &["shortname", "wwwroot", "state", "database", "dataroot", "mnet"],
+                        &[
+                            "shortname",
+                            "wwwroot",
+                            "state",
+                            "database",
+                            "dataroot",
+                            "mnet",
+                        ],
                         all.iter()
                             .map(|i| {
                                 vec![
@@ -219,12 +229,18 @@ impl Cmd {
             Cmd::Enable { instance } => {
                 let home = Home::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, true).await?;
-                eprintln!("instance `{}` is enabled: {} is served", i.shortname, i.host);
+                eprintln!(
+                    "instance `{}` is enabled: {} is served",
+                    i.shortname, i.host
+                );
             }
             Cmd::Disable { instance } => {
                 let home = Home::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, false).await?;
-                eprintln!("instance `{}` is disabled: {} answers 503", i.shortname, i.host);
+                eprintln!(
+                    "instance `{}` is disabled: {} answers 503",
+                    i.shortname, i.host
+                );
             }
             Cmd::Forget { instance } => {
                 let home = Home::open_locked(root).await?;

@@ -36,13 +36,31 @@ pub enum Cmd {
 impl Cmd {
     pub async fn run(self, root: &Path) -> anyhow::Result<u8> {
         match self {
-            Cmd::Set { moodle_dir, dbserver, shortname, name, json } => {
+            Cmd::Set {
+                moodle_dir,
+                dbserver,
+                shortname,
+                name,
+                json,
+            } => {
                 let home = Home::open_locked(root).await?;
-                let i = instances::set_master(&home, &moodle_dir, &MasterInput { dbserver, shortname, name }).await?;
+                let i = instances::set_master(
+                    &home,
+                    &moodle_dir,
+                    &MasterInput {
+                        dbserver,
+                        shortname,
+                        name,
+                    },
+                )
+                .await?;
                 if json {
                     output::json(&i)?;
                 } else {
-                    eprintln!("master `{}` recorded: {} (database {} on {})", i.shortname, i.wwwroot, i.dbname, i.dbserver);
+                    eprintln!(
+                        "master `{}` recorded: {} (database {} on {})",
+                        i.shortname, i.wwwroot, i.dbname, i.dbserver
+                    );
                 }
             }
             Cmd::Show { json } => {
@@ -50,7 +68,9 @@ impl Cmd {
                 match home.registry.master().await? {
                     Some(i) if json => output::json(&i)?,
                     Some(i) => super::instance::show(&i),
-                    None => anyhow::bail!("no master is recorded\nhint: `vmoodle master set --moodle-dir DIR`"),
+                    None => anyhow::bail!(
+                        "no master is recorded\nhint: `vmoodle master set --moodle-dir DIR`"
+                    ),
                 }
             }
         }

@@ -70,7 +70,7 @@ enum Command {
     Dbserver(dbserver::Cmd),
     /// Moodle instances in the register.
     #[command(subcommand)]
-    Instance(instance::Cmd),
+    Instance(Box<instance::Cmd>),
     /// The master: the Moodle installed by hand, served by its own config.php.
     #[command(subcommand)]
     Master(master::Cmd),
@@ -87,7 +87,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     // Files vmoodle creates are never world-readable.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -110,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Settings(c) => c.run(&home).await,
         Command::Schema(c) => c.run(&home).await,
         Command::Dbserver(c) => c.run(&home).await,
-        Command::Instance(c) => c.run(&home).await,
+        Command::Instance(c) => (*c).run(&home).await,
         Command::Master(c) => c.run(&home).await,
         Command::Import(c) => c.run(&home).await,
         Command::Hook(c) => c.run(&home).await,
@@ -154,7 +157,10 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os(env::NO_COLOR).is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::env::var_os(env::NO_COLOR).is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .without_time()
         .try_init();
 }

@@ -10,9 +10,13 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
 
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut t = Table::new();
-    t.load_preset(if std::io::IsTerminal::is_terminal(&std::io::stdout()) { presets::UTF8_FULL_CONDENSED } else { presets::ASCII_MARKDOWN })
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(headers.to_vec());
+    t.load_preset(if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        presets::UTF8_FULL_CONDENSED
+    } else {
+        presets::ASCII_MARKDOWN
+    })
+    .set_content_arrangement(ContentArrangement::Dynamic)
+    .set_header(headers.to_vec());
     for r in rows {
         t.add_row(r);
     }

@@ -40,7 +40,9 @@ impl Cmd {
                 ("dataroot", e.dataroot.display().to_string()),
             ]);
             if !home.settings.schema.automate {
-                eprintln!("note: schema.automate is off, so deploys and `instance add` do not use it");
+                eprintln!(
+                    "note: schema.automate is off, so deploys and `instance add` do not use it"
+                );
             }
         }
         Ok(exit::OK)

@@ -42,10 +42,16 @@ impl Cmd {
                 let home = Home::open(root).await?;
                 let flat = home.settings.flatten();
                 if json {
-                    let map: serde_json::Map<String, serde_json::Value> = flat.into_iter().collect();
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        flat.into_iter().collect();
                     output::json(&map)?;
                 } else {
-                    output::table(&["setting", "value"], flat.into_iter().map(|(k, v)| vec![k, display(&v)]).collect());
+                    output::table(
+                        &["setting", "value"],
+                        flat.into_iter()
+                            .map(|(k, v)| vec![k, display(&v)])
+                            .collect(),
+                    );
                 }
             }
             Cmd::Get { key } => {
@@ -57,13 +63,19 @@ impl Cmd {
                 let is_secret = SECRET_KEYS.contains(&key.as_str());
                 let raw = match (value, stdin) {
                     (Some(_), _) if is_secret => {
-                        return Err(vmoodle_core::settings::SettingsError::SecretOnCommandLine(key).into())
+                        return Err(
+                            vmoodle_core::settings::SettingsError::SecretOnCommandLine(key).into(),
+                        )
                     }
                     (Some(v), _) => v,
                     (None, true) => vmoodle_ops::read_password_stdin()?.expose().to_string(),
                     (None, false) => bail!("give the new value of `{key}` (or --stdin)"),
                 };
-                let stored = if is_secret && !raw.is_empty() { home.secrets.seal(&Secret::new(raw))? } else { raw };
+                let stored = if is_secret && !raw.is_empty() {
+                    home.secrets.seal(&Secret::new(raw))?
+                } else {
+                    raw
+                };
                 let text = set_in_document(&home.settings_text()?, &key, &stored)?;
                 home.save_settings(&text)?;
                 if key.starts_with("web.") {

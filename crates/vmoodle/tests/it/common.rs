@@ -31,7 +31,11 @@ impl Vm {
                 (Some(db), vec!["--registry".into(), url])
             }
         };
-        let vm = Self { dir, home, _registry_db: registry_db };
+        let vm = Self {
+            dir,
+            home,
+            _registry_db: registry_db,
+        };
         let mut a = vec!["init".to_string()];
         a.extend(args);
         vm.ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -40,7 +44,10 @@ impl Vm {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmoodle"));
-        c.args(args).env("VMOODLE_HOME", &self.home).env("NO_COLOR", "1").env_remove("VMOODLE_LOG");
+        c.args(args)
+            .env("VMOODLE_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env_remove("VMOODLE_LOG");
         c
     }
 
@@ -52,12 +59,20 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vmoodle");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).stdin(Stdio::null()).output().expect("run vmoodle")
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vmoodle")
     }
 
     /// Runs and expects success; returns stdout.
@@ -80,19 +95,40 @@ impl Vm {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
     }
 
     /// Registers the local MariaDB and PostgreSQL servers as `maria` and `pg`.
     pub fn add_local_servers(&self) {
-        self.ok_stdin(
-            &["dbserver", "add", "maria", "--type", "mariadb", "--host", "127.0.0.1", "--user", &vmoodle_test::mariadb_user(), "--password-stdin"],
-            "",
-        );
-        self.ok_stdin(
-            &["dbserver", "add", "pg", "--type", "pgsql", "--host", "127.0.0.1", "--user", &vmoodle_test::pg_user(), "--password-stdin"],
-            "",
-        );
+        let maria = [
+            "dbserver",
+            "add",
+            "maria",
+            "--type",
+            "mariadb",
+            "--host",
+            "127.0.0.1",
+            "--user",
+        ];
+        let user = vmoodle_test::mariadb_user();
+        let mut args = maria.to_vec();
+        args.extend([user.as_str(), "--password-stdin"]);
+        self.ok_stdin(&args, &vmoodle_test::mariadb_password());
+        let pg = [
+            "dbserver",
+            "add",
+            "pg",
+            "--type",
+            "pgsql",
+            "--host",
+            "127.0.0.1",
+            "--user",
+        ];
+        let user = vmoodle_test::pg_user();
+        let mut args = pg.to_vec();
+        args.extend([user.as_str(), "--password-stdin"]);
+        self.ok_stdin(&args, &vmoodle_test::pg_password());
     }
 
     pub fn hosts_dir(&self) -> PathBuf {
@@ -135,13 +171,21 @@ fn check_fails(args: &[&str], out: Output, code: i32) -> String {
 /// public/, config.php above it).
 pub fn fake_moodle(dir: &Path, layout5: bool, cfg: &[(&str, &str)]) -> PathBuf {
     let root = dir.join(if layout5 { "moodle5" } else { "moodle4" });
-    let code = if layout5 { root.join("public") } else { root.clone() };
+    let code = if layout5 {
+        root.join("public")
+    } else {
+        root.clone()
+    };
     std::fs::create_dir_all(code.join("lib")).unwrap();
     let setup = "<?php\n// Stand-in for Moodle's lib/setup.php: shows the $CFG that config.php built.\necho json_encode($CFG, JSON_UNESCAPED_SLASHES);\n";
     std::fs::write(code.join("lib/setup.php"), setup).unwrap();
     if layout5 {
         // Moodle 5.x: public/config.php only includes the real one above it.
-        std::fs::write(code.join("config.php"), "<?php\nrequire_once(__DIR__ . '/../config.php');\n").unwrap();
+        std::fs::write(
+            code.join("config.php"),
+            "<?php\nrequire_once(__DIR__ . '/../config.php');\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("lib")).unwrap();
         std::fs::write(root.join("lib/setup.php"), setup).unwrap();
     }
@@ -150,7 +194,10 @@ pub fn fake_moodle(dir: &Path, layout5: bool, cfg: &[(&str, &str)]) -> PathBuf {
         if k.starts_with("dboptions") {
             continue;
         }
-        text.push_str(&format!("$CFG->{k} = '{}';\n", v.replace('\\', "\\\\").replace('\'', "\\'")));
+        text.push_str(&format!(
+            "$CFG->{k} = '{}';\n",
+            v.replace('\\', "\\\\").replace('\'', "\\'")
+        ));
     }
     text.push_str("$CFG->dboptions = array (\n  'dbpersist' => 0,\n  'dbport' => '',\n  'dbsocket' => '',\n);\n");
     text.push_str("$CFG->admin = 'admin';\n$CFG->directorypermissions = 0777;\n\n");
@@ -162,7 +209,9 @@ pub fn fake_moodle(dir: &Path, layout5: bool, cfg: &[(&str, &str)]) -> PathBuf {
 /// Runs the Moodle config.php of `moodle` with php-cli as a CLI script with VMOODLE_HOST.
 pub fn php_cli_config(moodle: &Path, host: Option<&str>) -> Output {
     let mut c = Command::new("php");
-    c.args(["-n", "-r", "define('CLI_SCRIPT', true); require $argv[1];"]).arg("--").arg(moodle.join("config.php"));
+    c.args(["-n", "-r", "define('CLI_SCRIPT', true); require $argv[1];"])
+        .arg("--")
+        .arg(moodle.join("config.php"));
     c.env_remove("VMOODLE_HOST");
     if let Some(h) = host {
         c.env("VMOODLE_HOST", h);

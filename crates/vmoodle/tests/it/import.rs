@@ -14,13 +14,26 @@ const ROWS: &str = "\
 const COLUMNS: &str = "(vhostname, vdbtype, vdbhost, vdblogin, vdbpass, vdbname, vdbprefix, vdbpersist, vdatapath, mnet, enabled, name, shortname, description)";
 
 fn check_report(vm: &Vm, out: std::process::Output) {
-    assert_eq!(out.status.code(), Some(3), "some rows are refused: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "some rows are refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let taken: Vec<&str> = r["taken"].as_array().unwrap().iter().map(|t| t["shortname"].as_str().unwrap()).collect();
+    let taken: Vec<&str> = r["taken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["shortname"].as_str().unwrap())
+        .collect();
     assert_eq!(taken, ["one", "two", "three"]);
     let refused = r["refused"].as_array().unwrap();
     assert_eq!(refused.len(), 3, "{r}");
-    let reasons: String = refused.iter().map(|x| x["reason"].as_str().unwrap().to_string() + "\n").collect();
+    let reasons: String = refused
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap().to_string() + "\n")
+        .collect();
     assert!(reasons.contains("not a url"), "{reasons}");
     assert!(reasons.contains("db9.example.org"), "{reasons}");
     assert!(reasons.contains("/srv/vmdata/../../etc"), "{reasons}");
@@ -29,7 +42,10 @@ fn check_report(vm: &Vm, out: std::process::Output) {
     assert_eq!(two["dbpersist"], true);
     assert_eq!(two["dataroot"], "/srv/vmdata/two");
     assert_eq!(two["wwwroot"], "https://two.vm.example.org");
-    assert_eq!(vm.json(&["instance", "show", "three", "--json"])["dbserver"], "pg");
+    assert_eq!(
+        vm.json(&["instance", "show", "three", "--json"])["dbserver"],
+        "pg"
+    );
     assert_eq!(vm.json(&["instance", "show", "one", "--json"])["mnet"], 1);
     let hf = std::fs::read_to_string(vm.hosts_dir().join("two.vm.example.org.php")).unwrap();
     assert!(hf.contains("'enabled' => false"));
@@ -47,14 +63,45 @@ fn import_vmoodle_table_mariadb() {
             "CREATE TABLE mdl_local_vmoodle (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(255), shortname VARCHAR(80), description TEXT, vhostname VARCHAR(255), vdbtype VARCHAR(16) NOT NULL DEFAULT 'mysqli', vdbhost VARCHAR(80) NOT NULL DEFAULT 'localhost', vdblogin VARCHAR(16) NOT NULL DEFAULT 'root', vdbpass VARCHAR(32), vdbname VARCHAR(64), vdbprefix VARCHAR(10) NOT NULL DEFAULT 'mdl_', vdbpersist TINYINT DEFAULT 0, vdatapath VARCHAR(255), mnet MEDIUMINT DEFAULT 0, enabled TINYINT DEFAULT 1, timecreated BIGINT DEFAULT 0); INSERT INTO mdl_local_vmoodle {COLUMNS} VALUES {ROWS};"
         ),
     );
-    let out = vm.run(&["import", "vmoodle", "--dbserver", "maria", "--database", &db.name, "--json"]);
+    let out = vm.run(&[
+        "import",
+        "vmoodle",
+        "--dbserver",
+        "maria",
+        "--database",
+        &db.name,
+        "--json",
+    ]);
     check_report(&vm, out);
-    let out = vm.run(&["import", "vmoodle", "--dbserver", "maria", "--database", &db.name, "--json"]);
+    let out = vm.run(&[
+        "import",
+        "vmoodle",
+        "--dbserver",
+        "maria",
+        "--database",
+        &db.name,
+        "--json",
+    ]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["taken"].as_array().unwrap().is_empty());
     assert!(r["refused"].to_string().contains("already registered"));
-    let err = vm.fails(&["import", "vmoodle", "--dbserver", "maria", "--database", &db.name, "--prefix", "xx_"], 1);
-    assert!(err.contains("xx_block_vmoodle") || err.contains("xx_local_vmoodle"), "{err}");
+    let err = vm.fails(
+        &[
+            "import",
+            "vmoodle",
+            "--dbserver",
+            "maria",
+            "--database",
+            &db.name,
+            "--prefix",
+            "xx_",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("xx_block_vmoodle") || err.contains("xx_local_vmoodle"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -68,7 +115,15 @@ fn import_vmoodle_table_postgres() {
             "CREATE TABLE mdl_local_vmoodle (id BIGSERIAL PRIMARY KEY, name VARCHAR(255), shortname VARCHAR(80), description TEXT, vhostname VARCHAR(255), vdbtype VARCHAR(16) NOT NULL DEFAULT 'mysqli', vdbhost VARCHAR(80) NOT NULL DEFAULT 'localhost', vdblogin VARCHAR(16) NOT NULL DEFAULT 'root', vdbpass VARCHAR(32), vdbname VARCHAR(64), vdbprefix VARCHAR(10) NOT NULL DEFAULT 'mdl_', vdbpersist SMALLINT DEFAULT 0, vdatapath VARCHAR(255), mnet INTEGER DEFAULT 0, enabled SMALLINT DEFAULT 1, timecreated BIGINT DEFAULT 0); INSERT INTO mdl_local_vmoodle {COLUMNS} VALUES {ROWS};"
         ),
     );
-    let out = vm.run(&["import", "vmoodle", "--dbserver", "pg", "--database", &db.name, "--json"]);
+    let out = vm.run(&[
+        "import",
+        "vmoodle",
+        "--dbserver",
+        "pg",
+        "--database",
+        &db.name,
+        "--json",
+    ]);
     check_report(&vm, out);
 }
 
@@ -93,13 +148,27 @@ fn import_csv_nodelist() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["taken"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(r["refused"].as_array().unwrap().len(), 2, "{r}");
-    assert!(r["refused"].to_string().contains("n 3") && r["refused"].to_string().contains("oracle"), "{r}");
+    assert!(
+        r["refused"].to_string().contains("n 3") && r["refused"].to_string().contains("oracle"),
+        "{r}"
+    );
     assert!(r["notes"].to_string().contains("config_theme"), "{r}");
     let n1 = vm.json(&["instance", "show", "n1", "--json"]);
     assert_eq!(n1["description"], "A; B");
-    let (m1, m2) = (n1["mnet"].as_i64().unwrap(), vm.json(&["instance", "show", "n2", "--json"])["mnet"].as_i64().unwrap());
-    assert!(m1 >= 1 && m2 == m1 + 1, "NEW gives each row a new subnetwork: {m1} {m2}");
+    let (m1, m2) = (
+        n1["mnet"].as_i64().unwrap(),
+        vm.json(&["instance", "show", "n2", "--json"])["mnet"]
+            .as_i64()
+            .unwrap(),
+    );
+    assert!(
+        m1 >= 1 && m2 == m1 + 1,
+        "NEW gives each row a new subnetwork: {m1} {m2}"
+    );
     std::fs::write(&csv, "vhostname;name\nhttp://x.example.org;X\n").unwrap();
     let err = vm.fails(&["import", "csv", csv.to_str().unwrap()], 1);
-    assert!(err.contains("lacks the column(s)") && err.contains("vdbpass"), "{err}");
+    assert!(
+        err.contains("lacks the column(s)") && err.contains("vdbpass"),
+        "{err}"
+    );
 }

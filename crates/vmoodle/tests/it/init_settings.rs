@@ -16,12 +16,21 @@ fn init_is_complete_and_idempotent(backend: Backend) {
     assert_eq!(mode(&vm.hook()), 0o640);
     assert!(vm.hosts_dir().is_dir());
     let toml = std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap();
-    assert!(toml.contains("# The naming schema"), "settings are documented");
-    assert_eq!(backend == Backend::Sqlite, vm.home.join("registry.sqlite").exists());
+    assert!(
+        toml.contains("# The naming schema"),
+        "settings are documented"
+    );
+    assert_eq!(
+        backend == Backend::Sqlite,
+        vm.home.join("registry.sqlite").exists()
+    );
     // Twice is harmless: the key and settings are kept.
     let again = vm.json(&["init", "--json"]);
     assert!(again["created"].as_array().unwrap().is_empty(), "{again}");
-    assert_eq!(std::fs::read_to_string(vm.home.join("secret.key")).unwrap(), key);
+    assert_eq!(
+        std::fs::read_to_string(vm.home.join("secret.key")).unwrap(),
+        key
+    );
 }
 
 #[test]
@@ -44,7 +53,10 @@ fn not_a_home_is_explained() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not a vmoodle home") && err.contains("vmoodle init --home"), "{err}");
+    assert!(
+        err.contains("is not a vmoodle home") && err.contains("vmoodle init --home"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,20 +64,53 @@ fn settings_show_get_set_validate() {
     let vm = Vm::new(Backend::Sqlite);
     let all = vm.json(&["settings", "show", "--json"]);
     for key in [
-        "schema.automate", "schema.wwwroot", "schema.db_type", "schema.db_host", "schema.db_port", "schema.db_login",
-        "schema.db_password", "schema.db_name", "schema.prefix", "schema.db_persist", "schema.dataroot",
-        "executables.mariadb", "executables.mariadb_dump", "executables.psql", "executables.pg_dump",
-        "executables.pg_restore", "executables.mariabackup", "executables.php", "web.user", "web.group",
+        "schema.automate",
+        "schema.wwwroot",
+        "schema.db_type",
+        "schema.db_host",
+        "schema.db_port",
+        "schema.db_login",
+        "schema.db_password",
+        "schema.db_name",
+        "schema.prefix",
+        "schema.db_persist",
+        "schema.dataroot",
+        "executables.mariadb",
+        "executables.mariadb_dump",
+        "executables.psql",
+        "executables.pg_dump",
+        "executables.pg_restore",
+        "executables.mariabackup",
+        "executables.php",
+        "web.user",
+        "web.group",
     ] {
         assert!(all.get(key).is_some(), "{key} missing from settings show");
     }
-    vm.set("schema.wwwroot", "https://<%%INSTANCE%%>.campus.example.edu");
-    assert_eq!(vm.ok(&["settings", "get", "schema.wwwroot"]).trim(), "https://<%%INSTANCE%%>.campus.example.edu");
+    vm.set(
+        "schema.wwwroot",
+        "https://<%%INSTANCE%%>.campus.example.edu",
+    );
+    assert_eq!(
+        vm.ok(&["settings", "get", "schema.wwwroot"]).trim(),
+        "https://<%%INSTANCE%%>.campus.example.edu"
+    );
     let before = std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap();
     // Bad values are refused, named, and the file is left as it was.
     let err = vm.fails(&["settings", "set", "schema.db_name", "vm-fixed"], 1);
-    assert!(err.contains("schema.db_name") && err.contains("vm-fixed") && err.contains("exactly once"), "{err}");
-    let err = vm.fails(&["settings", "set", "schema.dataroot", "/srv/../etc/<%%INSTANCE%%>"], 1);
+    assert!(
+        err.contains("schema.db_name") && err.contains("vm-fixed") && err.contains("exactly once"),
+        "{err}"
+    );
+    let err = vm.fails(
+        &[
+            "settings",
+            "set",
+            "schema.dataroot",
+            "/srv/../etc/<%%INSTANCE%%>",
+        ],
+        1,
+    );
     assert!(err.contains("schema.dataroot"), "{err}");
     let err = vm.fails(&["settings", "set", "schema.db_type", "oracle"], 1);
     assert!(err.contains("oracle"), "{err}");
@@ -73,16 +118,32 @@ fn settings_show_get_set_validate() {
     assert!(err.contains("unknown setting `schema.automat`"), "{err}");
     let err = vm.fails(&["settings", "set", "executables.php", "php"], 1);
     assert!(err.contains("executables.php"), "{err}");
-    assert_eq!(std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap(),
+        before
+    );
     // Secrets: never from argv, sealed at rest, never shown.
     let err = vm.fails(&["settings", "set", "schema.db_password", "hunter2"], 1);
-    assert!(err.contains("standard input") && !err.contains("hunter2"), "{err}");
-    vm.ok_stdin(&["settings", "set", "schema.db_password", "--stdin"], "S3cret-Preset\n");
+    assert!(
+        err.contains("standard input") && !err.contains("hunter2"),
+        "{err}"
+    );
+    vm.ok_stdin(
+        &["settings", "set", "schema.db_password", "--stdin"],
+        "S3cret-Preset\n",
+    );
     let toml = std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap();
     assert!(toml.contains("db_password = \"v1:") && !toml.contains("S3cret-Preset"));
-    assert_eq!(vm.ok(&["settings", "get", "schema.db_password"]).trim(), "****");
+    assert_eq!(
+        vm.ok(&["settings", "get", "schema.db_password"]).trim(),
+        "****"
+    );
     // Hand edits with a typo are caught with the key named.
-    std::fs::write(vm.home.join("vmoodle.toml"), toml.replace("[web]", "[web]\ngruop = \"x\"")).unwrap();
+    std::fs::write(
+        vm.home.join("vmoodle.toml"),
+        toml.replace("[web]", "[web]\ngruop = \"x\""),
+    )
+    .unwrap();
     let err = vm.fails(&["settings", "show"], 1);
     assert!(err.contains("gruop"), "{err}");
 }
@@ -90,7 +151,10 @@ fn settings_show_get_set_validate() {
 #[test]
 fn schema_expand_and_tokens() {
     let vm = Vm::new(Backend::Sqlite);
-    vm.set("schema.wwwroot", "https://<%%INSTANCE%%>.moodle.example.org");
+    vm.set(
+        "schema.wwwroot",
+        "https://<%%INSTANCE%%>.moodle.example.org",
+    );
     vm.set("schema.dataroot", "/srv/moodledata/<%%INSTANCE%%>");
     let e = vm.json(&["schema", "expand", "school42", "--json"]);
     assert_eq!(e["wwwroot"], "https://school42.moodle.example.org");
@@ -98,8 +162,22 @@ fn schema_expand_and_tokens() {
     assert_eq!(e["db_name"], "vm_school42");
     assert_eq!(e["db_user"], "vm_school42");
     assert_eq!(e["dataroot"], "/srv/moodledata/school42");
-    for bad in ["School1", "1school", "a-b", "a_b", "../x", "x;drop", "a b", "é", "", "abcdefghijklmnopqrstu"] {
+    for bad in [
+        "School1",
+        "1school",
+        "a-b",
+        "a_b",
+        "../x",
+        "x;drop",
+        "a b",
+        "é",
+        "",
+        "abcdefghijklmnopqrstu",
+    ] {
         let err = vm.fails(&["schema", "expand", bad], 1);
-        assert!(err.contains("invalid token") && err.contains("lowercase letters"), "{bad:?}: {err}");
+        assert!(
+            err.contains("invalid token") && err.contains("lowercase letters"),
+            "{bad:?}: {err}"
+        );
     }
 }

@@ -1,0 +1,114 @@
+# Shared by scripts/up and scripts/test: install what is missing (Debian 12), start the database
+# servers when they are not running, and make local administrator accounts for vmoodle.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages vmoodle and its tests need; installed only when missing.
+PACKAGES=(php-cli php-mysql php-pgsql mariadb-server mariadb-client mariadb-backup postgresql postgresql-client
+          libssl-dev pkg-config gcc ca-certificates)
+
+ensure_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_rust_tools() {
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    fi
+}
+
+wait_for() { # wait_for SECONDS COMMAND...
+    local secs=$1; shift
+    for _ in $(seq 1 $((secs * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
+    return 1
+}
+
+mariadb_up() { mariadb-admin --protocol=socket -uroot ping >/dev/null 2>&1 || mariadb-admin -h 127.0.0.1 -uroot ping >/dev/null 2>&1; }
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
+
+ensure_services() {
+    if ! mariadb_up; then
+        log "starting MariaDB"
+        as_root service mariadb start >/dev/null 2>&1 \
+            || as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+        wait_for 60 mariadb_up || { echo "MariaDB did not start" >&2; exit 1; }
+    fi
+    if ! pg_up; then
+        log "starting PostgreSQL"
+        local v
+        v="$(ls /etc/postgresql | sort -V | tail -n1)"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start >/dev/null 2>&1 || as_root service postgresql start
+        wait_for 60 pg_up || { echo "PostgreSQL did not start" >&2; exit 1; }
+    fi
+}
+
+# Runs SQL on the local MariaDB as its administrator (root over the socket, as Debian sets it up).
+mariadb_admin_sql() {
+    if mariadb --protocol=socket -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+        mariadb --protocol=socket -uroot -e "$1"
+    else
+        mariadb -h 127.0.0.1 -uroot -e "$1"
+    fi
+}
+
+# Runs SQL on the local PostgreSQL as the postgres superuser (peer authentication).
+pg_admin_sql() {
+    if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
+        (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "$1")
+    else
+        psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d postgres -c "$1"
+    fi
+}
+
+# ensure_admin_accounts DIR USER: an administrator account USER on both servers, its password
+# kept in DIR/mariadb.pw and DIR/pgsql.pw (0600; made once, reused).
+ensure_admin_accounts() {
+    local dir=$1 user=$2
+    mkdir -p "$dir"; chmod 700 "$dir"
+    for f in mariadb.pw pgsql.pw; do
+        if [ ! -s "$dir/$f" ]; then
+            (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/$f")
+        fi
+    done
+    local mpw ppw
+    mpw="$(cat "$dir/mariadb.pw")"; ppw="$(cat "$dir/pgsql.pw")"
+    mariadb_admin_sql "CREATE USER IF NOT EXISTS '$user'@'127.0.0.1' IDENTIFIED BY '$mpw';
+        ALTER USER '$user'@'127.0.0.1' IDENTIFIED BY '$mpw';
+        CREATE USER IF NOT EXISTS '$user'@'localhost' IDENTIFIED BY '$mpw';
+        ALTER USER '$user'@'localhost' IDENTIFIED BY '$mpw';
+        GRANT ALL PRIVILEGES ON *.* TO '$user'@'127.0.0.1' WITH GRANT OPTION;
+        GRANT ALL PRIVILEGES ON *.* TO '$user'@'localhost' WITH GRANT OPTION;" >/dev/null
+    pg_admin_sql "DO \$\$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$user') THEN
+            CREATE ROLE \"$user\" LOGIN SUPERUSER;
+        END IF;
+        END \$\$;" >/dev/null
+    # The password goes in through psql's stdin, not its command line.
+    printf "ALTER ROLE \"%s\" LOGIN SUPERUSER PASSWORD '%s';\n" "$user" "$ppw" | {
+        if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
+            (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres)
+        else
+            psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d postgres
+        fi
+    } >/dev/null
+}
