@@ -14,6 +14,12 @@ pub enum Cmd {
     ///
     /// With the naming schema automated, `--token school1` fills wwwroot, database name, user,
     /// dataroot and the database server from the schema; flags override single values.
+    ///
+    /// Examples:
+    ///   printf '%s' "$PW" | vmoodle instance add --token school1 --password-stdin
+    ///   vmoodle instance add --wwwroot https://lms.example.org --shortname lms --dbserver db1 \
+    ///       --dbname lms --dbuser lms --dataroot /srv/lms/data --password-file /root/lms.pw
+    #[command(verbatim_doc_comment)]
     Add(AddArgs),
     /// List instances (a table on a terminal; --json for scripts).
     List {
@@ -47,6 +53,7 @@ pub struct AddArgs {
     /// The registered database server holding its database.
     #[arg(long)]
     dbserver: Option<String>,
+    /// Its database name.
     #[arg(long)]
     dbname: Option<String>,
     /// The instance's own database account.
@@ -57,6 +64,7 @@ pub struct AddArgs {
     /// Table prefix (default mdl_ or the schema's).
     #[arg(long)]
     prefix: Option<String>,
+    /// Its dataroot (moodledata), an absolute path.
     #[arg(long)]
     dataroot: Option<String>,
     /// Site name (default: the shortname).
@@ -65,6 +73,7 @@ pub struct AddArgs {
     /// The name commands use for it (default: the token).
     #[arg(long)]
     shortname: Option<String>,
+    /// A description of the site.
     #[arg(long)]
     description: Option<String>,
     /// MNET: -1 none, 0 free, N member of subnetwork N.
@@ -85,7 +94,9 @@ pub struct AddArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EditArgs {
+    /// The instance: shortname or host.
     instance: String,
+    /// New address; the host file moves with the host.
     #[arg(long)]
     wwwroot: Option<String>,
     #[arg(long)]
