@@ -131,12 +131,34 @@ pub fn psql_client(db: &str) -> Command {
 
 /// Runs a command and panics with its output when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    run_ok_stdin(cmd, None)
+}
+
+/// Runs a command with `input` on stdin and panics with its output when it fails.
+pub fn run_ok_stdin(cmd: &mut Command, input: Option<&str>) -> Output {
+    use std::io::Write;
+    let shown = vmoodle_core::validate::printable(&format!("{cmd:?}"));
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().expect("piped");
+        let text = text.to_string();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
+    }
+    let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        "{shown} failed: {}\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -144,22 +166,21 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// SQL through the mariadb client as the administrator.
+/// SQL (any length, several statements) through the mariadb client as the administrator.
 pub fn mariadb_sql(db: Option<&str>, sql: &str) -> String {
     let mut c = mariadb_client();
     c.args(["--batch", "--skip-column-names"]);
     if let Some(db) = db {
         c.arg(db);
     }
-    c.args(["-e", sql]);
-    String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    String::from_utf8_lossy(&run_ok_stdin(&mut c, Some(sql)).stdout).into_owned()
 }
 
-/// SQL through psql as the administrator.
+/// SQL (any length, several statements) through psql as the administrator.
 pub fn pg_sql(db: &str, sql: &str) -> String {
     let mut c = psql_client(db);
-    c.args(["-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-    String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    c.args(["-t", "-A", "-v", "ON_ERROR_STOP=1"]);
+    String::from_utf8_lossy(&run_ok_stdin(&mut c, Some(sql)).stdout).into_owned()
 }
 
 /// A database (and optionally a user of the same name) on the local MariaDB, dropped on drop.
