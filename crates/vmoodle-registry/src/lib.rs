@@ -329,43 +329,16 @@ impl Registry {
     pub async fn add_instance(&self, f: &InstanceFields) -> Result<Instance> {
         self.check_instance_unique(f, None).await?;
         let now = now_unix();
-        let mut tx = self.pool.begin().await.map_err(q("adding an instance"))?;
-        if f.is_master {
-            sqlx::query("DELETE FROM instances WHERE is_master = 1")
-                .execute(&mut *tx)
-                .await
-                .map_err(q("replacing the master"))?;
-        }
-        sqlx::query(
-            "INSERT INTO instances (shortname, host, wwwroot, name, description, is_master, enabled, \
-             dbserver_id, dbtype, dbname, dbuser, dbpass, prefix, dbpersist, dataroot, mnet, template, \
-             config, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20)",
-        )
-        .bind(&f.shortname)
-        .bind(&f.host)
-        .bind(&f.wwwroot)
-        .bind(&f.name)
-        .bind(&f.description)
-        .bind(i64::from(f.is_master))
-        .bind(i64::from(f.enabled))
-        .bind(f.dbserver_id)
-        .bind(&f.dbtype)
-        .bind(&f.dbname)
-        .bind(&f.dbuser)
-        .bind(&f.dbpass_sealed)
-        .bind(&f.prefix)
-        .bind(i64::from(f.dbpersist))
-        .bind(&f.dataroot)
-        .bind(f.mnet)
-        .bind(f.template.clone())
-        .bind(config_json(&f.config))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("adding an instance"))?;
-        tx.commit().await.map_err(q("adding an instance"))?;
+        let sql = format!(
+            "INSERT INTO instances ({FIELD_COLUMNS}, is_master, created_at, updated_at) \
+             VALUES ({FIELD_PLACEHOLDERS}, $18, $19, $19)"
+        );
+        bind_fields(sqlx::query(&sql), f)
+            .bind(i64::from(f.is_master))
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(q("adding an instance"))?;
         self.instance(&f.shortname).await
     }
 
@@ -419,34 +392,15 @@ impl Registry {
 
     pub async fn update_instance(&self, id: i64, f: &InstanceFields) -> Result<Instance> {
         self.check_instance_unique(f, Some(id)).await?;
-        sqlx::query(
-            "UPDATE instances SET shortname = $1, host = $2, wwwroot = $3, name = $4, description = $5, \
-             enabled = $6, dbserver_id = $7, dbtype = $8, dbname = $9, dbuser = $10, dbpass = $11, \
-             prefix = $12, dbpersist = $13, dataroot = $14, mnet = $15, template = $16, config = $17, \
-             updated_at = $18 WHERE id = $19",
-        )
-        .bind(&f.shortname)
-        .bind(&f.host)
-        .bind(&f.wwwroot)
-        .bind(&f.name)
-        .bind(&f.description)
-        .bind(i64::from(f.enabled))
-        .bind(f.dbserver_id)
-        .bind(&f.dbtype)
-        .bind(&f.dbname)
-        .bind(&f.dbuser)
-        .bind(&f.dbpass_sealed)
-        .bind(&f.prefix)
-        .bind(i64::from(f.dbpersist))
-        .bind(&f.dataroot)
-        .bind(f.mnet)
-        .bind(f.template.clone())
-        .bind(config_json(&f.config))
-        .bind(now_unix())
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(q("updating an instance"))?;
+        let sql = format!(
+            "UPDATE instances SET ({FIELD_COLUMNS}, updated_at) = ({FIELD_PLACEHOLDERS}, $18) WHERE id = $19"
+        );
+        bind_fields(sqlx::query(&sql), f)
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("updating an instance"))?;
         self.instance(&f.shortname).await
     }
 
@@ -524,6 +478,34 @@ impl Registry {
             .map_err(q("reading the master"))?;
         row.as_ref().map(instance_from_row).transpose()
     }
+}
+
+/// The columns `InstanceFields` fills (bound by `bind_fields` as $1..$17, in this order).
+const FIELD_COLUMNS: &str = "shortname, host, wwwroot, name, description, enabled, dbserver_id, \
+    dbtype, dbname, dbuser, dbpass, prefix, dbpersist, dataroot, mnet, template, config";
+const FIELD_PLACEHOLDERS: &str =
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q InstanceFields) -> AnyQuery<'q> {
+    q.bind(&f.shortname)
+        .bind(&f.host)
+        .bind(&f.wwwroot)
+        .bind(&f.name)
+        .bind(&f.description)
+        .bind(i64::from(f.enabled))
+        .bind(f.dbserver_id)
+        .bind(&f.dbtype)
+        .bind(&f.dbname)
+        .bind(&f.dbuser)
+        .bind(&f.dbpass_sealed)
+        .bind(&f.prefix)
+        .bind(i64::from(f.dbpersist))
+        .bind(&f.dataroot)
+        .bind(f.mnet)
+        .bind(f.template.clone())
+        .bind(config_json(&f.config))
 }
 
 fn config_json(c: &CfgExtras) -> String {
