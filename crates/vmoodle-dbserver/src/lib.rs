@@ -12,6 +12,8 @@ use std::time::Duration;
 use thiserror::Error;
 use vmoodle_core::{DbKind, Secret};
 
+pub mod tools;
+
 #[derive(Debug, Error)]
 pub enum DbError {
     #[error("cannot connect to database server `{server}` ({kind} at {address}) as `{user}`: {source}\nhint: is the server running and reachable, and are the account and password right? `vmoodle dbserver check {server}` tests it")]
@@ -343,4 +345,238 @@ pub async fn read_table(
     }
     close(conn).await;
     Ok(out)
+}
+
+/// A value bound to a query.
+#[derive(Debug, Clone)]
+pub enum Param {
+    Str(String),
+    I64(i64),
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Str(s.to_string())
+    }
+}
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Str(s)
+    }
+}
+impl From<i64> for Param {
+    fn from(n: i64) -> Self {
+        Param::I64(n)
+    }
+}
+
+/// `?` placeholders as PostgreSQL's `$1, $2...` (vmoodle's own SQL never holds a literal `?`).
+fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Conn {
+    pub fn kind_is_mysql(&self) -> bool {
+        matches!(self, Conn::My(_))
+    }
+
+    /// Runs one statement with `?` placeholders; returns the number of rows it touched.
+    pub async fn exec(&mut self, sql: &str, params: &[Param]) -> Result<u64, sqlx::Error> {
+        macro_rules! bind_all {
+            ($q:expr) => {{
+                let mut q = $q;
+                for p in params {
+                    q = match p {
+                        Param::Str(s) => q.bind(s.clone()),
+                        Param::I64(n) => q.bind(*n),
+                    };
+                }
+                q
+            }};
+        }
+        match self {
+            Conn::My(c) => {
+                if params.is_empty() {
+                    // Statements MariaDB cannot prepare (DDL, RENAME ...) go through the text protocol.
+                    use sqlx::Executor;
+                    Ok(c.execute(sql).await?.rows_affected())
+                } else {
+                    Ok(bind_all!(sqlx::query(sql)).execute(&mut *c).await?.rows_affected())
+                }
+            }
+            Conn::Pg(c) => {
+                if params.is_empty() {
+                    use sqlx::Executor;
+                    Ok(c.execute(sql).await?.rows_affected())
+                } else {
+                    let sql = pg_placeholders(sql);
+                    Ok(bind_all!(sqlx::query(&sql)).execute(&mut *c).await?.rows_affected())
+                }
+            }
+        }
+    }
+
+    /// Runs a query whose columns are all text (cast them in SQL), `?` placeholders.
+    pub async fn rows(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+        macro_rules! go {
+            ($c:expr, $sql:expr) => {{
+                let mut q = sqlx::query($sql);
+                for p in params {
+                    q = match p {
+                        Param::Str(s) => q.bind(s.clone()),
+                        Param::I64(n) => q.bind(*n),
+                    };
+                }
+                let rows = q.fetch_all(&mut *$c).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let mut v = Vec::with_capacity(r.len());
+                    for i in 0..r.len() {
+                        v.push(r.try_get::<Option<String>, _>(i)?);
+                    }
+                    out.push(v);
+                }
+                Ok(out)
+            }};
+        }
+        match self {
+            Conn::My(c) => go!(c, sql),
+            Conn::Pg(c) => {
+                let sql = pg_placeholders(sql);
+                go!(c, &sql)
+            }
+        }
+    }
+
+    /// The first column of every row.
+    pub async fn column(&mut self, sql: &str, params: &[Param]) -> Result<Vec<String>, sqlx::Error> {
+        Ok(self.rows(sql, params).await?.into_iter().filter_map(|mut r| r.swap_remove(0)).collect())
+    }
+}
+
+/// A string literal for DDL that cannot take bound values (CREATE USER ... IDENTIFIED BY).
+pub fn quote_literal(kind: DbKind, s: &str) -> String {
+    if kind.is_mysql_family() {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// Administrative operations on a server with its administrator account.
+pub mod admin {
+    use super::*;
+
+    fn qerr(spec: &ConnSpec, context: String) -> impl FnOnce(sqlx::Error) -> DbError + '_ {
+        move |source| DbError::Query { server: spec.server.clone(), context, source }
+    }
+
+    pub async fn database_exists(spec: &ConnSpec, name: &str) -> Result<bool, DbError> {
+        let mut c = connect(spec, None).await?;
+        let sql = if spec.kind.is_mysql_family() {
+            "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?"
+        } else {
+            "SELECT datname::text FROM pg_database WHERE datname = ?"
+        };
+        let r = c.column(sql, &[name.into()]).await.map_err(qerr(spec, format!("looking for database `{name}`")))?;
+        close(c).await;
+        Ok(!r.is_empty())
+    }
+
+    pub async fn user_exists(spec: &ConnSpec, user: &str) -> Result<bool, DbError> {
+        let mut c = connect(spec, None).await?;
+        let sql = if spec.kind.is_mysql_family() {
+            "SELECT CAST(User AS CHAR) FROM mysql.user WHERE User = ?"
+        } else {
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ?"
+        };
+        let r = c.column(sql, &[user.into()]).await.map_err(qerr(spec, format!("looking for user `{user}`")))?;
+        close(c).await;
+        Ok(!r.is_empty())
+    }
+
+    /// Runs statements (no bound values) on the server, in order, on one connection.
+    pub async fn run(spec: &ConnSpec, database: Option<&str>, context: &str, statements: &[String]) -> Result<(), DbError> {
+        let mut c = connect(spec, database).await?;
+        for s in statements {
+            if let Err(e) = c.exec(s, &[]).await {
+                close(c).await;
+                return Err(DbError::Query { server: spec.server.clone(), context: context.to_string(), source: e });
+            }
+        }
+        close(c).await;
+        Ok(())
+    }
+
+    pub async fn create_database(spec: &ConnSpec, name: &str) -> Result<(), DbError> {
+        let q = quote_ident(spec.kind, name);
+        let sql = if spec.kind.is_mysql_family() {
+            format!("CREATE DATABASE {q} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        } else {
+            format!("CREATE DATABASE {q} ENCODING 'UTF8' TEMPLATE template0")
+        };
+        run(spec, None, &format!("creating database `{name}`"), &[sql]).await
+    }
+
+    pub async fn drop_database(spec: &ConnSpec, name: &str) -> Result<(), DbError> {
+        let q = quote_ident(spec.kind, name);
+        let sql = if spec.kind.is_mysql_family() {
+            format!("DROP DATABASE IF EXISTS {q}")
+        } else {
+            format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)")
+        };
+        run(spec, None, &format!("dropping database `{name}`"), &[sql]).await
+    }
+
+    /// A login with all rights on `database` and nothing else.
+    pub async fn create_user(spec: &ConnSpec, user: &str, password: &Secret, database: &str) -> Result<(), DbError> {
+        let pw = quote_literal(spec.kind, password.expose());
+        let stmts = if spec.kind.is_mysql_family() {
+            let u = format!("{}@'%'", quote_literal(spec.kind, user));
+            vec![
+                format!("CREATE USER {u} IDENTIFIED BY {pw}"),
+                format!("GRANT ALL PRIVILEGES ON {}.* TO {u}", quote_ident(spec.kind, database)),
+            ]
+        } else {
+            let u = quote_ident(spec.kind, user);
+            vec![
+                format!("CREATE ROLE {u} LOGIN PASSWORD {pw}"),
+                format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(spec.kind, database)),
+                format!("GRANT ALL ON DATABASE {} TO {u}", quote_ident(spec.kind, database)),
+            ]
+        };
+        run(spec, None, &format!("creating database user `{user}`"), &stmts).await
+    }
+
+    pub async fn drop_user(spec: &ConnSpec, user: &str) -> Result<(), DbError> {
+        let sql = if spec.kind.is_mysql_family() {
+            format!("DROP USER IF EXISTS {}@'%'", quote_literal(spec.kind, user))
+        } else {
+            format!("DROP ROLE IF EXISTS {}", quote_ident(spec.kind, user))
+        };
+        run(spec, None, &format!("dropping database user `{user}`"), &[sql]).await
+    }
+
+    /// Tables of `database` whose names start with `prefix`.
+    pub async fn tables(spec: &ConnSpec, database: &str, prefix: &str) -> Result<Vec<String>, DbError> {
+        let mut c = connect(spec, Some(database)).await?;
+        let sql = if spec.kind.is_mysql_family() {
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME"
+        } else {
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+        };
+        let all = c.column(sql, &[]).await.map_err(qerr(spec, format!("listing tables of `{database}`")))?;
+        close(c).await;
+        Ok(all.into_iter().filter(|t| t.starts_with(prefix)).collect())
+    }
 }

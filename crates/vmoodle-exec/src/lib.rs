@@ -74,6 +74,8 @@ pub struct Tool {
     stdin: Option<Vec<u8>>,
     cwd: Option<PathBuf>,
     timeout: Duration,
+    stdin_file: Option<PathBuf>,
+    stdout_file: Option<PathBuf>,
 }
 
 impl Tool {
@@ -85,6 +87,8 @@ impl Tool {
             stdin: None,
             cwd: None,
             timeout: Duration::from_secs(600),
+            stdin_file: None,
+            stdout_file: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -102,6 +106,16 @@ impl Tool {
     }
     pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(input.into());
+        self
+    }
+    /// Feeds this file to the child's stdin.
+    pub fn stdin_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdin_file = Some(path.into());
+        self
+    }
+    /// Writes the child's stdout to this file (created 0600) instead of capturing it.
+    pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdout_file = Some(path.into());
         self
     }
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {

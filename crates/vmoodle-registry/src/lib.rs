@@ -508,6 +508,116 @@ fn bind_fields<'q>(q: AnyQuery<'q>, f: &'q InstanceFields) -> AnyQuery<'q> {
         .bind(config_json(&f.config))
 }
 
+/// A template in the register (its files live in the home's templates/NAME/).
+#[derive(Debug, Clone, Serialize)]
+pub struct Template {
+    pub id: i64,
+    pub name: String,
+    pub source: String,
+    pub path: String,
+    /// The manifest, as JSON text.
+    pub manifest: String,
+    pub created_at: i64,
+}
+
+impl Registry {
+    pub async fn add_template(&self, name: &str, source: &str, path: &str, manifest: &str) -> Result<Template> {
+        sqlx::query("INSERT INTO templates (name, source, path, manifest, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(name)
+            .bind(source)
+            .bind(path)
+            .bind(manifest)
+            .bind(now_unix())
+            .execute(&self.pool)
+            .await
+            .map_err(q("adding a template"))?;
+        self.template(name).await
+    }
+
+    pub async fn templates(&self) -> Result<Vec<Template>> {
+        let rows = sqlx::query("SELECT id, name, source, path, manifest, created_at FROM templates ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("listing templates"))?;
+        rows.iter().map(template_from_row).collect()
+    }
+
+    pub async fn find_template(&self, name: &str) -> Result<Option<Template>> {
+        let row = sqlx::query("SELECT id, name, source, path, manifest, created_at FROM templates WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a template"))?;
+        row.as_ref().map(template_from_row).transpose()
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Template> {
+        self.find_template(name).await?.ok_or_else(|| RegistryError::NotFound {
+            what: "template",
+            name: name.into(),
+            hint: "\nhint: `vmoodle template list` shows the templates; `vmoodle snapshot SOURCE --template NAME` makes one".into(),
+        })
+    }
+
+    pub async fn remove_template(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM templates WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(q("removing a template"))?;
+        Ok(())
+    }
+
+    /// Records the start of a job; returns its id.
+    pub async fn start_job(&self, kind: &str, target: &str) -> Result<i64> {
+        let row = sqlx::query("INSERT INTO jobs (kind, target, state, started_at) VALUES ($1, $2, 'running', $3) RETURNING id")
+            .bind(kind)
+            .bind(target)
+            .bind(now_unix())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("recording a job"))?;
+        row.try_get(0).map_err(q("recording a job"))
+    }
+
+    /// Updates a job's state and journal (a JSON array of the steps done).
+    pub async fn update_job(&self, id: i64, state: &str, journal: &str, error: Option<&str>) -> Result<()> {
+        let finished = if state == "running" { None } else { Some(now_unix()) };
+        sqlx::query("UPDATE jobs SET state = $1, journal = $2, error = $3, finished_at = $4 WHERE id = $5")
+            .bind(state)
+            .bind(journal)
+            .bind(error.map(str::to_string))
+            .bind(finished)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("updating a job"))?;
+        Ok(())
+    }
+
+    /// Instances deployed from a template.
+    pub async fn instances_of_template(&self, name: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT shortname FROM instances WHERE template = $1 ORDER BY shortname")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading a template's instances"))?;
+        rows.iter().map(|r| r.try_get(0).map_err(q("reading a template's instances"))).collect()
+    }
+}
+
+fn template_from_row(r: &AnyRow) -> Result<Template> {
+    let get = |e| RegistryError::Query { context: "reading a template row", source: e };
+    Ok(Template {
+        id: r.try_get("id").map_err(get)?,
+        name: r.try_get("name").map_err(get)?,
+        source: r.try_get("source").map_err(get)?,
+        path: r.try_get("path").map_err(get)?,
+        manifest: r.try_get("manifest").map_err(get)?,
+        created_at: r.try_get("created_at").map_err(get)?,
+    })
+}
+
 fn config_json(c: &CfgExtras) -> String {
     serde_json::to_string(c).expect("a map of strings serializes")
 }

@@ -4,6 +4,8 @@
 //! Moodle's setup.
 
 pub mod config_php;
+pub mod dataroot;
+pub mod fixups;
 pub mod files;
 pub mod hook;
 pub mod hostfile;
