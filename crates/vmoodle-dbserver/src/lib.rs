@@ -411,7 +411,10 @@ impl Conn {
                     use sqlx::Executor;
                     Ok(c.execute(sql).await?.rows_affected())
                 } else {
-                    Ok(bind_all!(sqlx::query(sql)).execute(&mut *c).await?.rows_affected())
+                    Ok(bind_all!(sqlx::query(sql))
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected())
                 }
             }
             Conn::Pg(c) => {
@@ -420,14 +423,21 @@ impl Conn {
                     Ok(c.execute(sql).await?.rows_affected())
                 } else {
                     let sql = pg_placeholders(sql);
-                    Ok(bind_all!(sqlx::query(&sql)).execute(&mut *c).await?.rows_affected())
+                    Ok(bind_all!(sqlx::query(&sql))
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected())
                 }
             }
         }
     }
 
     /// Runs a query whose columns are all text (cast them in SQL), `?` placeholders.
-    pub async fn rows(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+    pub async fn rows(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
         macro_rules! go {
             ($c:expr, $sql:expr) => {{
                 let mut q = sqlx::query($sql);
@@ -459,8 +469,17 @@ impl Conn {
     }
 
     /// The first column of every row.
-    pub async fn column(&mut self, sql: &str, params: &[Param]) -> Result<Vec<String>, sqlx::Error> {
-        Ok(self.rows(sql, params).await?.into_iter().filter_map(|mut r| r.swap_remove(0)).collect())
+    pub async fn column(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        Ok(self
+            .rows(sql, params)
+            .await?
+            .into_iter()
+            .filter_map(|mut r| r.swap_remove(0))
+            .collect())
     }
 }
 
@@ -478,7 +497,11 @@ pub mod admin {
     use super::*;
 
     fn qerr(spec: &ConnSpec, context: String) -> impl FnOnce(sqlx::Error) -> DbError + '_ {
-        move |source| DbError::Query { server: spec.server.clone(), context, source }
+        move |source| DbError::Query {
+            server: spec.server.clone(),
+            context,
+            source,
+        }
     }
 
     pub async fn database_exists(spec: &ConnSpec, name: &str) -> Result<bool, DbError> {
@@ -488,7 +511,10 @@ pub mod admin {
         } else {
             "SELECT datname::text FROM pg_database WHERE datname = ?"
         };
-        let r = c.column(sql, &[name.into()]).await.map_err(qerr(spec, format!("looking for database `{name}`")))?;
+        let r = c
+            .column(sql, &[name.into()])
+            .await
+            .map_err(qerr(spec, format!("looking for database `{name}`")))?;
         close(c).await;
         Ok(!r.is_empty())
     }
@@ -500,18 +526,30 @@ pub mod admin {
         } else {
             "SELECT rolname::text FROM pg_roles WHERE rolname = ?"
         };
-        let r = c.column(sql, &[user.into()]).await.map_err(qerr(spec, format!("looking for user `{user}`")))?;
+        let r = c
+            .column(sql, &[user.into()])
+            .await
+            .map_err(qerr(spec, format!("looking for user `{user}`")))?;
         close(c).await;
         Ok(!r.is_empty())
     }
 
     /// Runs statements (no bound values) on the server, in order, on one connection.
-    pub async fn run(spec: &ConnSpec, database: Option<&str>, context: &str, statements: &[String]) -> Result<(), DbError> {
+    pub async fn run(
+        spec: &ConnSpec,
+        database: Option<&str>,
+        context: &str,
+        statements: &[String],
+    ) -> Result<(), DbError> {
         let mut c = connect(spec, database).await?;
         for s in statements {
             if let Err(e) = c.exec(s, &[]).await {
                 close(c).await;
-                return Err(DbError::Query { server: spec.server.clone(), context: context.to_string(), source: e });
+                return Err(DbError::Query {
+                    server: spec.server.clone(),
+                    context: context.to_string(),
+                    source: e,
+                });
             }
         }
         close(c).await;
@@ -539,23 +577,43 @@ pub mod admin {
     }
 
     /// A login with all rights on `database` and nothing else.
-    pub async fn create_user(spec: &ConnSpec, user: &str, password: &Secret, database: &str) -> Result<(), DbError> {
+    pub async fn create_user(
+        spec: &ConnSpec,
+        user: &str,
+        password: &Secret,
+        database: &str,
+    ) -> Result<(), DbError> {
         let pw = quote_literal(spec.kind, password.expose());
         let stmts = if spec.kind.is_mysql_family() {
             let u = format!("{}@'%'", quote_literal(spec.kind, user));
             vec![
                 format!("CREATE USER {u} IDENTIFIED BY {pw}"),
-                format!("GRANT ALL PRIVILEGES ON {}.* TO {u}", quote_ident(spec.kind, database)),
+                format!(
+                    "GRANT ALL PRIVILEGES ON {}.* TO {u}",
+                    quote_ident(spec.kind, database)
+                ),
             ]
         } else {
             let u = quote_ident(spec.kind, user);
             vec![
                 format!("CREATE ROLE {u} LOGIN PASSWORD {pw}"),
-                format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(spec.kind, database)),
-                format!("GRANT ALL ON DATABASE {} TO {u}", quote_ident(spec.kind, database)),
+                format!(
+                    "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                    quote_ident(spec.kind, database)
+                ),
+                format!(
+                    "GRANT ALL ON DATABASE {} TO {u}",
+                    quote_ident(spec.kind, database)
+                ),
             ]
         };
-        run(spec, None, &format!("creating database user `{user}`"), &stmts).await
+        run(
+            spec,
+            None,
+            &format!("creating database user `{user}`"),
+            &stmts,
+        )
+        .await
     }
 
     pub async fn drop_user(spec: &ConnSpec, user: &str) -> Result<(), DbError> {
@@ -564,18 +622,31 @@ pub mod admin {
         } else {
             format!("DROP ROLE IF EXISTS {}", quote_ident(spec.kind, user))
         };
-        run(spec, None, &format!("dropping database user `{user}`"), &[sql]).await
+        run(
+            spec,
+            None,
+            &format!("dropping database user `{user}`"),
+            &[sql],
+        )
+        .await
     }
 
     /// Tables of `database` whose names start with `prefix`.
-    pub async fn tables(spec: &ConnSpec, database: &str, prefix: &str) -> Result<Vec<String>, DbError> {
+    pub async fn tables(
+        spec: &ConnSpec,
+        database: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, DbError> {
         let mut c = connect(spec, Some(database)).await?;
         let sql = if spec.kind.is_mysql_family() {
             "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME"
         } else {
             "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
         };
-        let all = c.column(sql, &[]).await.map_err(qerr(spec, format!("listing tables of `{database}`")))?;
+        let all = c
+            .column(sql, &[])
+            .await
+            .map_err(qerr(spec, format!("listing tables of `{database}`")))?;
         close(c).await;
         Ok(all.into_iter().filter(|t| t.starts_with(prefix)).collect())
     }

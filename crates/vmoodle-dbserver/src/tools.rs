@@ -15,7 +15,10 @@ pub enum ToolError {
     #[error("{what} failed: {source}")]
     Exec { what: String, source: ExecError },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// Paths of the client tools (resolved from the settings by the caller).
@@ -35,19 +38,36 @@ struct Credentials {
 
 impl Credentials {
     fn new(spec: &ConnSpec) -> std::io::Result<Self> {
-        let mut file = tempfile::Builder::new().prefix(".vmoodle-cred-").tempfile()?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".vmoodle-cred-")
+            .tempfile()?;
         // tempfile creates it 0600.
         if spec.kind.is_mysql_family() {
-            let pw = spec.password.expose().replace('\\', "\\\\").replace('"', "\\\"");
+            let pw = spec
+                .password
+                .expose()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
             writeln!(file, "[client]\nuser=\"{}\"\npassword=\"{pw}\"", spec.user)?;
             match &spec.socket {
                 Some(s) => writeln!(file, "socket=\"{s}\"")?,
-                None => writeln!(file, "host=\"{}\"\nport={}\nprotocol=tcp", spec.host, spec.port)?,
+                None => writeln!(
+                    file,
+                    "host=\"{}\"\nport={}\nprotocol=tcp",
+                    spec.host, spec.port
+                )?,
             }
         } else {
             let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
             let host = spec.socket.clone().unwrap_or_else(|| spec.host.clone());
-            writeln!(file, "{}:{}:*:{}:{}", esc(&host), spec.port, esc(&spec.user), esc(spec.password.expose()))?;
+            writeln!(
+                file,
+                "{}:{}:*:{}:{}",
+                esc(&host),
+                spec.port,
+                esc(&spec.user),
+                esc(spec.password.expose())
+            )?;
         }
         file.flush()?;
         Ok(Self { file })
@@ -60,16 +80,31 @@ impl Credentials {
 
 fn pg_conn_args(spec: &ConnSpec) -> Vec<String> {
     let host = spec.socket.clone().unwrap_or_else(|| spec.host.clone());
-    vec!["-h".into(), host, "-p".into(), spec.port.to_string(), "-U".into(), spec.user.clone()]
+    vec![
+        "-h".into(),
+        host,
+        "-p".into(),
+        spec.port.to_string(),
+        "-U".into(),
+        spec.user.clone(),
+    ]
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
-    move |source| ToolError::Io { what: what.to_string(), source }
+    move |source| ToolError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Dumps `database` into `out`: MariaDB as zstd-compressed SQL from a consistent snapshot
 /// (`--single-transaction`), PostgreSQL in pg_dump's compressed custom format.
-pub async fn dump(clients: &Clients, spec: &ConnSpec, database: &str, out: &Path) -> Result<(), ToolError> {
+pub async fn dump(
+    clients: &Clients,
+    spec: &ConnSpec,
+    database: &str,
+    out: &Path,
+) -> Result<(), ToolError> {
     let what = format!("dumping database `{database}` from `{}`", spec.server);
     let cred = Credentials::new(spec).map_err(io(&what))?;
     if spec.kind.is_mysql_family() {
@@ -118,11 +153,22 @@ pub async fn dump(clients: &Clients, spec: &ConnSpec, database: &str, out: &Path
 }
 
 /// Loads a dump made by `dump` into the existing, empty `database`.
-pub async fn load(clients: &Clients, spec: &ConnSpec, database: &str, dump_file: &Path) -> Result<(), ToolError> {
-    let what = format!("loading the dump into database `{database}` on `{}`", spec.server);
+pub async fn load(
+    clients: &Clients,
+    spec: &ConnSpec,
+    database: &str,
+    dump_file: &Path,
+) -> Result<(), ToolError> {
+    let what = format!(
+        "loading the dump into database `{database}` on `{}`",
+        spec.server
+    );
     let cred = Credentials::new(spec).map_err(io(&what))?;
     if spec.kind.is_mysql_family() {
-        let raw = tempfile::Builder::new().prefix(".vmoodle-load-").tempfile().map_err(io(&what))?;
+        let raw = tempfile::Builder::new()
+            .prefix(".vmoodle-load-")
+            .tempfile()
+            .map_err(io(&what))?;
         decompress(dump_file, raw.path()).map_err(io(&what))?;
         // mariadb --defaults-extra-file=CRED DB < dump.sql
         Tool::new(&clients.mariadb)
@@ -139,7 +185,13 @@ pub async fn load(clients: &Clients, spec: &ConnSpec, database: &str, dump_file:
         // pg_restore --no-owner --no-privileges -j 2 -h H -p P -U U -d DB DUMP   (PGPASSFILE=CRED)
         Tool::new(&clients.pg_restore)
             .env("PGPASSFILE", cred.path())
-            .args(["--no-owner", "--no-privileges", "--exit-on-error", "-j", "2"])
+            .args([
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "-j",
+                "2",
+            ])
             .args(pg_conn_args(spec))
             .arg("-d")
             .arg(database)

@@ -61,7 +61,7 @@ pub struct Refused {
     pub reason: String,
 }
 
-type RowMap = BTreeMap<String, Option<String>>;
+pub type RowMap = BTreeMap<String, Option<String>>;
 
 /// Imports the rows of a VMoodle register table.
 pub async fn from_vmoodle_table(
@@ -110,34 +110,7 @@ pub async fn from_vmoodle_table(
 /// Imports VMoodle's node list (semicolon-separated, header line first; lines starting with
 /// `#`, `/`, `(`, `[` or `-` are comments).
 pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
-    let text = fs_err::read_to_string(path)?;
-    let data: String = text
-        .lines()
-        .filter(|l| {
-            let t = l.trim_end_matches('\r');
-            !t.trim().is_empty() && !t.starts_with(['#', '/', '(', '[', '-'])
-        })
-        .map(|l| format!("{}\n", l.trim_end_matches('\r')))
-        .collect();
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(b';')
-        .flexible(false)
-        .trim(csv::Trim::All)
-        .from_reader(data.as_bytes());
-    let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.to_string()).collect();
-    let missing: Vec<&str> = CSV_REQUIRED
-        .iter()
-        .copied()
-        .filter(|c| !headers.iter().any(|h| h == c))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "{} lacks the column(s) {}; a node list needs {} (semicolon-separated, header line first)",
-            path.display(),
-            missing.join(", "),
-            CSV_REQUIRED.join(";")
-        );
-    }
+    let (headers, records) = read_nodelist(path, CSV_REQUIRED)?;
     let mut report = ImportReport::default();
     let deploy_only: Vec<&String> = headers
         .iter()
@@ -158,28 +131,17 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
         }
     }
     let mut next_subnet = next_free_subnetwork(home).await?;
-    for (n, rec) in rdr.records().enumerate() {
-        let line = format!("line {}", n + 2);
-        let rec = match rec {
+    for (line, rec) in records {
+        let mut row = match rec {
             Ok(r) => r,
             Err(e) => {
                 report.refused.push(Refused {
                     row: line,
-                    reason: format!("not a valid CSV record: {e}"),
+                    reason: e,
                 });
                 continue;
             }
         };
-        let mut row: RowMap = headers
-            .iter()
-            .zip(rec.iter())
-            .map(|(h, v)| {
-                (
-                    h.clone(),
-                    Some(v.replace("&#44", ";")).filter(|s| !s.is_empty()),
-                )
-            })
-            .collect();
         if row.get("mnet").cloned().flatten().as_deref() == Some("NEW") {
             row.insert("mnet".into(), Some(next_subnet.to_string()));
             next_subnet += 1;
@@ -187,6 +149,71 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
         import_row(home, &line, &row, None, &mut report).await;
     }
     Ok(report)
+}
+
+/// Reads VMoodle's node list: semicolon-separated, the first non-comment line the header,
+/// comment lines starting with `#`, `/`, `(`, `[` or `-`, `&#44` standing for a semicolon.
+/// Returns the header and each record (line label, fields or why it is unreadable).
+#[allow(clippy::type_complexity)]
+pub fn read_nodelist(
+    path: &Path,
+    required: &[&str],
+) -> Result<(
+    Vec<String>,
+    Vec<(String, std::result::Result<RowMap, String>)>,
+)> {
+    let text = fs_err::read_to_string(path)?;
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        let t = l.trim_end_matches('\r');
+        if !t.trim().is_empty() && !t.starts_with(['#', '/', '(', '[', '-']) {
+            lines.push((n + 1, t));
+        }
+    }
+    let data: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(data.as_bytes());
+    let headers: Vec<String> = rdr.headers()?.iter().map(|h| h.to_string()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == c))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} lacks the column(s) {}; a node list needs {} (semicolon-separated, header line first)",
+            path.display(),
+            missing.join(", "),
+            required.join(";")
+        );
+    }
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let label = format!(
+            "line {}",
+            lines.get(i + 1).map(|(n, _)| *n).unwrap_or(i + 2)
+        );
+        out.push((
+            label,
+            rec.map(|rec| {
+                headers
+                    .iter()
+                    .zip(rec.iter())
+                    .map(|(h, v)| {
+                        (
+                            h.clone(),
+                            Some(v.replace("&#44", ";")).filter(|s| !s.is_empty()),
+                        )
+                    })
+                    .collect()
+            })
+            .map_err(|e| format!("not a valid CSV record: {e}")),
+        ));
+    }
+    Ok((headers, out))
 }
 
 async fn next_free_subnetwork(home: &Home) -> Result<i64> {

@@ -4,11 +4,15 @@
 //! before it changes anything, and every register change that touches an instance's host is
 //! followed by rewriting that host's file.
 
+pub mod archive;
 pub mod dbservers;
+pub mod deploy;
 pub mod home;
 pub mod import;
 pub mod instances;
+pub mod journal;
 pub mod publish;
+pub mod templates;
 
 pub use home::Home;
 

@@ -521,7 +521,13 @@ pub struct Template {
 }
 
 impl Registry {
-    pub async fn add_template(&self, name: &str, source: &str, path: &str, manifest: &str) -> Result<Template> {
+    pub async fn add_template(
+        &self,
+        name: &str,
+        source: &str,
+        path: &str,
+        manifest: &str,
+    ) -> Result<Template> {
         sqlx::query("INSERT INTO templates (name, source, path, manifest, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(name)
             .bind(source)
@@ -535,19 +541,23 @@ impl Registry {
     }
 
     pub async fn templates(&self) -> Result<Vec<Template>> {
-        let rows = sqlx::query("SELECT id, name, source, path, manifest, created_at FROM templates ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("listing templates"))?;
+        let rows = sqlx::query(
+            "SELECT id, name, source, path, manifest, created_at FROM templates ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing templates"))?;
         rows.iter().map(template_from_row).collect()
     }
 
     pub async fn find_template(&self, name: &str) -> Result<Option<Template>> {
-        let row = sqlx::query("SELECT id, name, source, path, manifest, created_at FROM templates WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("reading a template"))?;
+        let row = sqlx::query(
+            "SELECT id, name, source, path, manifest, created_at FROM templates WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading a template"))?;
         row.as_ref().map(template_from_row).transpose()
     }
 
@@ -581,33 +591,51 @@ impl Registry {
     }
 
     /// Updates a job's state and journal (a JSON array of the steps done).
-    pub async fn update_job(&self, id: i64, state: &str, journal: &str, error: Option<&str>) -> Result<()> {
-        let finished = if state == "running" { None } else { Some(now_unix()) };
-        sqlx::query("UPDATE jobs SET state = $1, journal = $2, error = $3, finished_at = $4 WHERE id = $5")
-            .bind(state)
-            .bind(journal)
-            .bind(error.map(str::to_string))
-            .bind(finished)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("updating a job"))?;
+    pub async fn update_job(
+        &self,
+        id: i64,
+        state: &str,
+        journal: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let finished = if state == "running" {
+            None
+        } else {
+            Some(now_unix())
+        };
+        sqlx::query(
+            "UPDATE jobs SET state = $1, journal = $2, error = $3, finished_at = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(journal)
+        .bind(error.map(str::to_string))
+        .bind(finished)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("updating a job"))?;
         Ok(())
     }
 
     /// Instances deployed from a template.
     pub async fn instances_of_template(&self, name: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT shortname FROM instances WHERE template = $1 ORDER BY shortname")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("reading a template's instances"))?;
-        rows.iter().map(|r| r.try_get(0).map_err(q("reading a template's instances"))).collect()
+        let rows =
+            sqlx::query("SELECT shortname FROM instances WHERE template = $1 ORDER BY shortname")
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("reading a template's instances"))?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(q("reading a template's instances")))
+            .collect()
     }
 }
 
 fn template_from_row(r: &AnyRow) -> Result<Template> {
-    let get = |e| RegistryError::Query { context: "reading a template row", source: e };
+    let get = |e| RegistryError::Query {
+        context: "reading a template row",
+        source: e,
+    };
     Ok(Template {
         id: r.try_get("id").map_err(get)?,
         name: r.try_get("name").map_err(get)?,

@@ -7,7 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Top-level dataroot entries never copied.
-pub const EXCLUDED: &[&str] = &["cache", "localcache", "temp", "sessions", "trashdir", "lock"];
+pub const EXCLUDED: &[&str] = &[
+    "cache",
+    "localcache",
+    "temp",
+    "sessions",
+    "trashdir",
+    "lock",
+];
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CopyStats {
@@ -31,13 +38,25 @@ fn io_at(p: &Path, e: std::io::Error) -> std::io::Error {
 
 /// Copies the dataroot `src` into `dst` (which must not exist), leaving out `EXCLUDED`,
 /// hard-linking `filedir/` when `link_filedir` and possible.
-pub fn copy(src: &Path, dst: &Path, link_filedir: bool, modes: Modes) -> std::io::Result<CopyStats> {
+pub fn copy(
+    src: &Path,
+    dst: &Path,
+    link_filedir: bool,
+    modes: Modes,
+) -> std::io::Result<CopyStats> {
     let mut stats = CopyStats::default();
     std::fs::create_dir(dst).map_err(|e| io_at(dst, e))?;
     set_modes(dst, modes.dir, modes.owner)?;
-    let walker = walkdir::WalkDir::new(src).min_depth(1).follow_links(false).into_iter().filter_entry(|e| {
-        !(e.depth() == 1 && e.file_name().to_str().is_some_and(|n| EXCLUDED.contains(&n)))
-    });
+    let walker = walkdir::WalkDir::new(src)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| {
+            !(e.depth() == 1
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| EXCLUDED.contains(&n)))
+        });
     for entry in walker {
         let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
         let rel = entry.path().strip_prefix(src).expect("inside src");
@@ -66,7 +85,11 @@ pub fn copy(src: &Path, dst: &Path, link_filedir: bool, modes: Modes) -> std::io
     Ok(stats)
 }
 
-fn set_modes(p: &Path, mode: u32, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> std::io::Result<()> {
+fn set_modes(
+    p: &Path,
+    mode: u32,
+    owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> std::io::Result<()> {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| io_at(p, e))?;
     if let Some((u, g)) = owner {
         nix::unistd::chown(p, Some(u), Some(g)).map_err(|e| io_at(p, std::io::Error::from(e)))?;
@@ -103,13 +126,20 @@ pub fn checksum_list(root: &Path) -> std::io::Result<String> {
     for e in walkdir::WalkDir::new(root).min_depth(1) {
         let e = e.map_err(|e| std::io::Error::other(e.to_string()))?;
         if e.file_type().is_file() {
-            entries.push((e.path().strip_prefix(root).expect("inside").to_path_buf(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+            entries.push((
+                e.path().strip_prefix(root).expect("inside").to_path_buf(),
+                e.metadata().map(|m| m.len()).unwrap_or(0),
+            ));
         }
     }
     entries.sort();
     let mut out = String::new();
     for (rel, size) in entries {
-        out.push_str(&format!("{}  {size}  {}\n", sha256_file(&root.join(&rel))?, rel.display()));
+        out.push_str(&format!(
+            "{}  {size}  {}\n",
+            sha256_file(&root.join(&rel))?,
+            rel.display()
+        ));
     }
     Ok(out)
 }
@@ -127,7 +157,9 @@ pub fn check_list(root: &Path, list: &str, deep: bool) -> Vec<String> {
         let p = root.join(rel);
         match std::fs::metadata(&p) {
             Err(_) => problems.push(format!("{rel} is missing")),
-            Ok(m) if m.len().to_string() != size => problems.push(format!("{rel} has {} bytes, expected {size}", m.len())),
+            Ok(m) if m.len().to_string() != size => {
+                problems.push(format!("{rel} has {} bytes, expected {size}", m.len()))
+            }
             Ok(_) if deep => match sha256_file(&p) {
                 Ok(h) if h == hash => {}
                 Ok(_) => problems.push(format!("{rel} does not match its checksum")),

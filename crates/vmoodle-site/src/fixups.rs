@@ -8,15 +8,29 @@
 //! and other peers removed, and the cache revisions bumped as `theme_reset_all_caches()` does.
 
 use serde::Serialize;
-use vmoodle_dbserver::{quote_ident, Conn, Param};
 use vmoodle_core::DbKind;
+use vmoodle_dbserver::{quote_ident, Conn, Param};
 
 /// db_replace()'s skipped tables (without prefix).
-pub const REPLACE_SKIP_TABLES: &[&str] =
-    &["config", "config_plugins", "filter_config", "sessions", "events_queue", "repository_instance_config", "block_instances", "files"];
+pub const REPLACE_SKIP_TABLES: &[&str] = &[
+    "config",
+    "config_plugins",
+    "filter_config",
+    "sessions",
+    "events_queue",
+    "repository_instance_config",
+    "block_instances",
+    "files",
+];
 
 /// Tables emptied in a new instance (without prefix); those missing are ignored.
-pub const PURGE_TABLES: &[&str] = &["sessions", "logstore_standard_log", "log", "mnet_session", "mnet_log"];
+pub const PURGE_TABLES: &[&str] = &[
+    "sessions",
+    "logstore_standard_log",
+    "log",
+    "mnet_session",
+    "mnet_log",
+];
 
 /// Cache revisions bumped so no stale cache is served.
 pub const CACHE_REVISIONS: &[&str] = &["themerev", "jsrev", "templaterev", "langrev"];
@@ -65,7 +79,9 @@ fn random_alnum(n: usize) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut buf = vec![0u8; n];
     openssl::rand::rand_bytes(&mut buf).expect("random");
-    buf.iter().map(|b| A[*b as usize % A.len()] as char).collect()
+    buf.iter()
+        .map(|b| A[*b as usize % A.len()] as char)
+        .collect()
 }
 
 /// Applies every fix-up on a connection to the new instance's database.
@@ -100,11 +116,19 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
              FROM information_schema.columns WHERE table_schema = current_schema() \
              AND data_type IN ('character varying', 'character', 'text') ORDER BY table_name, ordinal_position"
         };
-        let cols = conn.rows(cols_sql, &[]).await.map_err(step("listing text columns"))?;
-        let mut by_table: std::collections::BTreeMap<String, Vec<(String, Option<u64>)>> = Default::default();
+        let cols = conn
+            .rows(cols_sql, &[])
+            .await
+            .map_err(step("listing text columns"))?;
+        let mut by_table: std::collections::BTreeMap<String, Vec<(String, Option<u64>)>> =
+            Default::default();
         for r in cols {
-            let (Some(table), Some(col)) = (r[0].clone(), r[1].clone()) else { continue };
-            let Some(bare) = table.strip_prefix(&f.prefix) else { continue };
+            let (Some(table), Some(col)) = (r[0].clone(), r[1].clone()) else {
+                continue;
+            };
+            let Some(bare) = table.strip_prefix(&f.prefix) else {
+                continue;
+            };
             if !replace_table(bare) || !replace_column(&col) {
                 continue;
             }
@@ -115,7 +139,13 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
             };
             by_table.entry(table).or_default().push((col, maxlen));
         }
-        let like = format!("%{}%", f.old_wwwroot.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let like = format!(
+            "%{}%",
+            f.old_wwwroot
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
         let grows = f.new_wwwroot.chars().count() > f.old_wwwroot.chars().count();
         for (table, cols) in &by_table {
             report.columns_scanned += cols.len() as u64;
@@ -135,14 +165,31 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
             }
             for (col, _) in cols {
                 let qc = quote_ident(f.kind, col);
-                wheres.push(if f.kind.is_mysql_family() { format!("{qc} LIKE ?") } else { format!("{qc} LIKE ? ESCAPE '\\'") });
+                wheres.push(if f.kind.is_mysql_family() {
+                    format!("{qc} LIKE ?")
+                } else {
+                    format!("{qc} LIKE ? ESCAPE '\\'")
+                });
                 params.push(like.as_str().into());
             }
-            let sql = format!("UPDATE {} SET {} WHERE {}", quote_ident(f.kind, table), sets.join(", "), wheres.join(" OR "));
-            report.rows_rewritten += conn.exec(&sql, &params).await.map_err(step(&format!("replacing the wwwroot in {table}")))?;
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                quote_ident(f.kind, table),
+                sets.join(", "),
+                wheres.join(" OR ")
+            );
+            report.rows_rewritten += conn
+                .exec(&sql, &params)
+                .await
+                .map_err(step(&format!("replacing the wwwroot in {table}")))?;
         }
         if has("course") {
-            conn.exec(&format!("UPDATE {} SET cacherev = cacherev + 1", t("course")), &[]).await.map_err(step("rebuilding course caches"))?;
+            conn.exec(
+                &format!("UPDATE {} SET cacherev = cacherev + 1", t("course")),
+                &[],
+            )
+            .await
+            .map_err(step("rebuilding course caches"))?;
         }
     }
 
@@ -154,33 +201,60 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
         params.push(s.as_str().into());
     }
     sql.push_str(" WHERE format = 'site'");
-    conn.exec(&sql, &params).await.map_err(step("renaming the site course"))?;
+    conn.exec(&sql, &params)
+        .await
+        .map_err(step("renaming the site course"))?;
 
     // 3. Site identity and cookie; 4. cache revisions.
-    report.siteidentifier = format!("{}{}", random_alnum(32), f.new_host.split(':').next().unwrap_or(&f.new_host));
-    set_config(conn, f, "siteidentifier", &report.siteidentifier).await.map_err(step("setting siteidentifier"))?;
-    set_config(conn, f, "sessioncookie", &f.sessioncookie).await.map_err(step("setting sessioncookie"))?;
+    report.siteidentifier = format!(
+        "{}{}",
+        random_alnum(32),
+        f.new_host.split(':').next().unwrap_or(&f.new_host)
+    );
+    set_config(conn, f, "siteidentifier", &report.siteidentifier)
+        .await
+        .map_err(step("setting siteidentifier"))?;
+    set_config(conn, f, "sessioncookie", &f.sessioncookie)
+        .await
+        .map_err(step("setting sessioncookie"))?;
     for name in CACHE_REVISIONS {
-        let old: Option<i64> = get_config(conn, f, name).await.map_err(step("reading cache revisions"))?.and_then(|v| v.parse().ok());
+        let old: Option<i64> = get_config(conn, f, name)
+            .await
+            .map_err(step("reading cache revisions"))?
+            .and_then(|v| v.parse().ok());
         let next = match old {
             Some(o) if f.now <= o => o + 1,
             _ => f.now,
         };
-        set_config(conn, f, name, &next.to_string()).await.map_err(step("bumping cache revisions"))?;
+        set_config(conn, f, name, &next.to_string())
+            .await
+            .map_err(step("bumping cache revisions"))?;
     }
 
     // 5. Sessions and logs.
     for name in PURGE_TABLES {
         if has(name) {
-            let sql = if f.kind.is_mysql_family() { format!("TRUNCATE TABLE {}", t(name)) } else { format!("TRUNCATE {}", t(name)) };
-            conn.exec(&sql, &[]).await.map_err(step(&format!("purging {name}")))?;
+            let sql = if f.kind.is_mysql_family() {
+                format!("TRUNCATE TABLE {}", t(name))
+            } else {
+                format!("TRUNCATE {}", t(name))
+            };
+            conn.exec(&sql, &[])
+                .await
+                .map_err(step(&format!("purging {name}")))?;
             report.purged.push(format!("{}{name}", f.prefix));
         }
     }
 
     // 6. MNET: the local host moves to the new wwwroot with no key; the template's peers go.
-    let local: Option<i64> = get_config(conn, f, "mnet_localhost_id").await.map_err(step("reading MNET ids"))?.and_then(|v| v.parse().ok());
-    let all: Option<i64> = get_config(conn, f, "mnet_all_hosts_id").await.map_err(step("reading MNET ids"))?.and_then(|v| v.parse().ok());
+    let local: Option<i64> = get_config(conn, f, "mnet_localhost_id")
+        .await
+        .map_err(step("reading MNET ids"))?
+        .and_then(|v| v.parse().ok());
+    let all: Option<i64> = get_config(conn, f, "mnet_all_hosts_id")
+        .await
+        .map_err(step("reading MNET ids"))?
+        .and_then(|v| v.parse().ok());
     if let (Some(local), true) = (local, has("mnet_host")) {
         let all = all.unwrap_or(local);
         conn.exec(
@@ -190,16 +264,31 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
         .await
         .map_err(step("moving the local MNET host"))?;
         if has("mnet_host2service") {
-            conn.exec(&format!("DELETE FROM {} WHERE hostid <> ? AND hostid <> ?", t("mnet_host2service")), &[local.into(), all.into()])
-                .await
-                .map_err(step("removing the template's MNET peers"))?;
-        }
-        conn.exec(&format!("DELETE FROM {} WHERE id <> ? AND id <> ?", t("mnet_host")), &[local.into(), all.into()])
+            conn.exec(
+                &format!(
+                    "DELETE FROM {} WHERE hostid <> ? AND hostid <> ?",
+                    t("mnet_host2service")
+                ),
+                &[local.into(), all.into()],
+            )
             .await
             .map_err(step("removing the template's MNET peers"))?;
-        conn.exec(&format!("DELETE FROM {} WHERE plugin = 'mnet' AND name IN ('openssl', 'openssl_history')", t("config_plugins")), &[])
-            .await
-            .map_err(step("clearing the template's MNET key"))?;
+        }
+        conn.exec(
+            &format!("DELETE FROM {} WHERE id <> ? AND id <> ?", t("mnet_host")),
+            &[local.into(), all.into()],
+        )
+        .await
+        .map_err(step("removing the template's MNET peers"))?;
+        conn.exec(
+            &format!(
+                "DELETE FROM {} WHERE plugin = 'mnet' AND name IN ('openssl', 'openssl_history')",
+                t("config_plugins")
+            ),
+            &[],
+        )
+        .await
+        .map_err(step("clearing the template's MNET key"))?;
     }
 
     // 7. The admin account.
@@ -215,7 +304,14 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
             params.push(e.as_str().into());
         }
         let n = conn
-            .exec(&format!("UPDATE {} SET {} WHERE username = 'admin' AND deleted = 0", t("user"), sets.join(", ")), &params)
+            .exec(
+                &format!(
+                    "UPDATE {} SET {} WHERE username = 'admin' AND deleted = 0",
+                    t("user"),
+                    sets.join(", ")
+                ),
+                &params,
+            )
             .await
             .map_err(step("setting the admin account"))?;
         if n == 0 {
@@ -225,19 +321,48 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
     Ok(report)
 }
 
-async fn get_config(conn: &mut Conn, f: &Fixups, name: &str) -> Result<Option<String>, sqlx::Error> {
+async fn get_config(
+    conn: &mut Conn,
+    f: &Fixups,
+    name: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let t = quote_ident(f.kind, &format!("{}config", f.prefix));
-    let cast = if f.kind.is_mysql_family() { "CAST(value AS CHAR)" } else { "value::text" };
-    Ok(conn.column(&format!("SELECT {cast} FROM {t} WHERE name = ?"), &[name.into()]).await?.into_iter().next())
+    let cast = if f.kind.is_mysql_family() {
+        "CAST(value AS CHAR)"
+    } else {
+        "value::text"
+    };
+    Ok(conn
+        .column(
+            &format!("SELECT {cast} FROM {t} WHERE name = ?"),
+            &[name.into()],
+        )
+        .await?
+        .into_iter()
+        .next())
 }
 
-async fn set_config(conn: &mut Conn, f: &Fixups, name: &str, value: &str) -> Result<(), sqlx::Error> {
+async fn set_config(
+    conn: &mut Conn,
+    f: &Fixups,
+    name: &str,
+    value: &str,
+) -> Result<(), sqlx::Error> {
     let t = quote_ident(f.kind, &format!("{}config", f.prefix));
-    let n = conn.exec(&format!("UPDATE {t} SET value = ? WHERE name = ?"), &[value.into(), name.into()]).await?;
+    let n = conn
+        .exec(
+            &format!("UPDATE {t} SET value = ? WHERE name = ?"),
+            &[value.into(), name.into()],
+        )
+        .await?;
     if n == 0 {
         // MariaDB reports 0 changed rows when the value is unchanged; insert only when absent.
         if get_config(conn, f, name).await?.is_none() {
-            conn.exec(&format!("INSERT INTO {t} (name, value) VALUES (?, ?)"), &[name.into(), value.into()]).await?;
+            conn.exec(
+                &format!("INSERT INTO {t} (name, value) VALUES (?, ?)"),
+                &[name.into(), value.into()],
+            )
+            .await?;
         }
     }
     Ok(())
@@ -251,7 +376,16 @@ mod tests {
     fn db_replace_rules() {
         assert!(replace_table("course"));
         assert!(replace_table("mnet_host"));
-        for skip in ["config", "files", "block_instances", "log", "logstore_standard_log", "log_display", "mnet_log", "stats_logs"] {
+        for skip in [
+            "config",
+            "files",
+            "block_instances",
+            "log",
+            "logstore_standard_log",
+            "log_display",
+            "mnet_log",
+            "stats_logs",
+        ] {
             assert!(!replace_table(skip), "{skip}");
         }
         assert!(replace_table("logstore")); // `(^|_)logs?($|_)` does not match `logstore`... alone

@@ -5,8 +5,8 @@
 
 pub mod config_php;
 pub mod dataroot;
-pub mod fixups;
 pub mod files;
+pub mod fixups;
 pub mod hook;
 pub mod hostfile;
 pub mod php;
