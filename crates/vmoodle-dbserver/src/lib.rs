@@ -432,6 +432,14 @@ impl Conn {
         }
     }
 
+    /// Runs several statements (no bound values) in one round trip; returns the rows touched.
+    pub async fn batch(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Conn::My(c) => Ok(sqlx::raw_sql(sql).execute(&mut *c).await?.rows_affected()),
+            Conn::Pg(c) => Ok(sqlx::raw_sql(sql).execute(&mut *c).await?.rows_affected()),
+        }
+    }
+
     /// Runs a query whose columns are all text (cast them in SQL), `?` placeholders.
     pub async fn rows(
         &mut self,

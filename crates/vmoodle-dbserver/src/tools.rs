@@ -109,6 +109,7 @@ pub async fn dump(
     let cred = Credentials::new(spec).map_err(io(&what))?;
     if spec.kind.is_mysql_family() {
         let raw = out.with_extension("raw");
+        tracing::debug!(raw = %raw.display(), "dump target");
         // mariadb-dump --defaults-extra-file=CRED --single-transaction --quick ... DB > raw
         let r = Tool::new(&clients.mariadb_dump)
             .arg(format!("--defaults-extra-file={}", cred.path().display()))
@@ -206,15 +207,20 @@ pub async fn load(
 
 /// zstd-compresses `from` into `to` (level 3).
 pub fn compress(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut input = std::fs::File::open(from)?;
-    let output = std::fs::File::create(to)?;
+    let at = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{p}: {e}"))
+    };
+    let mut input = std::fs::File::open(from).map_err(at(from))?;
+    let output = std::fs::File::create(to).map_err(at(to))?;
     let mut enc = zstd::stream::Encoder::new(output, 3)?;
     std::io::copy(&mut input, &mut enc)?;
     enc.finish()?.sync_all()
 }
 
 pub fn decompress(from: &Path, to: &Path) -> std::io::Result<()> {
-    let input = std::fs::File::open(from)?;
+    let input = std::fs::File::open(from)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", from.display())))?;
     let mut dec = zstd::stream::Decoder::new(input)?;
     let mut output = std::fs::File::create(to)?;
     std::io::copy(&mut dec, &mut output)?;

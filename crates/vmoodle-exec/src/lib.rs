@@ -150,13 +150,35 @@ impl Tool {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(if self.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        let io_err = |p: &PathBuf, source| ExecError::Spawn {
+            program: format!("{} ({})", name, p.display()),
+            source,
+        };
+        match &self.stdin_file {
+            Some(p) => cmd.stdin(Stdio::from(
+                std::fs::File::open(p).map_err(|e| io_err(p, e))?,
+            )),
+            None => cmd.stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }),
+        };
+        match &self.stdout_file {
+            Some(p) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|e| io_err(p, e))?;
+                cmd.stdout(Stdio::from(f))
+            }
+            None => cmd.stdout(Stdio::piped()),
+        };
+        cmd.stderr(Stdio::piped());
         tracing::debug!(args = ?self.args, "starting");
         let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
             program: self.program.display().to_string(),

@@ -409,7 +409,15 @@ async fn run_steps(
     progress(2, STEPS, *current);
     if kind.is_mysql_family() {
         if plan.req.method == Method::Auto
-            && take_spare(spec, &plan.template.name, &f.dbname, &tpl_prefix, &f.prefix).await?
+            && take_spare(
+                spec,
+                &plan.template.name,
+                plan.manifest.tables,
+                &f.dbname,
+                &tpl_prefix,
+                &f.prefix,
+            )
+            .await?
         {
             *method = "warm spare".into();
         } else if plan.req.method == Method::Auto {
@@ -719,45 +727,78 @@ pub async fn spare_databases(spec: &ConnSpec, template: &str) -> Result<Vec<Stri
     Ok(r?)
 }
 
-/// Claims a warm spare: its tables are renamed into `to_db` in one atomic statement (a second
-/// deploy racing for the same spare fails its RENAME and tries the next one).
+/// Claims a warm spare: a named lock (GET_LOCK) makes the claim exclusive, a spare whose
+/// table count is not the template's (a claim interrupted half-way) is passed over, and the
+/// tables move into `to_db` with RENAME TABLE on several connections at once (InnoDB commits
+/// each renamed table; parallel statements share those commits).
 async fn take_spare(
     spec: &ConnSpec,
     template: &str,
+    expected_tables: u64,
     to_db: &str,
     from_prefix: &str,
     to_prefix: &str,
 ) -> Result<bool> {
+    let k = spec.kind;
     for spare in spare_databases(spec, template).await? {
-        let tables = admin::tables(spec, &spare, from_prefix).await?;
-        if tables.is_empty() {
+        let mut lock = vmoodle_dbserver::connect(spec, None).await?;
+        let got = lock
+            .column(
+                "SELECT CAST(GET_LOCK(?, 0) AS CHAR)",
+                &[spare.as_str().into()],
+            )
+            .await?;
+        if got.first().map(String::as_str) != Some("1") {
+            vmoodle_dbserver::close(lock).await;
             continue;
         }
-        let k = spec.kind;
-        let pairs: Vec<String> = tables
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}.{} TO {}.{}",
-                    quote_ident(k, &spare),
-                    quote_ident(k, t),
-                    quote_ident(k, to_db),
-                    quote_ident(k, &format!("{to_prefix}{}", &t[from_prefix.len()..]))
-                )
-            })
-            .collect();
-        if admin::run(
-            spec,
-            None,
-            "taking a warm spare",
-            &[format!("RENAME TABLE {}", pairs.join(", "))],
-        )
-        .await
-        .is_ok()
-        {
-            let _ = admin::drop_database(spec, &spare).await;
-            return Ok(true);
+        let tables = admin::tables(spec, &spare, from_prefix).await?;
+        if tables.len() as u64 != expected_tables {
+            vmoodle_dbserver::close(lock).await;
+            continue;
         }
+        const WORKERS: usize = 4;
+        let mut buckets: Vec<Vec<String>> = vec![Vec::new(); WORKERS];
+        for (n, t) in tables.iter().enumerate() {
+            buckets[n % WORKERS].push(format!(
+                "{}.{} TO {}.{}",
+                quote_ident(k, &spare),
+                quote_ident(k, t),
+                quote_ident(k, to_db),
+                quote_ident(k, &format!("{to_prefix}{}", &t[from_prefix.len()..]))
+            ));
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for b in buckets.into_iter().filter(|b| !b.is_empty()) {
+            let spec = spec.clone();
+            set.spawn(async move {
+                admin::run(
+                    &spec,
+                    None,
+                    "taking a warm spare",
+                    &[format!("RENAME TABLE {}", b.join(", "))],
+                )
+                .await
+            });
+        }
+        let mut failed = None;
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
+            {
+                failed = Some(e);
+            }
+        }
+        vmoodle_dbserver::close(lock).await;
+        if let Some(e) = failed {
+            // Some tables may have moved: the new database is dropped by the deploy's undo; the
+            // broken spare is dropped here.
+            let _ = admin::drop_database(spec, &spare).await;
+            return Err(e.context("taking a warm spare"));
+        }
+        admin::drop_database(spec, &spare).await?;
+        return Ok(true);
     }
     Ok(false)
 }

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 use vmoodle_core::DbKind;
-use vmoodle_dbserver::{quote_ident, Conn, Param};
+use vmoodle_dbserver::{quote_ident, quote_literal, Conn, Param};
 
 /// db_replace()'s skipped tables (without prefix).
 pub const REPLACE_SKIP_TABLES: &[&str] = &[
@@ -147,42 +147,48 @@ pub async fn apply(conn: &mut Conn, f: &Fixups) -> Result<FixupReport, (String, 
                 .replace('_', "\\_")
         );
         let grows = f.new_wwwroot.chars().count() > f.old_wwwroot.chars().count();
+        // One statement per table, all sent in one round trip (values as quoted literals).
+        let (old, new, pat) = (
+            quote_literal(f.kind, &f.old_wwwroot),
+            quote_literal(f.kind, &f.new_wwwroot),
+            quote_literal(f.kind, &like),
+        );
+        let mut batch = Vec::new();
         for (table, cols) in &by_table {
             report.columns_scanned += cols.len() as u64;
-            let mut sets = Vec::new();
-            let mut wheres = Vec::new();
-            let mut params: Vec<Param> = Vec::new();
-            for (col, maxlen) in cols {
-                let qc = quote_ident(f.kind, col);
-                let replaced = format!("REPLACE({qc}, ?, ?)");
-                let value = match maxlen {
-                    Some(n) if grows => format!("SUBSTRING({replaced}, 1, {n})"),
-                    _ => replaced,
-                };
-                sets.push(format!("{qc} = {value}"));
-                params.push(f.old_wwwroot.as_str().into());
-                params.push(f.new_wwwroot.as_str().into());
-            }
-            for (col, _) in cols {
-                let qc = quote_ident(f.kind, col);
-                wheres.push(if f.kind.is_mysql_family() {
-                    format!("{qc} LIKE ?")
-                } else {
-                    format!("{qc} LIKE ? ESCAPE '\\'")
-                });
-                params.push(like.as_str().into());
-            }
-            let sql = format!(
+            let sets: Vec<String> = cols
+                .iter()
+                .map(|(col, maxlen)| {
+                    let qc = quote_ident(f.kind, col);
+                    let replaced = format!("REPLACE({qc}, {old}, {new})");
+                    match maxlen {
+                        Some(n) if grows => format!("{qc} = SUBSTRING({replaced}, 1, {n})"),
+                        _ => format!("{qc} = {replaced}"),
+                    }
+                })
+                .collect();
+            let wheres: Vec<String> = cols
+                .iter()
+                .map(|(col, _)| {
+                    let qc = quote_ident(f.kind, col);
+                    if f.kind.is_mysql_family() {
+                        format!("{qc} LIKE {pat}")
+                    } else {
+                        format!("{qc} LIKE {pat} ESCAPE '\\'")
+                    }
+                })
+                .collect();
+            batch.push(format!(
                 "UPDATE {} SET {} WHERE {}",
                 quote_ident(f.kind, table),
                 sets.join(", "),
                 wheres.join(" OR ")
-            );
-            report.rows_rewritten += conn
-                .exec(&sql, &params)
-                .await
-                .map_err(step(&format!("replacing the wwwroot in {table}")))?;
+            ));
         }
+        report.rows_rewritten += conn
+            .batch(&batch.join(";\n"))
+            .await
+            .map_err(step("replacing the wwwroot"))?;
         if has("course") {
             conn.exec(
                 &format!("UPDATE {} SET cacherev = cacherev + 1", t("course")),

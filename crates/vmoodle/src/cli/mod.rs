@@ -3,14 +3,20 @@
 //! JSON with `--json`) and diagnostics on stderr.
 
 mod dbserver;
+mod delete;
+mod deploy;
 mod hook;
 mod import;
 mod init;
 mod instance;
 mod master;
 mod output;
+mod progress;
 mod schema;
 mod settings;
+mod snapshot;
+mod spares;
+mod template;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -80,6 +86,20 @@ enum Command {
     /// The config hook in Moodle's config.php and its per-host files.
     #[command(subcommand)]
     Hook(hook::Cmd),
+    /// Snapshot a live Moodle (the master or an instance) as a template.
+    Snapshot(snapshot::Cmd),
+    /// Templates: list, show, verify, delete, load onto a database server.
+    #[command(subcommand)]
+    Template(template::Cmd),
+    /// Deploy new instances from a template (one, or many at a time).
+    Deploy(Box<deploy::Cmd>),
+    /// Warm spares: pre-cloned MariaDB databases that make deploys wait for renames only.
+    #[command(subcommand)]
+    Spares(spares::Cmd),
+    /// Delete an instance (archived first unless --no-archive).
+    Delete(delete::DeleteCmd),
+    /// Bring an archived instance back.
+    Restore(delete::RestoreCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -117,6 +137,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Master(c) => c.run(&home).await,
         Command::Import(c) => c.run(&home).await,
         Command::Hook(c) => c.run(&home).await,
+        Command::Snapshot(c) => c.run(&home).await,
+        Command::Template(c) => c.run(&home).await,
+        Command::Deploy(c) => (*c).run(&home).await,
+        Command::Spares(c) => c.run(&home).await,
+        Command::Delete(c) => c.run(&home).await,
+        Command::Restore(c) => c.run(&home).await,
     }
 }
 
