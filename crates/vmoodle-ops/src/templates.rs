@@ -369,7 +369,34 @@ async fn drop_live_databases(home: &Home, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure the live template database exists on `server` (loading the dump if not).
+/// The mark of a complete live template: a table in MariaDB (never copied: it has no Moodle
+/// prefix), a database comment in PostgreSQL (read without connecting to the template, which
+/// would block its clones).
+const READY_TABLE: &str = "vmoodle_template_ready";
+const READY_COMMENT: &str = "vmoodle live template: complete";
+
+async fn live_is_ready(spec: &ConnSpec, db: &str) -> Result<bool> {
+    let mut c = vmoodle_dbserver::connect(spec, None).await?;
+    let r = if spec.kind.is_mysql_family() {
+        c.column(
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            &[db.into(), READY_TABLE.into()],
+        )
+        .await
+    } else {
+        c.column(
+            "SELECT shobj_description(oid, 'pg_database')::text FROM pg_database WHERE datname = ? AND shobj_description(oid, 'pg_database') = ?",
+            &[db.into(), READY_COMMENT.into()],
+        )
+        .await
+    };
+    vmoodle_dbserver::close(c).await;
+    Ok(!r?.is_empty())
+}
+
+/// Makes sure the live template database exists, complete, on `server` (loading the dump if
+/// not). A server-side named lock makes concurrent deploys wait for one load; a copy left
+/// incomplete by an interrupted load is dropped and made again.
 pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result<bool> {
     let (m, dir) = open(t)?;
     if m.source.kind.is_mysql_family() != server.kind.is_mysql_family() {
@@ -384,35 +411,78 @@ pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result
     }
     let spec = dbservers::admin_spec(home, server)?;
     let db = live_db_name(&t.name);
-    if admin::database_exists(&spec, &db).await? {
+    let k = server.kind;
+    // Fast path: complete already.
+    if live_is_ready(&spec, &db).await? {
         return Ok(false);
     }
-    admin::create_database(&spec, &db).await?;
+    let mut lock = vmoodle_dbserver::connect(&spec, None).await?;
+    let got = if k.is_mysql_family() {
+        lock.column(
+            "SELECT CAST(GET_LOCK(?, 900) AS CHAR)",
+            &[db.as_str().into()],
+        )
+        .await?
+    } else {
+        lock.column(
+            "SELECT pg_advisory_lock(hashtext(?))::text",
+            &[db.as_str().into()],
+        )
+        .await?
+        .into_iter()
+        .map(|_| "1".to_string())
+        .collect()
+    };
+    if got.first().map(String::as_str) != Some("1") {
+        vmoodle_dbserver::close(lock).await;
+        bail!(
+            "timed out waiting for another vmoodle loading template `{}` onto `{}`",
+            t.name,
+            server.name
+        );
+    }
     let r = async {
+        if live_is_ready(&spec, &db).await? {
+            return anyhow::Ok(false);
+        }
+        admin::drop_database(&spec, &db).await?;
+        admin::create_database(&spec, &db).await?;
         tools::load(&clients(home)?, &spec, &db, &dir.join(&m.database.file)).await?;
-        if !server.kind.is_mysql_family() {
+        let qdb = vmoodle_dbserver::quote_ident(k, &db);
+        if k.is_mysql_family() {
+            admin::run(
+                &spec,
+                Some(&db),
+                "marking the live template complete",
+                &[format!("CREATE TABLE {READY_TABLE} (id INT)")],
+            )
+            .await?;
+        } else {
             admin::run(
                 &spec,
                 None,
-                "closing the live template to others",
-                &[format!(
-                    "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-                    vmoodle_dbserver::quote_ident(server.kind, &db)
-                )],
+                "marking the live template complete",
+                &[
+                    format!("REVOKE ALL ON DATABASE {qdb} FROM PUBLIC"),
+                    format!("COMMENT ON DATABASE {qdb} IS '{READY_COMMENT}'"),
+                ],
             )
             .await?;
         }
-        anyhow::Ok(())
+        anyhow::Ok(true)
     }
     .await;
-    if let Err(e) = r {
-        let _ = admin::drop_database(&spec, &db).await;
-        return Err(e.context(format!(
-            "loading template `{}` onto `{}`",
-            t.name, server.name
-        )));
+    vmoodle_dbserver::close(lock).await;
+    match r {
+        Ok(made) => Ok(made),
+        Err(e) => {
+            let _ = admin::drop_database(&spec, &db).await;
+            Err(e.context(format!(
+                "loading template `{}` onto `{}`",
+                t.name, server.name
+            )))
+        }
     }
-    Ok(true)
 }
 
 /// Where the template's dataroot copy is.

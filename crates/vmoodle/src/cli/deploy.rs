@@ -149,6 +149,9 @@ impl Cmd {
         let results = deploy::deploy_many(&home, reqs, self.parallel, &cb).await;
         progress.finish();
         let failed = results.iter().filter(|r| !r.ok).count();
+        if single && failed == 1 && !self.json {
+            bail!("{}", results[0].error.clone().unwrap_or_default());
+        }
         if self.json {
             output::json(&results)?;
         } else {

@@ -2,6 +2,7 @@
 
 mod common;
 mod dbserver;
+mod deploy;
 mod hook;
 mod import;
 mod init_settings;
