@@ -7,6 +7,7 @@
 //!    (`CREATE TABLE ... LIKE` + `INSERT ... SELECT`) from the live template; else the dump;
 //! 4. Moodle fix-ups (vmoodle-site::fixups); 5. the dataroot (filedir hard-linked);
 //! 6. registered and its host file published.
+//!
 //! Every step is journaled; on failure everything done so far is undone.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -382,7 +383,7 @@ async fn run_steps(
 
     // 1. Database and dedicated user.
     *current = "database and user";
-    progress(1, STEPS, *current);
+    progress(1, STEPS, current);
     if kind.is_mysql_family() {
         admin::create_database(spec, &f.dbname).await?;
         j.did(Undo::DropDatabase(spec.clone(), f.dbname.clone()));
@@ -406,7 +407,7 @@ async fn run_steps(
 
     // 2. Fill it.
     *current = "fill the database";
-    progress(2, STEPS, *current);
+    progress(2, STEPS, current);
     if kind.is_mysql_family() {
         if plan.req.method == Method::Auto
             && take_spare(
@@ -474,7 +475,7 @@ async fn run_steps(
 
     // 3. Moodle fix-ups.
     *current = "Moodle fix-ups";
-    progress(3, STEPS, *current);
+    progress(3, STEPS, current);
     let admin_password_hash = match &plan.req.admin_password {
         Some(p) => Some(php_password_hash(home, p).await?),
         None => None,
@@ -506,7 +507,7 @@ async fn run_steps(
 
     // 4. Dataroot.
     *current = "dataroot";
-    progress(4, STEPS, *current);
+    progress(4, STEPS, current);
     let src = templates::dataroot_dir(&plan.template)?;
     let dst = plan.dataroot.clone();
     if let Some(parent) = dst.parent() {
@@ -526,7 +527,7 @@ async fn run_steps(
 
     // 5. Register and publish.
     *current = "register and publish";
-    progress(5, STEPS, *current);
+    progress(5, STEPS, current);
     let mut fields = f.clone();
     fields.dbpass_sealed = home.secrets.seal(&plan.password)?;
     let inst = instances::add(home, &fields).await?;
@@ -643,7 +644,7 @@ pub async fn copy_tables(
     if tables.is_empty() {
         bail!("the live template `{from_db}` has no `{from_prefix}` tables");
     }
-    tables.sort_by(|a, b| b.1.cmp(&a.1));
+    tables.sort_by_key(|b| std::cmp::Reverse(b.1));
     const WORKERS: usize = 4;
     let mut buckets: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); WORKERS];
     for (t, size) in tables {

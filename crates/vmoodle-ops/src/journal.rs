@@ -108,7 +108,7 @@ impl<'h> Journal<'h> {
                 },
             };
             if let Err(e) = r {
-                left.push(format!("{u:?}: {e:#}").replace(|c: char| c == '\n', " "));
+                left.push(format!("{u:?}: {e:#}").replace('\n', " "));
             }
         }
         let state = if left.is_empty() {
