@@ -242,7 +242,7 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_/".contains(&b))
         };
-        if !ok(plugin) || !ok(setting) {
+        if !(plugin.is_empty() || ok(plugin)) || !ok(setting) {
             bail!(
                 "invalid plugin setting `{}|{}`",
                 validate::printable(plugin),
@@ -569,46 +569,18 @@ async fn php_password_hash(home: &Home, p: &Secret) -> Result<String> {
     Ok(h)
 }
 
+/// Settings from a node list: an empty plugin means a core setting (the config table).
 async fn apply_plugin_config(
     conn: &mut vmoodle_dbserver::Conn,
     kind: vmoodle_core::DbKind,
     prefix: &str,
     settings: &[(String, String, String)],
 ) -> Result<()> {
-    let t = quote_ident(kind, &format!("{prefix}config_plugins"));
     for (plugin, name, value) in settings {
-        let n = conn
-            .exec(
-                &format!("UPDATE {t} SET value = ? WHERE plugin = ? AND name = ?"),
-                &[
-                    value.as_str().into(),
-                    plugin.as_str().into(),
-                    name.as_str().into(),
-                ],
-            )
+        let plugin = Some(plugin.as_str()).filter(|p| !p.is_empty());
+        fixups::set_setting(conn, kind, prefix, plugin, name, value)
             .await
-            .with_context(|| format!("setting {plugin}|{name}"))?;
-        if n == 0 {
-            let exists = !conn
-                .column(
-                    &format!("SELECT plugin FROM {t} WHERE plugin = ? AND name = ?"),
-                    &[plugin.as_str().into(), name.as_str().into()],
-                )
-                .await?
-                .is_empty();
-            if !exists {
-                conn.exec(
-                    &format!("INSERT INTO {t} (plugin, name, value) VALUES (?, ?, ?)"),
-                    &[
-                        plugin.as_str().into(),
-                        name.as_str().into(),
-                        value.as_str().into(),
-                    ],
-                )
-                .await
-                .with_context(|| format!("setting {plugin}|{name}"))?;
-            }
-        }
+            .with_context(|| format!("setting {}|{name}", plugin.unwrap_or("core")))?;
     }
     Ok(())
 }

@@ -354,22 +354,50 @@ async fn set_config(
     name: &str,
     value: &str,
 ) -> Result<(), sqlx::Error> {
-    let t = quote_ident(f.kind, &format!("{}config", f.prefix));
-    let n = conn
-        .exec(
-            &format!("UPDATE {t} SET value = ? WHERE name = ?"),
-            &[value.into(), name.into()],
-        )
-        .await?;
-    if n == 0 {
-        // MariaDB reports 0 changed rows when the value is unchanged; insert only when absent.
-        if get_config(conn, f, name).await?.is_none() {
-            conn.exec(
-                &format!("INSERT INTO {t} (name, value) VALUES (?, ?)"),
-                &[name.into(), value.into()],
-            )
+    set_setting(conn, f.kind, &f.prefix, None, name, value).await
+}
+
+/// Sets a core setting (`plugin` None: the config table) or a plugin setting (config_plugins),
+/// inserting it when absent.
+pub async fn set_setting(
+    conn: &mut Conn,
+    kind: DbKind,
+    prefix: &str,
+    plugin: Option<&str>,
+    name: &str,
+    value: &str,
+) -> Result<(), sqlx::Error> {
+    let (t, cond, mut keys): (String, &str, Vec<Param>) = match plugin {
+        None => (
+            quote_ident(kind, &format!("{prefix}config")),
+            "name = ?",
+            vec![name.into()],
+        ),
+        Some(p) => (
+            quote_ident(kind, &format!("{prefix}config_plugins")),
+            "plugin = ? AND name = ?",
+            vec![p.into(), name.into()],
+        ),
+    };
+    // Whether the row exists (MariaDB reports 0 rows for an UPDATE that changes nothing).
+    let exists = !conn
+        .rows(&format!("SELECT name FROM {t} WHERE {cond}"), &keys)
+        .await?
+        .is_empty();
+    if exists {
+        let mut params = vec![Param::from(value)];
+        params.extend(keys);
+        conn.exec(&format!("UPDATE {t} SET value = ? WHERE {cond}"), &params)
             .await?;
-        }
+    } else {
+        let (cols, marks) = if plugin.is_some() {
+            ("plugin, name, value", "?, ?, ?")
+        } else {
+            ("name, value", "?, ?")
+        };
+        keys.push(value.into());
+        conn.exec(&format!("INSERT INTO {t} ({cols}) VALUES ({marks})"), &keys)
+            .await?;
     }
     Ok(())
 }

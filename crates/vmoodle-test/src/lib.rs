@@ -110,6 +110,16 @@ fn client_files() -> &'static ClientFiles {
     })
 }
 
+/// The 0600 client option file (`--defaults-extra-file`) with the MariaDB test password.
+pub fn my_cnf() -> PathBuf {
+    client_files().my_cnf.clone()
+}
+
+/// The 0600 PGPASSFILE with the PostgreSQL test password.
+pub fn pgpass() -> PathBuf {
+    client_files().pgpass.clone()
+}
+
 /// The mariadb client as the test administrator over 127.0.0.1.
 pub fn mariadb_client() -> Command {
     let mut c = Command::new("mariadb");

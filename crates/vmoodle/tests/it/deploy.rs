@@ -380,9 +380,9 @@ fn deploy_postgres_with_prefix_and_bulk() {
     s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
     let one = token("p");
     s.clean.tokens.push(one.clone());
-    let r = deploy_json(
-        &s.vm,
+    let r: serde_json::Value = serde_json::from_str(&s.vm.ok_stdin(
         &[
+            "deploy",
             "--template",
             &tpl,
             "--token",
@@ -395,8 +395,12 @@ fn deploy_postgres_with_prefix_and_bulk() {
             "PG One",
             "--admin-email",
             "admin@example.org",
+            "--admin-password-stdin",
+            "--json",
         ],
-    );
+        "N3w-Admin!pass",
+    ))
+    .unwrap();
     assert_eq!(r[0]["ok"], true, "{r}");
     assert_eq!(r[0]["outcome"]["method"], "database template");
     let db = format!("vmt_{one}");
@@ -413,6 +417,22 @@ fn deploy_postgres_with_prefix_and_bulk() {
     assert_eq!(
         pg_value(&db, "SELECT wwwroot FROM vm_mnet_host WHERE id = 1"),
         format!("http://{one}.moodle.example.org")
+    );
+    let hash = pg_value(&db, "SELECT password FROM vm_user WHERE username = 'admin'");
+    let check = Command::new("php")
+        .args([
+            "-n",
+            "-r",
+            "echo password_verify('N3w-Admin!pass', $argv[1]) ? 'ok' : 'no';",
+            "--",
+            &hash,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout),
+        "ok",
+        "Moodle's admin password is the new one"
     );
     // A new row gets an id from the renamed sequence.
     pg_sql(
@@ -520,6 +540,47 @@ fn warm_spares_mariadb() {
             .filter(|x| x["template"] == tpl.as_str())
             .count(),
         1
+    );
+    // VMoodle's node list: config_NAME sets a core setting, plugin|setting a plugin setting.
+    let c = token("c");
+    s.clean.tokens.push(c.clone());
+    let csv = s.base.parent().unwrap().join("nodes.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "# node list\nvhostname;name;shortname;description;config_theme;tool_dataprivacy|contactdataprotectionofficer\n\
+             http://{c}.csv.example.org;CSV School;{c};From a node list;classic;1\n"
+        ),
+    )
+    .unwrap();
+    let r = deploy_json(
+        &s.vm,
+        &[
+            "--template",
+            &tpl,
+            "--csv",
+            csv.to_str().unwrap(),
+            "--dbserver",
+            "maria",
+        ],
+    );
+    assert_eq!(r[0]["ok"], true, "{r}");
+    let db = format!("vmt_{c}");
+    assert_eq!(
+        my_value(&db, "SELECT fullname FROM mdl_course WHERE format = 'site'"),
+        "CSV School"
+    );
+    assert_eq!(
+        my_value(&db, "SELECT value FROM mdl_config WHERE name = 'theme'"),
+        "classic"
+    );
+    assert_eq!(
+        my_value(&db, "SELECT value FROM mdl_config_plugins WHERE plugin = 'tool_dataprivacy' AND name = 'contactdataprotectionofficer'"),
+        "1"
+    );
+    assert_eq!(
+        s.vm.json(&["instance", "show", &c, "--json"])["wwwroot"],
+        format!("http://{c}.csv.example.org")
     );
     // Deleting the template drops its live database and spares.
     s.vm.ok(&["template", "delete", &tpl]);
