@@ -19,6 +19,7 @@ pub struct Settings {
     pub schema: SchemaSettings,
     pub executables: Executables,
     pub web: WebSettings,
+    pub mnet: MnetSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +66,7 @@ impl Default for Settings {
             schema: SchemaSettings::default(),
             executables: Executables::default(),
             web: WebSettings::default(),
+            mnet: MnetSettings::default(),
         }
     }
 }
@@ -84,6 +86,49 @@ impl Default for SchemaSettings {
             db_persist: false,
             dataroot: format!("/srv/moodledata/{PLACEHOLDER}"),
         }
+    }
+}
+
+/// MNET key renewal, as VMoodle had it (and now working).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MnetSettings {
+    pub autorenew: bool,
+    pub lookforward_hours: u32,
+    /// HH:MM (UTC) when the renewal window opens.
+    pub renew_time: String,
+    pub renew_window_minutes: u32,
+    pub key_lifetime_days: u32,
+}
+
+impl Default for MnetSettings {
+    fn default() -> Self {
+        Self {
+            autorenew: true,
+            lookforward_hours: 72,
+            renew_time: "03:00".into(),
+            renew_window_minutes: 120,
+            key_lifetime_days: 28,
+        }
+    }
+}
+
+impl MnetSettings {
+    /// The window's start as minutes after midnight UTC.
+    pub fn renew_minute(&self) -> Option<u32> {
+        let (h, m) = self.renew_time.split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && self.renew_time.len() == 5).then_some(h * 60 + m)
+    }
+
+    /// Whether `unix` (seconds, UTC) falls inside the renewal window.
+    pub fn in_window(&self, unix: i64) -> bool {
+        let Some(start) = self.renew_minute() else {
+            return false;
+        };
+        let minute = ((unix.rem_euclid(86_400)) / 60) as u32;
+        let since = (minute + 1440 - start) % 1440;
+        since < self.renew_window_minutes.min(1440)
     }
 }
 
@@ -182,6 +227,34 @@ impl Settings {
             if !ok {
                 return Err(ValidationError::new(key, v, "a system user or group name"));
             }
+        }
+        if self.mnet.renew_minute().is_none() {
+            return Err(ValidationError::new(
+                "mnet.renew_time",
+                &self.mnet.renew_time,
+                "a time of day HH:MM (UTC), e.g. 03:00",
+            ));
+        }
+        if self.mnet.renew_window_minutes == 0 || self.mnet.renew_window_minutes > 1440 {
+            return Err(ValidationError::new(
+                "mnet.renew_window_minutes",
+                self.mnet.renew_window_minutes.to_string(),
+                "minutes between 1 and 1440",
+            ));
+        }
+        if self.mnet.lookforward_hours == 0 || self.mnet.lookforward_hours > 24 * 365 {
+            return Err(ValidationError::new(
+                "mnet.lookforward_hours",
+                self.mnet.lookforward_hours.to_string(),
+                "hours between 1 and 8760",
+            ));
+        }
+        if self.mnet.key_lifetime_days == 0 || self.mnet.key_lifetime_days > 3650 {
+            return Err(ValidationError::new(
+                "mnet.key_lifetime_days",
+                self.mnet.key_lifetime_days.to_string(),
+                "days between 1 and 3650",
+            ));
         }
         if self.web.retry_after == 0 || self.web.retry_after > 86_400 {
             return Err(ValidationError::new(
@@ -373,6 +446,21 @@ user = "www-data"
 group = "www-data"
 # Seconds announced in Retry-After on the 503 page of a disabled instance.
 retry_after = 300
+
+# Moodle Network keys. A site's MNET key expires (28 days by default) and its peers must learn
+# the new one; `vmoodle mnet renew --due`, run from cron every few minutes, renews what is due
+# inside the renewal window and updates every peer.
+[mnet]
+# Renew keys automatically (`mnet renew --due` does nothing when off).
+autorenew = true
+# Renew a key when it expires within this many hours.
+lookforward_hours = 72
+# The renewal window opens at this time of day (HH:MM, UTC) ...
+renew_time = "03:00"
+# ... and stays open this many minutes, so renewals happen at a quiet hour.
+renew_window_minutes = 120
+# Lifetime of new keys in days (Moodle's $CFG->mnetkeylifetime, default 28).
+key_lifetime_days = 28
 "#,
         p = PLACEHOLDER
     )
@@ -400,6 +488,21 @@ mod tests {
                 "{k} missing from vmoodle.toml"
             );
         }
+    }
+
+    #[test]
+    fn renewal_window() {
+        let m = MnetSettings {
+            renew_time: "23:30".into(),
+            renew_window_minutes: 60,
+            ..Default::default()
+        };
+        let at = |h: i64, mi: i64| 19_000 * 86_400 + h * 3600 + mi * 60;
+        assert!(m.in_window(at(23, 45)));
+        assert!(m.in_window(at(0, 15)));
+        assert!(!m.in_window(at(0, 45)));
+        assert!(!m.in_window(at(12, 0)));
+        assert!(Settings::parse(&default_toml().replace("\"03:00\"", "\"3am\"")).is_err());
     }
 
     #[test]

@@ -313,7 +313,7 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
 /// Progress of one deploy: (step number, total steps, what).
 pub type StepProgress<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 /// Runs a checked plan; on failure undoes every step done and says which step failed.
 pub async fn execute(home: &Home, plan: Plan, progress: StepProgress<'_>) -> Result<Outcome> {
@@ -533,7 +533,15 @@ async fn run_steps(
     let inst = instances::add(home, &fields).await?;
     j.did(Undo::Unregister(inst.id, inst.host.clone()));
     j.step_done("register and publish").await;
-    progress(6, STEPS, "done");
+
+    // 6. MNET: its own key (a template's key is never shared) and its subnetwork's peers.
+    if f.mnet >= 0 {
+        *current = "MNET key and peers";
+        progress(6, STEPS, current);
+        crate::mnet::setup_new(home, &f.shortname).await?;
+        j.step_done("MNET key and peers").await;
+    }
+    progress(7, STEPS, "done");
     Ok(())
 }
 

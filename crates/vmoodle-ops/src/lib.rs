@@ -11,6 +11,7 @@ pub mod home;
 pub mod import;
 pub mod instances;
 pub mod journal;
+pub mod mnet;
 pub mod publish;
 pub mod templates;
 

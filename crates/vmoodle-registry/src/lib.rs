@@ -631,6 +631,86 @@ impl Registry {
     }
 }
 
+/// A peering between two instances that vmoodle made (a_id < b_id).
+#[derive(Debug, Clone, Serialize)]
+pub struct MnetLink {
+    pub a_id: i64,
+    pub b_id: i64,
+    /// Whether vmoodle created the row for b in a's mnet_host (and may remove it).
+    pub a_made: bool,
+    pub b_made: bool,
+}
+
+impl Registry {
+    pub async fn mnet_links(&self) -> Result<Vec<MnetLink>> {
+        let rows =
+            sqlx::query("SELECT a_id, b_id, a_made, b_made FROM mnet_links ORDER BY a_id, b_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("listing MNET peerings"))?;
+        rows.iter()
+            .map(|r| {
+                let get = |e| RegistryError::Query {
+                    context: "reading an MNET peering",
+                    source: e,
+                };
+                Ok(MnetLink {
+                    a_id: r.try_get(0).map_err(get)?,
+                    b_id: r.try_get(1).map_err(get)?,
+                    a_made: r.try_get::<i64, _>(2).map_err(get)? != 0,
+                    b_made: r.try_get::<i64, _>(3).map_err(get)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a peering (ids in any order); an existing one keeps its "made" marks.
+    pub async fn add_mnet_link(&self, x: i64, y: i64, x_made: bool, y_made: bool) -> Result<()> {
+        let (a, b, am, bm) = if x < y {
+            (x, y, x_made, y_made)
+        } else {
+            (y, x, y_made, x_made)
+        };
+        sqlx::query(
+            "INSERT INTO mnet_links (a_id, b_id, a_made, b_made, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (a_id, b_id) DO UPDATE SET a_made = CASE WHEN mnet_links.a_made = 1 THEN 1 ELSE excluded.a_made END, \
+             b_made = CASE WHEN mnet_links.b_made = 1 THEN 1 ELSE excluded.b_made END",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(i64::from(am))
+        .bind(i64::from(bm))
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording an MNET peering"))?;
+        Ok(())
+    }
+
+    pub async fn remove_mnet_link(&self, x: i64, y: i64) -> Result<()> {
+        let (a, b) = if x < y { (x, y) } else { (y, x) };
+        sqlx::query("DELETE FROM mnet_links WHERE a_id = $1 AND b_id = $2")
+            .bind(a)
+            .bind(b)
+            .execute(&self.pool)
+            .await
+            .map_err(q("removing an MNET peering"))?;
+        Ok(())
+    }
+
+    /// Sets an instance's MNET mode (-1 none, 0 free, N subnetwork N).
+    pub async fn set_mnet(&self, id: i64, mnet: i64) -> Result<()> {
+        sqlx::query("UPDATE instances SET mnet = $1, updated_at = $2 WHERE id = $3")
+            .bind(mnet)
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("setting an instance's MNET mode"))?;
+        Ok(())
+    }
+}
+
 fn template_from_row(r: &AnyRow) -> Result<Template> {
     let get = |e| RegistryError::Query {
         context: "reading a template row",

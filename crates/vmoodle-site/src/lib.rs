@@ -9,5 +9,6 @@ pub mod files;
 pub mod fixups;
 pub mod hook;
 pub mod hostfile;
+pub mod mnet;
 pub mod php;
 pub mod probe;

@@ -10,6 +10,7 @@ mod import;
 mod init;
 mod instance;
 mod master;
+mod mnet;
 mod output;
 mod progress;
 mod schema;
@@ -100,6 +101,9 @@ enum Command {
     Delete(delete::DeleteCmd),
     /// Bring an archived instance back.
     Restore(delete::RestoreCmd),
+    /// Moodle Network: keys, peers, subnetworks, renewal, status and repair.
+    #[command(subcommand)]
+    Mnet(mnet::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Spares(c) => c.run(&home).await,
         Command::Delete(c) => c.run(&home).await,
         Command::Restore(c) => c.run(&home).await,
+        Command::Mnet(c) => c.run(&home).await,
     }
 }
 

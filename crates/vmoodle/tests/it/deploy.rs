@@ -198,6 +198,17 @@ fn snapshot_deploy_delete_restore_mariadb() {
     let mut s = setup();
     let tpl = token("tm");
     s.clean.templates.push(tpl.clone());
+    // Content that the fix-ups must change, and content db_replace() leaves alone.
+    mariadb_sql(
+        Some(&s._maria.name),
+        "UPDATE mdl_course SET summary = 'See http://master.moodle.test/mod/page/view.php?id=1' WHERE id = 1; \
+         INSERT INTO mdl_config (name, value) VALUES ('vmt_probe_url', 'http://master.moodle.test/x'); \
+         INSERT INTO mdl_logstore_standard_log (eventname, component, action, target, crud, edulevel, contextid, contextlevel, contextinstanceid, userid, anonymous, timecreated) \
+           VALUES ('vmt_event', 'core', 'viewed', 'x', 'r', 0, 1, 10, 0, 2, 0, 1); \
+         INSERT INTO mdl_mnet_host (deleted, wwwroot, ip_address, name, public_key, public_key_expires, transport, portno, last_connect_time, last_log_id, force_theme, theme, applicationid, sslverification) \
+           VALUES (0, 'http://peer.example.org', '', 'Peer', 'KEY', 0, 0, 0, 0, 0, 0, NULL, 1, 0); \
+         INSERT INTO mdl_config_plugins (plugin, name, value) VALUES ('mnet', 'openssl', 'TEMPLATE-KEY');",
+    );
     let m =
         s.vm.json(&["snapshot", "srcmaria", "--template", &tpl, "--json"]);
     assert_eq!(m["tables"], 489);
@@ -329,6 +340,41 @@ fn snapshot_deploy_delete_restore_mariadb() {
             .hosts_dir()
             .join(format!("{t}.moodle.example.org.php"))
             .is_file());
+        // db_replace() rules: text columns rewritten, the config table left alone.
+        assert_eq!(
+            my_value(&db, "SELECT summary FROM mdl_course WHERE id = 1"),
+            format!("See http://{t}.moodle.example.org/mod/page/view.php?id=1")
+        );
+        assert_eq!(
+            my_value(
+                &db,
+                "SELECT value FROM mdl_config WHERE name = 'vmt_probe_url'"
+            ),
+            "http://master.moodle.test/x"
+        );
+        assert_eq!(
+            my_value(&db, "SELECT COUNT(*) FROM mdl_logstore_standard_log"),
+            "0"
+        );
+        assert_eq!(
+            my_value(
+                &db,
+                "SELECT COUNT(*) FROM mdl_mnet_host WHERE wwwroot = 'http://peer.example.org'"
+            ),
+            "0"
+        );
+        assert_eq!(my_value(&db, "SELECT COUNT(*) FROM mdl_config_plugins WHERE plugin = 'mnet' AND name = 'openssl'"), "0");
+        for rev in ["jsrev", "langrev", "templaterev"] {
+            assert!(
+                my_value(
+                    &db,
+                    &format!("SELECT value FROM mdl_config WHERE name = '{rev}'")
+                )
+                .parse::<i64>()
+                .unwrap()
+                    > 1795297870
+            );
+        }
     }
 
     // Delete (archived) and restore.
@@ -445,6 +491,31 @@ fn deploy_postgres_with_prefix_and_bulk() {
     )
     .unwrap();
     assert!(hf.contains("'prefix' => 'vm_'") && hf.contains("'dbtype' => 'pgsql'"));
+    // The dump path (no live template) gives the same result.
+    let dumped = token("d");
+    s.clean.tokens.push(dumped.clone());
+    let r = deploy_json(
+        &s.vm,
+        &[
+            "--template",
+            &tpl,
+            "--token",
+            &dumped,
+            "--dbserver",
+            "pg",
+            "--from-dump",
+        ],
+    );
+    assert_eq!(r[0]["outcome"]["method"], "dump load", "{r}");
+    let ddb = format!("vmt_{dumped}");
+    assert_eq!(
+        pg_value(
+            &ddb,
+            "SELECT shortname FROM mdl_course WHERE format = 'site'"
+        ),
+        dumped
+    );
+    assert_eq!(pg_value(&ddb, &format!("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'vmt_{dumped}'")), "489");
     // Bulk: a pattern, several at once.
     let before: Vec<String> = (1..=6).map(|n| format!("{one}b{n}")).collect();
     s.clean.tokens.extend(before.clone());

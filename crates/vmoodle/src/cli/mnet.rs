@@ -1,0 +1,252 @@
+//! `vmoodle mnet keys|init|bind|unbind|peer|unpeer|renew|status|repair`.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+use vmoodle_ops::mnet::{self, RenewWhat};
+use vmoodle_ops::Home;
+
+use super::{exit, output};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Show an instance's MNET key: fingerprint, subject, expiry, history.
+    Keys {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give an instance a fresh key pair (the old one goes into the history) and turn MNET on;
+    /// its peers learn the new key.
+    Init { instance: String },
+    /// Join subnetwork N: become a peer of every member (SSO both ways where the services exist).
+    Bind {
+        instance: String,
+        #[arg(long)]
+        subnetwork: i64,
+    },
+    /// Leave the subnetwork: the peer rows vmoodle made go, nothing else.
+    Unbind { instance: String },
+    /// Make two instances peers (the master too).
+    Peer { a: String, b: String },
+    /// Undo `peer`: the rows vmoodle made on each side go.
+    Unpeer { a: String, b: String },
+    /// Renew keys and update every peer. Safe to run from cron every few minutes with --due.
+    ///
+    /// --due renews only keys expiring within mnet.lookforward_hours, and only inside the
+    /// renewal window (mnet.renew_time, mnet.renew_window_minutes, UTC), when mnet.autorenew
+    /// is on. Every run also finishes an earlier run that was interrupted.
+    Renew {
+        /// Renew what is due (for cron).
+        #[arg(long, conflicts_with_all = ["all", "instance"])]
+        due: bool,
+        /// Renew every MNET instance now.
+        #[arg(long, conflicts_with = "instance")]
+        all: bool,
+        /// Renew this instance now.
+        instance: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per instance: key expiry and whether renewal is due; per peer pair: whether each side
+    /// holds the other's current key.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mend every stale or missing peer row.
+    Repair {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cmd {
+    pub async fn run(self, root: &Path) -> Result<u8> {
+        match self {
+            Cmd::Keys { instance, json } => {
+                let home = Home::open(root).await?;
+                let k = mnet::keys(&home, &instance).await?;
+                if json {
+                    output::json(&k)?;
+                } else {
+                    let mut f = vec![
+                        ("instance", k.instance.clone()),
+                        ("wwwroot", k.wwwroot.clone()),
+                        (
+                            "mnet",
+                            format!(
+                                "{} (dispatcher: {})",
+                                k.mnet_mode,
+                                k.dispatcher.clone().unwrap_or_else(|| "unset".into())
+                            ),
+                        ),
+                    ];
+                    match &k.current {
+                        Some(c) => {
+                            f.push(("subject", c.subject.clone()));
+                            f.push(("fingerprint", c.fingerprint_sha256.clone()));
+                            f.push(("expires", output::time(c.not_after)));
+                            f.push(("key matches", k.private_key_matches.to_string()));
+                            f.push((
+                                "mnet_host row",
+                                if k.local_row_current {
+                                    "current"
+                                } else {
+                                    "STALE"
+                                }
+                                .into(),
+                            ));
+                        }
+                        None => f.push(("key", "none (vmoodle mnet init)".into())),
+                    }
+                    for h in &k.history {
+                        f.push((
+                            "history",
+                            format!(
+                                "expired/expires {} {}",
+                                output::time(h.expires),
+                                h.fingerprint_sha256
+                            ),
+                        ));
+                    }
+                    output::fields(&f);
+                }
+            }
+            Cmd::Init { instance } => {
+                let home = Home::open_locked(root).await?;
+                let c = mnet::init(&home, &instance).await?;
+                eprintln!(
+                    "new MNET key for `{instance}`: {} (expires {})",
+                    c.fingerprint_sha256,
+                    output::time(c.not_after)
+                );
+            }
+            Cmd::Bind {
+                instance,
+                subnetwork,
+            } => {
+                let home = Home::open_locked(root).await?;
+                let peers = mnet::bind(&home, &instance, subnetwork).await?;
+                eprintln!(
+                    "`{instance}` is in subnetwork {subnetwork}; peers: {}",
+                    if peers.is_empty() {
+                        "none yet".into()
+                    } else {
+                        peers.join(", ")
+                    }
+                );
+            }
+            Cmd::Unbind { instance } => {
+                let home = Home::open_locked(root).await?;
+                let gone = mnet::unbind(&home, &instance).await?;
+                eprintln!(
+                    "`{instance}` left its subnetwork; peerings removed: {}",
+                    if gone.is_empty() {
+                        "none".into()
+                    } else {
+                        gone.join(", ")
+                    }
+                );
+            }
+            Cmd::Peer { a, b } => {
+                let home = Home::open_locked(root).await?;
+                mnet::peer(&home, &a, &b).await?;
+                eprintln!("`{a}` and `{b}` are peers");
+            }
+            Cmd::Unpeer { a, b } => {
+                let home = Home::open_locked(root).await?;
+                mnet::unpeer(&home, &a, &b).await?;
+                eprintln!("`{a}` and `{b}` are no longer peers");
+            }
+            Cmd::Renew {
+                due,
+                all,
+                instance,
+                json,
+            } => {
+                let what = match (due, all, instance) {
+                    (true, _, _) => RenewWhat::Due,
+                    (_, true, _) => RenewWhat::All,
+                    (_, _, Some(x)) => RenewWhat::One(x),
+                    _ => bail!("say what to renew: --due (for cron), --all, or an instance"),
+                };
+                let home = Home::open_locked(root).await?;
+                let r = mnet::renew(&home, what).await?;
+                if json {
+                    output::json(&r)?;
+                } else {
+                    if let Some(s) = &r.skipped {
+                        eprintln!("nothing renewed: {s}");
+                    }
+                    eprintln!(
+                        "renewed: {}; peer rows mended: {}",
+                        if r.renewed.is_empty() {
+                            "none".into()
+                        } else {
+                            r.renewed.join(", ")
+                        },
+                        r.mended.len()
+                    );
+                }
+            }
+            Cmd::Status { json } => {
+                let home = Home::open(root).await?;
+                let st = mnet::status(&home).await?;
+                let bad = st
+                    .pairs
+                    .iter()
+                    .filter(|p| !(p.a_holds_b && p.b_holds_a))
+                    .count();
+                if json {
+                    output::json(&st)?;
+                } else {
+                    output::table(
+                        &["instance", "mnet", "key expires", "renewal"],
+                        st.instances
+                            .iter()
+                            .map(|i| {
+                                vec![
+                                    i.instance.clone(),
+                                    vmoodle_core::MnetMode(i.mnet).describe(),
+                                    i.expires
+                                        .map(output::time)
+                                        .unwrap_or_else(|| "no key".into()),
+                                    if i.due { "due" } else { "" }.into(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                    output::table(
+                        &["a", "b", "a holds b's key", "b holds a's key"],
+                        st.pairs
+                            .iter()
+                            .map(|p| {
+                                let yn = |b: bool| if b { "yes" } else { "STALE" }.to_string();
+                                vec![p.a.clone(), p.b.clone(), yn(p.a_holds_b), yn(p.b_holds_a)]
+                            })
+                            .collect(),
+                    );
+                    if bad > 0 {
+                        eprintln!("{bad} peer pair(s) hold a stale or missing key: `vmoodle mnet repair` mends them");
+                    }
+                }
+                if bad > 0 {
+                    return Ok(exit::PARTIAL);
+                }
+            }
+            Cmd::Repair { json } => {
+                let home = Home::open_locked(root).await?;
+                let r = mnet::repair(&home).await?;
+                if json {
+                    output::json(&r)?;
+                } else {
+                    for m in &r.mended {
+                        eprintln!("{m}");
+                    }
+                    eprintln!("{} peer row(s) mended", r.mended.len());
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+}
