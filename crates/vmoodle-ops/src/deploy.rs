@@ -849,7 +849,7 @@ async fn pg_clone(spec: &ConnSpec, template_db: &str, db: &str, owner: &str) -> 
             Err(vmoodle_dbserver::DbError::Query {
                 source: sqlx::Error::Database(d),
                 ..
-            }) if d.code().as_deref() == Some("55006") && tries < 50 => {
+            }) if d.code().as_deref() == Some("55006") && tries < 300 => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

@@ -179,7 +179,7 @@ pub fn run_ok_stdin(cmd: &mut Command, input: Option<&str>) -> Output {
 /// SQL (any length, several statements) through the mariadb client as the administrator.
 pub fn mariadb_sql(db: Option<&str>, sql: &str) -> String {
     let mut c = mariadb_client();
-    c.args(["--batch", "--skip-column-names"]);
+    c.args(["--batch", "--raw", "--skip-column-names"]);
     if let Some(db) = db {
         c.arg(db);
     }

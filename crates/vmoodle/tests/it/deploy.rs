@@ -9,7 +9,7 @@ use std::process::Command;
 use vmoodle_test::{mariadb_sql, pg_sql, MariaDb, PgDb, TempDir};
 
 /// A lowercase token no other test uses.
-fn token(tag: &str) -> String {
+pub(crate) fn token(tag: &str) -> String {
     let mut r = [0u8; 4];
     openssl::rand::rand_bytes(&mut r).unwrap();
     format!(
@@ -20,9 +20,9 @@ fn token(tag: &str) -> String {
 
 /// Drops, at the end of a test, every database and user the deploys of these tokens and
 /// templates made (vmt_TOKEN, vmtpl_TEMPLATE, vmspare_TEMPLATE_*).
-struct Cleanup {
-    tokens: Vec<String>,
-    templates: Vec<String>,
+pub(crate) struct Cleanup {
+    pub(crate) tokens: Vec<String>,
+    pub(crate) templates: Vec<String>,
 }
 
 impl Drop for Cleanup {
@@ -81,13 +81,13 @@ impl Drop for Cleanup {
 
 /// A home with the local servers, a schema whose names all start with vmt_, dataroots under the
 /// test's directory, and a source Moodle loaded from the fixtures (MariaDB and PostgreSQL).
-struct Setup {
-    vm: Vm,
+pub(crate) struct Setup {
+    pub(crate) vm: Vm,
     base: PathBuf,
     _maria: MariaDb,
     _pg: PgDb,
     _data: TempDir,
-    clean: Cleanup,
+    pub(crate) clean: Cleanup,
 }
 
 fn extract(tar: &str, into: &Path) {
@@ -102,7 +102,7 @@ fn extract(tar: &str, into: &Path) {
     assert!(ok.success());
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let vm = Vm::new(Backend::Sqlite);
     vm.add_local_servers();
     let data = TempDir::new("data");
@@ -171,18 +171,18 @@ fn setup() -> Setup {
     }
 }
 
-fn deploy_json(vm: &Vm, args: &[&str]) -> serde_json::Value {
+pub(crate) fn deploy_json(vm: &Vm, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["deploy"];
     a.extend_from_slice(args);
     a.push("--json");
     vm.json(&a)
 }
 
-fn my_value(db: &str, sql: &str) -> String {
+pub(crate) fn my_value(db: &str, sql: &str) -> String {
     mariadb_sql(Some(db), sql).trim().to_string()
 }
 
-fn pg_value(db: &str, sql: &str) -> String {
+pub(crate) fn pg_value(db: &str, sql: &str) -> String {
     pg_sql(db, sql).trim().to_string()
 }
 

@@ -8,3 +8,4 @@ mod import;
 mod init_settings;
 mod instances;
 mod master;
+mod mnet;
