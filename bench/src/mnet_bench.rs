@@ -1,0 +1,117 @@
+//! MNET at fleet scale: `mnet renew --all` and `mnet repair` on fully meshed subnetworks of 10
+//! and 30 instances (90 and 870 peer rows), PostgreSQL fixture. The cost should grow with the
+//! number of peer rows, not faster.
+//!
+//! Run: ./scripts/bench-mnet [SIZES...]   (default 10 30)
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use vmoodle_test::{pg_sql, PgDb, TempDir};
+
+fn bin() -> PathBuf {
+    std::env::var_os("VMOODLE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vmoodle"))
+}
+
+fn vm(home: &std::path::Path, args: &[&str], input: &str) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("VMOODLE_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("vmoodle {args:?}: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn timed(home: &std::path::Path, args: &[&str]) -> Result<f64> {
+    let t = Instant::now();
+    vm(home, args, "")?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10, 30] } else { sizes };
+    let src = PgDb::create("mnetsrc");
+    src.load_fixture("fresh-pgsql.sql.gz");
+    let mut rows = Vec::new();
+    let mut made: Vec<String> = Vec::new();
+    let mut templates = Vec::new();
+    let result: Result<()> = (|| {
+        for &n in &sizes {
+            let dir = TempDir::new("mnetbench");
+            let home = dir.path().join("home");
+            let data = dir.path().join("src");
+            std::fs::create_dir_all(&data)?;
+            let ok = Command::new("tar")
+                .arg("-xzf")
+                .arg(vmoodle_test::fixtures_dir().join("fresh-pgsql-dataroot.tar.gz"))
+                .arg("-C")
+                .arg(&data)
+                .status()?;
+            if !ok.success() {
+                bail!("tar failed");
+            }
+            vm(&home, &["init"], "")?;
+            vm(&home, &["dbserver", "add", "pg", "--type", "pgsql", "--host", "127.0.0.1", "--user", &vmoodle_test::pg_user(), "--password-stdin"], &vmoodle_test::pg_password())?;
+            vm(&home, &["settings", "set", "schema.dataroot", &format!("{}/i/<%%INSTANCE%%>", dir.path().display())], "")?;
+            vm(&home, &["settings", "set", "schema.db_name", "vmb_<%%INSTANCE%%>"], "")?;
+            vm(&home, &["settings", "set", "schema.db_login", "vmb_<%%INSTANCE%%>"], "")?;
+            vm(&home, &["instance", "add", "--wwwroot", "http://masterpg.moodle.test", "--shortname", "src", "--dbserver", "pg", "--dbname", &src.name, "--dbuser", &vmoodle_test::pg_user(), "--dataroot", data.to_str().unwrap(), "--password-stdin"], &vmoodle_test::pg_password())?;
+            let tpl = format!("vmbmnet{n}_{}", std::process::id());
+            templates.push(tpl.clone());
+            vm(&home, &["snapshot", "src", "--template", &tpl], "")?;
+            let pattern = format!("mn{n}x{}i{{n}}", std::process::id() % 10000);
+            made.extend((1..=n).map(|i| pattern.replace("{n}", &i.to_string())));
+            eprintln!("deploying {n} instances into subnetwork 1 ...");
+            let t = Instant::now();
+            vm(&home, &["deploy", "--template", &tpl, "--count", &n.to_string(), "--token-pattern", &pattern, "--mnet", "1", "--parallel", "2", "--dbserver", "pg"], "")?;
+            let deploy_s = t.elapsed().as_secs_f64();
+            let peer_rows = n * (n - 1);
+            let status: serde_json::Value = serde_json::from_str(&vm(&home, &["mnet", "status", "--json"], "")?)?;
+            let pairs = status["pairs"].as_array().map(|a| a.len()).unwrap_or(0);
+            if pairs * 2 != peer_rows {
+                bail!("expected {} pairs, found {pairs}", peer_rows / 2);
+            }
+            eprintln!("measuring ...");
+            let renew = timed(&home, &["mnet", "renew", "--all"])?;
+            let repair_clean = timed(&home, &["mnet", "repair"])?;
+            let status_s = timed(&home, &["mnet", "status"])?;
+            for i in 1..=n {
+                pg_sql(&format!("vmb_{}", pattern.replace("{n}", &i.to_string())), "UPDATE mdl_mnet_host SET public_key = 'stale' WHERE id > 2");
+            }
+            let repair_all = timed(&home, &["mnet", "repair"])?;
+            rows.push(format!(
+                "| {n} | {peer_rows} | {renew:.2} | {:.2} | {repair_clean:.2} | {repair_all:.2} | {:.2} | {status_s:.2} | {deploy_s:.1} |",
+                renew * 1000.0 / peer_rows as f64,
+                repair_all * 1000.0 / peer_rows as f64
+            ));
+            for t in &templates {
+                let _ = vm(&home, &["template", "delete", t], "");
+            }
+        }
+        Ok(())
+    })();
+    for t in &made {
+        let _ = std::panic::catch_unwind(|| pg_sql("postgres", &format!("DROP DATABASE IF EXISTS \"vmb_{t}\" WITH (FORCE)")));
+        let _ = std::panic::catch_unwind(|| pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"vmb_{t}\"")));
+    }
+    result?;
+    println!("MNET on fully meshed subnetworks (PostgreSQL, seconds; ms/row = per peer row)\n");
+    println!("| instances | peer rows | renew --all | ms/row | repair (nothing stale) | repair (all stale) | ms/row | status | deploy with meshing |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
