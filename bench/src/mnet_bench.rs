@@ -13,7 +13,9 @@ use vmoodle_test::{pg_sql, PgDb, TempDir};
 fn bin() -> PathBuf {
     std::env::var_os("VMOODLE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vmoodle"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vmoodle")
+        })
 }
 
 fn vm(home: &std::path::Path, args: &[&str], input: &str) -> Result<String> {
@@ -28,7 +30,11 @@ fn vm(home: &std::path::Path, args: &[&str], input: &str) -> Result<String> {
     child.stdin.take().unwrap().write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("vmoodle {args:?}: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "vmoodle {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -40,8 +46,15 @@ fn timed(home: &std::path::Path, args: &[&str]) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![10, 30] } else { sizes };
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![10, 30]
+    } else {
+        sizes
+    };
     let src = PgDb::create("mnetsrc");
     src.load_fixture("fresh-pgsql.sql.gz");
     let mut rows = Vec::new();
@@ -63,11 +76,63 @@ fn main() -> Result<()> {
                 bail!("tar failed");
             }
             vm(&home, &["init"], "")?;
-            vm(&home, &["dbserver", "add", "pg", "--type", "pgsql", "--host", "127.0.0.1", "--user", &vmoodle_test::pg_user(), "--password-stdin"], &vmoodle_test::pg_password())?;
-            vm(&home, &["settings", "set", "schema.dataroot", &format!("{}/i/<%%INSTANCE%%>", dir.path().display())], "")?;
-            vm(&home, &["settings", "set", "schema.db_name", "vmb_<%%INSTANCE%%>"], "")?;
-            vm(&home, &["settings", "set", "schema.db_login", "vmb_<%%INSTANCE%%>"], "")?;
-            vm(&home, &["instance", "add", "--wwwroot", "http://masterpg.moodle.test", "--shortname", "src", "--dbserver", "pg", "--dbname", &src.name, "--dbuser", &vmoodle_test::pg_user(), "--dataroot", data.to_str().unwrap(), "--password-stdin"], &vmoodle_test::pg_password())?;
+            vm(
+                &home,
+                &[
+                    "dbserver",
+                    "add",
+                    "pg",
+                    "--type",
+                    "pgsql",
+                    "--host",
+                    "127.0.0.1",
+                    "--user",
+                    &vmoodle_test::pg_user(),
+                    "--password-stdin",
+                ],
+                &vmoodle_test::pg_password(),
+            )?;
+            vm(
+                &home,
+                &[
+                    "settings",
+                    "set",
+                    "schema.dataroot",
+                    &format!("{}/i/<%%INSTANCE%%>", dir.path().display()),
+                ],
+                "",
+            )?;
+            vm(
+                &home,
+                &["settings", "set", "schema.db_name", "vmb_<%%INSTANCE%%>"],
+                "",
+            )?;
+            vm(
+                &home,
+                &["settings", "set", "schema.db_login", "vmb_<%%INSTANCE%%>"],
+                "",
+            )?;
+            vm(
+                &home,
+                &[
+                    "instance",
+                    "add",
+                    "--wwwroot",
+                    "http://masterpg.moodle.test",
+                    "--shortname",
+                    "src",
+                    "--dbserver",
+                    "pg",
+                    "--dbname",
+                    &src.name,
+                    "--dbuser",
+                    &vmoodle_test::pg_user(),
+                    "--dataroot",
+                    data.to_str().unwrap(),
+                    "--password-stdin",
+                ],
+                &vmoodle_test::pg_password(),
+            )?;
             let tpl = format!("vmbmnet{n}_{}", std::process::id());
             templates.push(tpl.clone());
             vm(&home, &["snapshot", "src", "--template", &tpl], "")?;
@@ -75,10 +140,29 @@ fn main() -> Result<()> {
             made.extend((1..=n).map(|i| pattern.replace("{n}", &i.to_string())));
             eprintln!("deploying {n} instances into subnetwork 1 ...");
             let t = Instant::now();
-            vm(&home, &["deploy", "--template", &tpl, "--count", &n.to_string(), "--token-pattern", &pattern, "--mnet", "1", "--parallel", "2", "--dbserver", "pg"], "")?;
+            vm(
+                &home,
+                &[
+                    "deploy",
+                    "--template",
+                    &tpl,
+                    "--count",
+                    &n.to_string(),
+                    "--token-pattern",
+                    &pattern,
+                    "--mnet",
+                    "1",
+                    "--parallel",
+                    "2",
+                    "--dbserver",
+                    "pg",
+                ],
+                "",
+            )?;
             let deploy_s = t.elapsed().as_secs_f64();
             let peer_rows = n * (n - 1);
-            let status: serde_json::Value = serde_json::from_str(&vm(&home, &["mnet", "status", "--json"], "")?)?;
+            let status: serde_json::Value =
+                serde_json::from_str(&vm(&home, &["mnet", "status", "--json"], "")?)?;
             let pairs = status["pairs"].as_array().map(|a| a.len()).unwrap_or(0);
             if pairs * 2 != peer_rows {
                 bail!("expected {} pairs, found {pairs}", peer_rows / 2);
@@ -88,7 +172,10 @@ fn main() -> Result<()> {
             let repair_clean = timed(&home, &["mnet", "repair"])?;
             let status_s = timed(&home, &["mnet", "status"])?;
             for i in 1..=n {
-                pg_sql(&format!("vmb_{}", pattern.replace("{n}", &i.to_string())), "UPDATE mdl_mnet_host SET public_key = 'stale' WHERE id > 2");
+                pg_sql(
+                    &format!("vmb_{}", pattern.replace("{n}", &i.to_string())),
+                    "UPDATE mdl_mnet_host SET public_key = 'stale' WHERE id > 2",
+                );
             }
             let repair_all = timed(&home, &["mnet", "repair"])?;
             rows.push(format!(
@@ -103,8 +190,15 @@ fn main() -> Result<()> {
         Ok(())
     })();
     for t in &made {
-        let _ = std::panic::catch_unwind(|| pg_sql("postgres", &format!("DROP DATABASE IF EXISTS \"vmb_{t}\" WITH (FORCE)")));
-        let _ = std::panic::catch_unwind(|| pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"vmb_{t}\"")));
+        let _ = std::panic::catch_unwind(|| {
+            pg_sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS \"vmb_{t}\" WITH (FORCE)"),
+            )
+        });
+        let _ = std::panic::catch_unwind(|| {
+            pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"vmb_{t}\""))
+        });
     }
     result?;
     println!("MNET on fully meshed subnetworks (PostgreSQL, seconds; ms/row = per peer row)\n");
