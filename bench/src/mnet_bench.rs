@@ -189,6 +189,14 @@ fn main() -> Result<()> {
         }
         Ok(())
     })();
+    for t in &templates {
+        let _ = std::panic::catch_unwind(|| {
+            pg_sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS \"vmtpl_{t}\" WITH (FORCE)"),
+            )
+        });
+    }
     for t in &made {
         let _ = std::panic::catch_unwind(|| {
             pg_sql(

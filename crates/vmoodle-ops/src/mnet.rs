@@ -318,15 +318,21 @@ async fn write_peer_row(s: &Site, c: &mut Conn, other: &Instance, cur: &Current)
             &[other.wwwroot.as_str().into()],
         )
         .await?;
-    let (id, created) = match rows
-        .first()
-        .and_then(|r| r[0].clone())
-        .and_then(|v| v.parse::<i64>().ok())
-    {
-        Some(id) => {
+    let ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r[0].as_deref().and_then(|v| v.parse().ok()))
+        .collect();
+    let (id, created) = match ids.first() {
+        Some(&id) => {
+            // Every row for that wwwroot (an administrator may have made more than one).
             c.exec(
-                &format!("UPDATE {} SET public_key = ?, public_key_expires = ?, deleted = 0, name = ? WHERE id = ?", s.t("mnet_host")),
-                &[cur.certificate.as_str().into(), cur.expires.into(), other.name.chars().take(80).collect::<String>().into(), id.into()],
+                &format!("UPDATE {} SET public_key = ?, public_key_expires = ?, deleted = 0, name = ? WHERE wwwroot = ?", s.t("mnet_host")),
+                &[
+                    cur.certificate.as_str().into(),
+                    cur.expires.into(),
+                    other.name.chars().take(80).collect::<String>().into(),
+                    other.wwwroot.as_str().into(),
+                ],
             )
             .await?;
             (id, false)
@@ -464,7 +470,13 @@ pub async fn peer(home: &Home, x: &str, y: &str) -> Result<()> {
     peer_sites(home, &a, &b).await
 }
 
+/// Peerings change rows in two databases; within one vmoodle process (a bulk deploy) they are
+/// made one at a time so two deploys never both create the same peer row. Across processes the
+/// home's lock does the same.
+static PEERING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<()> {
+    let _one_at_a_time = PEERING.lock().await;
     let mut ca = a.conn().await?;
     let mut cb = b.conn().await?;
     let r = async {
