@@ -229,36 +229,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&env.work)?;
     std::fs::create_dir_all(&env.base)?;
     env.vm(&["init"])?;
-    env.vm_in(
-        &[
-            "dbserver",
-            "add",
-            "maria",
-            "--type",
-            "mariadb",
-            "--host",
-            "127.0.0.1",
-            "--user",
-            &vmoodle_test::mariadb_user(),
-            "--password-stdin",
-        ],
-        &vmoodle_test::mariadb_password(),
-    )?;
-    env.vm_in(
-        &[
-            "dbserver",
-            "add",
-            "pg",
-            "--type",
-            "pgsql",
-            "--host",
-            "127.0.0.1",
-            "--user",
-            &vmoodle_test::pg_user(),
-            "--password-stdin",
-        ],
-        &vmoodle_test::pg_password(),
-    )?;
+    for (args, password) in vmoodle_test::local_server_args() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.vm_in(&args, &password)?;
+    }
     env.vm(&[
         "settings",
         "set",

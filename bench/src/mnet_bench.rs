@@ -76,21 +76,11 @@ fn main() -> Result<()> {
                 bail!("tar failed");
             }
             vm(&home, &["init"], "")?;
+            let [_, (pg_args, pg_password)] = vmoodle_test::local_server_args();
             vm(
                 &home,
-                &[
-                    "dbserver",
-                    "add",
-                    "pg",
-                    "--type",
-                    "pgsql",
-                    "--host",
-                    "127.0.0.1",
-                    "--user",
-                    &vmoodle_test::pg_user(),
-                    "--password-stdin",
-                ],
-                &vmoodle_test::pg_password(),
+                &pg_args.iter().map(String::as_str).collect::<Vec<_>>(),
+                &pg_password,
             )?;
             vm(
                 &home,

@@ -390,3 +390,29 @@ fn load_gz(path: &Path, mut client: Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The arguments of `vmoodle dbserver add` for the local servers (named `maria` and `pg`) as
+/// the test administrators, each with the password to give on stdin.
+pub fn local_server_args() -> [(Vec<String>, String); 2] {
+    let args = |name: &str, kind: &str, user: String| -> Vec<String> {
+        [
+            "dbserver",
+            "add",
+            name,
+            "--type",
+            kind,
+            "--host",
+            "127.0.0.1",
+            "--user",
+            &user,
+            "--password-stdin",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    [
+        (args("maria", "mariadb", mariadb_user()), mariadb_password()),
+        (args("pg", "pgsql", pg_user()), pg_password()),
+    ]
+}

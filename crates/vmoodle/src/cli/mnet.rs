@@ -26,8 +26,15 @@ pub enum Cmd {
     },
     /// Leave the subnetwork: the peer rows vmoodle made go, nothing else.
     Unbind { instance: String },
-    /// Make two instances peers (the master too).
-    Peer { a: String, b: String },
+    /// Make two instances peers; with --all, A and every instance that has MNET on (e.g.
+    /// `vmoodle mnet peer master --all`).
+    Peer {
+        a: String,
+        #[arg(required_unless_present = "all")]
+        b: Option<String>,
+        #[arg(long, conflicts_with = "b")]
+        all: bool,
+    },
     /// Undo `peer`: the rows vmoodle made on each side go.
     Unpeer { a: String, b: String },
     /// Renew keys and update every peer. Safe to run from cron every few minutes with --due.
@@ -148,10 +155,28 @@ impl Cmd {
                     }
                 );
             }
-            Cmd::Peer { a, b } => {
+            Cmd::Peer { a, b, all } => {
                 let home = Home::open_locked(root).await?;
-                mnet::peer(&home, &a, &b).await?;
-                eprintln!("`{a}` and `{b}` are peers");
+                let others: Vec<String> = match b {
+                    Some(b) => vec![b],
+                    None => {
+                        let me = home.registry.instance(&a).await?;
+                        home.registry
+                            .instances()
+                            .await?
+                            .into_iter()
+                            .filter(|i| i.id != me.id && i.mnet >= 0)
+                            .map(|i| i.shortname)
+                            .collect()
+                    }
+                };
+                if all && others.is_empty() {
+                    eprintln!("no other instance has MNET on");
+                }
+                for b in &others {
+                    mnet::peer(&home, &a, b).await?;
+                    eprintln!("`{a}` and `{b}` are peers");
+                }
             }
             Cmd::Unpeer { a, b } => {
                 let home = Home::open_locked(root).await?;

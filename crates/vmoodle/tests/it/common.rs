@@ -101,34 +101,10 @@ impl Vm {
 
     /// Registers the local MariaDB and PostgreSQL servers as `maria` and `pg`.
     pub fn add_local_servers(&self) {
-        let maria = [
-            "dbserver",
-            "add",
-            "maria",
-            "--type",
-            "mariadb",
-            "--host",
-            "127.0.0.1",
-            "--user",
-        ];
-        let user = vmoodle_test::mariadb_user();
-        let mut args = maria.to_vec();
-        args.extend([user.as_str(), "--password-stdin"]);
-        self.ok_stdin(&args, &vmoodle_test::mariadb_password());
-        let pg = [
-            "dbserver",
-            "add",
-            "pg",
-            "--type",
-            "pgsql",
-            "--host",
-            "127.0.0.1",
-            "--user",
-        ];
-        let user = vmoodle_test::pg_user();
-        let mut args = pg.to_vec();
-        args.extend([user.as_str(), "--password-stdin"]);
-        self.ok_stdin(&args, &vmoodle_test::pg_password());
+        for (args, password) in vmoodle_test::local_server_args() {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.ok_stdin(&args, &password);
+        }
     }
 
     pub fn hosts_dir(&self) -> PathBuf {
