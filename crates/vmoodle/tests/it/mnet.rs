@@ -246,6 +246,17 @@ fn network(server: &str, in1: usize, in2: usize) {
         s.vm.json(&["instance", "show", &one[0], "--json"])["mnet"],
         0
     );
+    // One instance made a peer of every other MNET instance (as one would do with the master).
+    s.vm.ok(&["mnet", "peer", &two[0], "--all"]);
+    let st = s.vm.json(&["mnet", "status", "--json"]);
+    let with_two0 = st["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["a"] == two[0].as_str() || p["b"] == two[0].as_str())
+        .count();
+    assert_eq!(with_two0, in1 + in2 - 1, "{st}");
+    s.vm.ok(&["mnet", "status"]);
 }
 
 #[test]
