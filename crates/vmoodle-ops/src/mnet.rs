@@ -470,13 +470,7 @@ pub async fn peer(home: &Home, x: &str, y: &str) -> Result<()> {
     peer_sites(home, &a, &b).await
 }
 
-/// Peerings change rows in two databases; within one vmoodle process (a bulk deploy) they are
-/// made one at a time so two deploys never both create the same peer row. Across processes the
-/// home's lock does the same.
-static PEERING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<()> {
-    let _one_at_a_time = PEERING.lock().await;
     let mut ca = a.conn().await?;
     let mut cb = b.conn().await?;
     let r = async {
@@ -872,14 +866,23 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     Ok(report)
 }
 
+/// MNET changes touch several instances' databases (a new key, then rows in every peer).
+/// Commands take the home's lock, so across processes they run one at a time; within one
+/// process, the deploys of a bulk run take this lock for their MNET step, so two of them never
+/// both create the same key or peer row.
+static MNET_STEP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Gives a newly deployed instance its MNET: its own key, and its subnetwork's peers.
 pub async fn setup_new(home: &Home, key: &str) -> Result<()> {
+    let _one_at_a_time = MNET_STEP.lock().await;
     let s = site_by_key(home, key).await?;
     if s.inst.mnet < 0 {
         return Ok(());
     }
+    // The fix-ups removed the template's key; the instance has none unless a sibling of the
+    // same bulk run, binding first, already gave it its own.
     let mut c = s.conn().await?;
-    let r = rotate(home, &s, &mut c).await;
+    let r = ensure_key(home, &s, &mut c).await;
     vmoodle_dbserver::close(c).await;
     r?;
     if s.inst.mnet > 0 {
