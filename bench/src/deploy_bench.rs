@@ -14,11 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 use vmoodle_test::{mariadb_sql, pg_sql, MariaDb, PgDb, TempDir};
 
-fn bin() -> PathBuf {
-    std::env::var_os("VMOODLE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vmoodle"))
-}
+mod runner;
 
 struct Env {
     home: PathBuf,
@@ -31,24 +27,7 @@ impl Env {
         self.vm_in(args, "")
     }
     fn vm_in(&self, args: &[&str], input: &str) -> Result<String> {
-        use std::io::Write;
-        let mut c = Command::new(bin());
-        c.args(args)
-            .env("VMOODLE_HOME", &self.home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn()?;
-        child.stdin.take().unwrap().write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "vmoodle {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        runner::vmoodle(&self.home, args, input)
     }
 }
 

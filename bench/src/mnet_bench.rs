@@ -5,38 +5,14 @@
 //! Run: ./scripts/bench-mnet [SIZES...]   (default 10 30)
 
 use anyhow::{bail, Result};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use vmoodle_test::{pg_sql, PgDb, TempDir};
 
-fn bin() -> PathBuf {
-    std::env::var_os("VMOODLE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/vmoodle")
-        })
-}
+mod runner;
 
 fn vm(home: &std::path::Path, args: &[&str], input: &str) -> Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(bin())
-        .args(args)
-        .env("VMOODLE_HOME", home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().unwrap().write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "vmoodle {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    runner::vmoodle(home, args, input)
 }
 
 fn timed(home: &std::path::Path, args: &[&str]) -> Result<f64> {

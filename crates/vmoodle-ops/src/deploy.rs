@@ -433,14 +433,7 @@ async fn run_steps(
             .await?;
             *method = "server-side copy".into();
         } else {
-            let dir = PathBuf::from(&plan.template.path);
-            tools::load(
-                &templates::clients(home)?,
-                spec,
-                &f.dbname,
-                &dir.join(&plan.manifest.database.file),
-            )
-            .await?;
+            load_dump(home, plan).await?;
             rename_prefix(spec, &f.dbname, &tpl_prefix, &f.prefix).await?;
             *method = "dump load".into();
         }
@@ -459,14 +452,7 @@ async fn run_steps(
         } else {
             admin::create_database(spec, &f.dbname).await?;
             j.did(Undo::DropDatabase(spec.clone(), f.dbname.clone()));
-            let dir = PathBuf::from(&plan.template.path);
-            tools::load(
-                &templates::clients(home)?,
-                spec,
-                &f.dbname,
-                &dir.join(&plan.manifest.database.file),
-            )
-            .await?;
+            load_dump(home, plan).await?;
             *method = "dump load".into();
         }
         pg_hand_over(spec, &f.dbname, &f.dbuser, &tpl_prefix, &f.prefix).await?;
@@ -542,6 +528,19 @@ async fn run_steps(
         j.step_done("MNET key and peers").await;
     }
     progress(7, STEPS, "done");
+    Ok(())
+}
+
+/// Loads the template's dump into the new (empty) database with the client tool.
+async fn load_dump(home: &Home, plan: &Plan) -> Result<()> {
+    let dump = PathBuf::from(&plan.template.path).join(&plan.manifest.database.file);
+    tools::load(
+        &templates::clients(home)?,
+        &plan.spec,
+        &plan.fields.dbname,
+        &dump,
+    )
+    .await?;
     Ok(())
 }
 
