@@ -497,7 +497,7 @@ async fn run_steps(
     let src = templates::dataroot_dir(&plan.template)?;
     let dst = plan.dataroot.clone();
     if let Some(parent) = dst.parent() {
-        fs_err::create_dir_all(parent)?;
+        dataroot::create_parents(parent)?;
     }
     let owner = web_owner(home)?;
     let modes = dataroot::Modes {

@@ -62,6 +62,10 @@ pub struct DatarootInfo {
     pub linked: u64,
     /// The checksum list (dataroot.sha256) and its own checksum.
     pub checksums: Artifact,
+    /// What the copy left out of the source and why (symbolic links, special files, hard links
+    /// that may lead outside the dataroot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 const TEMPLATE_RULE: &str = "1 to 40 characters: lowercase letters, digits and underscores, starting with a letter (it names a database `vmtpl_NAME`)";
@@ -156,13 +160,9 @@ pub async fn capture(
     let server = home.registry.dbserver_by_id(inst.dbserver_id).await?;
     let spec = dbservers::admin_spec(home, &server)?;
     let src_dataroot = PathBuf::from(&inst.dataroot);
-    if !src_dataroot.is_dir() {
-        bail!(
-            "the dataroot of `{}` ({}) is not a directory on this machine",
-            inst.shortname,
-            inst.dataroot
-        );
-    }
+    // A symbolic link is refused here, before anything is made.
+    dataroot::check_root(&src_dataroot)
+        .with_context(|| format!("the dataroot of `{}`", inst.shortname))?;
     let clients = clients(home)?;
     // 1/3 storage directories.
     progress(1, 3, "storage directories");
@@ -196,14 +196,18 @@ pub async fn capture(
         progress(3, 3, "dataroot copy");
         let t = Instant::now();
         let dst = partial.join("dataroot");
+        // The source is a tenant's: copied, never hard-linked (a shared inode would let the
+        // tenant rewrite the template). The copy is root's and read-only to everyone else, so
+        // deploys can hard-link its filedir and the web server reads it.
         let modes = dataroot::Modes {
             dir: 0o750,
-            file: 0o640,
+            file: 0o644,
             owner: None,
         };
         let (src2, dst2) = (src_dataroot.clone(), dst.clone());
-        let stats = tokio::task::spawn_blocking(move || dataroot::copy(&src2, &dst2, true, modes))
-            .await??;
+        let stats =
+            tokio::task::spawn_blocking(move || dataroot::copy(&src2, &dst2, false, modes))
+                .await??;
         let dst3 = dst.clone();
         let list = tokio::task::spawn_blocking(move || dataroot::checksum_list(&dst3)).await??;
         fs_err::write(partial.join(CHECKSUMS), &list)?;
@@ -236,6 +240,7 @@ pub async fn capture(
                     bytes: list.len() as u64,
                     sha256: dataroot::sha256_bytes(list.as_bytes()),
                 },
+                skipped: stats.skipped,
             },
             created_at: vmoodle_core::now_unix(),
             timings_ms: timings.clone(),

@@ -1,9 +1,29 @@
 //! Moodle dataroots: what to copy and how. `filedir/` holds files named by their content hash
 //! that Moodle never rewrites, so they are hard-linked when source and target share a
 //! filesystem; caches, temporary files, sessions, the trash and locks are left out.
+//!
+//! A dataroot belongs to a tenant whose code can write anything into it, and vmoodle copies it
+//! as root. So the copy never follows a symbolic link: the root must not be one, every entry is
+//! opened relative to its parent's descriptor with `O_NOFOLLOW`, and modes and owners are set on
+//! the descriptors (fchmod, fchown). Symbolic links inside are skipped and reported: copied as
+//! links they would point the next tenant's Moodle at whatever the link names (another tenant's
+//! dataroot, the home). A file with several names that is not owned by the dataroot's owner may
+//! be a hard link to a file from outside (/etc/shadow on a system without protected hardlinks):
+//! it is skipped and reported too. The copy is built in a root-only (0700) staging directory
+//! next to the destination and renamed into place when complete.
+//!
+//! Hard links: a file is linked instead of copied only when it is a regular file on the
+//! destination's device, owned by the user running vmoodle and writable by nobody else (a file
+//! of a template or archive that vmoodle made itself). A linked inode is shared, so its mode and
+//! owner are left alone; a tenant's own files (the source of a snapshot) are always copied, so
+//! a tenant can never write to a file another instance or a template shares.
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, CWD};
+use rustix::io::Errno;
+use std::ffi::{CStr, CString, OsStr};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Top-level dataroot entries never copied.
@@ -22,6 +42,9 @@ pub struct CopyStats {
     pub linked: u64,
     pub copied: u64,
     pub bytes: u64,
+    /// Entries left out, each `relative/path: why` (symbolic links, special files, hard links
+    /// that may lead outside).
+    pub skipped: Vec<String>,
 }
 
 /// Ownership and modes for what a copy creates.
@@ -36,63 +59,311 @@ fn io_at(p: &Path, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
 }
 
+fn errno_at(p: &Path, e: Errno) -> std::io::Error {
+    io_at(p, std::io::Error::from(e))
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Opens a dataroot directory without following a link at its last component; a symbolic link
+/// is refused with an error that says so.
+fn open_root(src: &Path) -> std::io::Result<OwnedFd> {
+    let md = std::fs::symlink_metadata(src).map_err(|e| io_at(src, e))?;
+    if md.file_type().is_symlink() {
+        let to = std::fs::read_link(src)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "dataroot {} is a symbolic link (to {to}); vmoodle never follows links in a dataroot: point the instance at the real directory",
+                src.display()
+            ),
+        ));
+    }
+    if !md.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("dataroot {} is not a directory", src.display()),
+        ));
+    }
+    rustix::fs::openat(CWD, src, DIR_FLAGS, Mode::empty()).map_err(|e| errno_at(src, e))
+}
+
+/// Checks that `src` is a directory and not a symbolic link (the error says which).
+pub fn check_root(src: &Path) -> std::io::Result<()> {
+    open_root(src).map(drop)
+}
+
 /// Copies the dataroot `src` into `dst` (which must not exist), leaving out `EXCLUDED`,
-/// hard-linking `filedir/` when `link_filedir` and possible.
+/// hard-linking `filedir/` when `link_filedir` and safe (see the module's notes). Never
+/// follows a symbolic link; what it left out is in `CopyStats::skipped`.
 pub fn copy(
     src: &Path,
     dst: &Path,
     link_filedir: bool,
     modes: Modes,
 ) -> std::io::Result<CopyStats> {
-    let mut stats = CopyStats::default();
-    std::fs::create_dir(dst).map_err(|e| io_at(dst, e))?;
-    set_modes(dst, modes.dir, modes.owner)?;
-    let walker = walkdir::WalkDir::new(src)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| {
-            !(e.depth() == 1
-                && e.file_name()
-                    .to_str()
-                    .is_some_and(|n| EXCLUDED.contains(&n)))
-        });
-    for entry in walker {
-        let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
-        let rel = entry.path().strip_prefix(src).expect("inside src");
-        let target = dst.join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir(&target).map_err(|e| io_at(&target, e))?;
-            set_modes(&target, modes.dir, modes.owner)?;
-        } else if ft.is_file() {
-            stats.files += 1;
-            stats.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-            let in_filedir = rel.starts_with("filedir");
-            if link_filedir && in_filedir && std::fs::hard_link(entry.path(), &target).is_ok() {
-                stats.linked += 1;
-                // Shared inode: the owner becomes the web server's for both copies, which is
-                // harmless as Moodle never rewrites filedir files.
-                set_modes(&target, modes.file, modes.owner)?;
-            } else {
-                std::fs::copy(entry.path(), &target).map_err(|e| io_at(&target, e))?;
-                stats.copied += 1;
-                set_modes(&target, modes.file, modes.owner)?;
-            }
-        }
-        // Symbolic links and special files are not part of a Moodle dataroot; they are skipped.
+    let src_dir = open_root(src)?;
+    let root_st = rustix::fs::fstat(&src_dir).map_err(|e| errno_at(src, e))?;
+    if std::fs::symlink_metadata(dst).is_ok() {
+        return Err(io_at(
+            dst,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
+        ));
     }
-    Ok(stats)
+    let (parent, name) = match (dst.parent(), dst.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => {
+            return Err(io_at(
+                dst,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory path"),
+            ))
+        }
+    };
+    let staging = staging_dir(parent, name)?;
+    let r = (|| {
+        let out = rustix::fs::openat(CWD, &staging, DIR_FLAGS, Mode::empty())
+            .map_err(|e| errno_at(&staging, e))?;
+        let dst_st = rustix::fs::fstat(&out).map_err(|e| errno_at(&staging, e))?;
+        let mut w = Walk {
+            src,
+            root_uid: root_st.st_uid,
+            dst_dev: dst_st.st_dev,
+            me: nix::unistd::geteuid().as_raw(),
+            link_filedir,
+            modes,
+            stats: CopyStats::default(),
+        };
+        w.dir(src_dir.as_fd(), out.as_fd(), Path::new(""))?;
+        finish(out.as_fd(), modes.dir, modes.owner).map_err(|e| errno_at(&staging, e))?;
+        // Into place only if nothing took the name meanwhile.
+        rustix::fs::renameat_with(CWD, &staging, CWD, dst, rustix::fs::RenameFlags::NOREPLACE)
+            .map_err(|e| errno_at(dst, e))?;
+        Ok(w.stats)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    r
 }
 
-fn set_modes(
-    p: &Path,
+/// A new root-only (0700) directory next to the destination, `.NAME.staging-RANDOM`.
+fn staging_dir(parent: &Path, name: &OsStr) -> std::io::Result<PathBuf> {
+    let mut r = [0u8; 6];
+    openssl::rand::rand_bytes(&mut r).map_err(std::io::Error::other)?;
+    let p = parent.join(format!(".{}.staging-{}", name.to_string_lossy(), hex(&r)));
+    rustix::fs::mkdir(&p, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(&p, e))?;
+    Ok(p)
+}
+
+/// Owner first (a chown may clear set-id bits), then the mode, both on the descriptor.
+fn finish(
+    fd: BorrowedFd<'_>,
     mode: u32,
     owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-) -> std::io::Result<()> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| io_at(p, e))?;
+) -> rustix::io::Result<()> {
     if let Some((u, g)) = owner {
-        nix::unistd::chown(p, Some(u), Some(g)).map_err(|e| io_at(p, std::io::Error::from(e)))?;
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(u.as_raw())),
+            Some(rustix::fs::Gid::from_raw(g.as_raw())),
+        )?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
+}
+
+fn same(a: &Stat, b: &Stat) -> bool {
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+struct Walk<'a> {
+    src: &'a Path,
+    root_uid: u32,
+    dst_dev: u64,
+    me: u32,
+    link_filedir: bool,
+    modes: Modes,
+    stats: CopyStats,
+}
+
+impl Walk<'_> {
+    fn skip(&mut self, rel: &Path, why: &str) {
+        tracing::warn!(
+            "dataroot copy of {}: left out {}: {why}",
+            self.src.display(),
+            rel.display()
+        );
+        self.stats.skipped.push(format!("{}: {why}", rel.display()));
+    }
+
+    fn dir(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, rel: &Path) -> std::io::Result<()> {
+        let here = self.src.join(rel);
+        let mut names: Vec<CString> = Vec::new();
+        for e in rustix::fs::Dir::read_from(src).map_err(|e| errno_at(&here, e))? {
+            let e = e.map_err(|e| errno_at(&here, e))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(e.file_name().to_owned());
+            }
+        }
+        names.sort();
+        for name in names {
+            let child = rel.join(OsStr::from_bytes(name.to_bytes()));
+            if rel.as_os_str().is_empty()
+                && std::str::from_utf8(name.to_bytes()).is_ok_and(|n| EXCLUDED.contains(&n))
+            {
+                continue;
+            }
+            let st = match rustix::fs::statat(src, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue, // removed meanwhile
+                Err(e) => return Err(errno_at(&self.src.join(&child), e)),
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => self.subdir(src, dst, &name, &st, &child)?,
+                FileType::RegularFile => self.file(src, dst, &name, &child)?,
+                FileType::Symlink => self.skip(&child, "a symbolic link (never followed)"),
+                _ => self.skip(&child, "not a regular file or directory"),
+            }
+        }
+        Ok(())
+    }
+
+    fn subdir(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Stat,
+        rel: &Path,
+    ) -> std::io::Result<()> {
+        let at = self.src.join(rel);
+        let d = match rustix::fs::openat(src, name, DIR_FLAGS, Mode::empty()) {
+            Ok(d) => d,
+            // Replaced by a link (or something else) since it was looked at.
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                self.skip(rel, "changed into a symbolic link while being copied");
+                return Ok(());
+            }
+            Err(e) => return Err(errno_at(&at, e)),
+        };
+        let now = rustix::fs::fstat(&d).map_err(|e| errno_at(&at, e))?;
+        if !same(&now, st) {
+            self.skip(rel, "changed while being copied");
+            return Ok(());
+        }
+        rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(&at, e))?;
+        let out = rustix::fs::openat(dst, name, DIR_FLAGS, Mode::empty())
+            .map_err(|e| errno_at(&at, e))?;
+        self.dir(d.as_fd(), out.as_fd(), rel)?;
+        finish(out.as_fd(), self.modes.dir, self.modes.owner).map_err(|e| errno_at(&at, e))
+    }
+
+    fn file(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &Path,
+    ) -> std::io::Result<()> {
+        let at = self.src.join(rel);
+        let fd = match rustix::fs::openat(
+            src,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => {
+                self.skip(rel, "changed into a symbolic link while being copied");
+                return Ok(());
+            }
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(errno_at(&at, e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| errno_at(&at, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            self.skip(rel, "not a regular file");
+            return Ok(());
+        }
+        if st.st_nlink > 1 && st.st_uid != self.root_uid {
+            self.skip(
+                rel,
+                &format!(
+                    "a hard link to a file owned by uid {} (the dataroot belongs to uid {}); it may be a file from outside the dataroot",
+                    st.st_uid, self.root_uid
+                ),
+            );
+            return Ok(());
+        }
+        self.stats.files += 1;
+        self.stats.bytes += st.st_size as u64;
+        let linkable = self.link_filedir
+            && rel.starts_with("filedir")
+            && st.st_dev == self.dst_dev
+            && st.st_uid == self.me
+            && st.st_mode & 0o022 == 0;
+        if linkable {
+            match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
+                Ok(()) => {
+                    // The new name must be the very inode checked above (not one swapped in
+                    // meanwhile); otherwise it goes again and the file is copied.
+                    if rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|n| same(&n, &st))
+                    {
+                        self.stats.linked += 1;
+                        return Ok(());
+                    }
+                    rustix::fs::unlinkat(dst, name, AtFlags::empty())
+                        .map_err(|e| errno_at(&at, e))?;
+                }
+                Err(Errno::XDEV | Errno::PERM | Errno::MLINK) => {}
+                Err(e) => return Err(errno_at(&at, e)),
+            }
+        }
+        let out = rustix::fs::openat(
+            dst,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| errno_at(&at, e))?;
+        let mut out = std::fs::File::from(out);
+        let mut input = std::fs::File::from(fd);
+        std::io::copy(&mut input, &mut out).map_err(|e| io_at(&at, e))?;
+        finish(out.as_fd(), self.modes.file, self.modes.owner).map_err(|e| errno_at(&at, e))?;
+        self.stats.copied += 1;
+        Ok(())
+    }
+}
+
+/// Creates the missing directories of `dir` (a dataroot's parent), each 0711 and owned by the
+/// user running vmoodle, so that the web server's user can pass through them to the dataroot
+/// without listing them. Existing directories are left as they are.
+pub fn create_parents(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match rustix::fs::mkdir(d, Mode::from_raw_mode(0o700)) {
+            // 0711 set on the directory itself: mkdir's mode goes through the umask.
+            Ok(()) => {
+                std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                    .map_err(|e| io_at(d, e))?
+            }
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(errno_at(d, e)),
+        }
     }
     Ok(())
 }
