@@ -171,10 +171,17 @@ pub async fn load(
             .tempfile()
             .map_err(io(&what))?;
         decompress(dump_file, raw.path()).map_err(io(&what))?;
-        // mariadb --defaults-extra-file=CRED DB < dump.sql
+        // A dump is data, not a script: --sandbox makes the client refuse its own commands
+        // that reach the system or the filesystem (`\!` shell, `source`, `tee`, `pager`), so a
+        // crafted dump cannot run anything as the user running vmoodle (MariaDB >= 10.5.25).
+        // mariadb --defaults-extra-file=CRED --sandbox DB < dump.sql
         Tool::new(&clients.mariadb)
             .arg(format!("--defaults-extra-file={}", cred.path().display()))
-            .args(["--default-character-set=utf8mb4", "--max-allowed-packet=1G"])
+            .args([
+                "--sandbox",
+                "--default-character-set=utf8mb4",
+                "--max-allowed-packet=1G",
+            ])
             .arg(database)
             .stdin_file(raw.path())
             .timeout(Duration::from_secs(3600))

@@ -15,6 +15,145 @@ use crate::templates::{self, Progress};
 use crate::{dbservers, publish, Home};
 
 pub const ENTRY: &str = "instance.json";
+/// HMAC-SHA256 with the home's key over manifest.json and instance.json, in hex.
+pub const MAC: &str = "archive.mac";
+const MAC_PURPOSE: &str = "archive";
+
+/// The home's archives/ directory.
+pub fn archives_dir(home: &Home) -> PathBuf {
+    home.root.join("archives")
+}
+
+fn mac_of(home: &Home, manifest: &[u8], entry: &[u8]) -> Result<String> {
+    Ok(home.secrets.mac(MAC_PURPOSE, &[manifest, entry])?)
+}
+
+/// Seals a finished archive: writes archive.mac, the MAC of its manifest.json and instance.json
+/// made with the home's key, so that `restore` can trust it wherever it is later found.
+pub fn seal(home: &Home, dir: &Path) -> Result<()> {
+    let manifest = fs_err::read(dir.join(templates::MANIFEST))?;
+    let entry = fs_err::read(dir.join(ENTRY))?;
+    fs_err::write(dir.join(MAC), mac_of(home, &manifest, &entry)? + "\n")?;
+    Ok(())
+}
+
+/// Reads a regular file of an archive, refusing a symbolic link.
+fn read_member(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let p = dir.join(name);
+    let md = fs_err::symlink_metadata(&p)?;
+    if !md.is_file() {
+        bail!("{} is not a regular file; refusing the archive", p.display());
+    }
+    Ok(fs_err::read(&p)?)
+}
+
+/// Decides whether an archive may be restored: it must carry a MAC made with this home's key
+/// that matches its manifest.json and instance.json, or (archives made before MACs existed) lie
+/// in the home's archives/ directory, which only root writes. A MAC that does not match is
+/// refused wherever the archive lies. Returns the manifest's text and the checked entry.
+pub fn check(home: &Home, dir: &Path) -> Result<(String, ArchivedEntry)> {
+    let manifest = read_member(dir, templates::MANIFEST)?;
+    let entry_bytes = read_member(dir, ENTRY)?;
+    match fs_err::symlink_metadata(dir.join(MAC)) {
+        Ok(md) if md.is_file() => {
+            let mac = fs_err::read_to_string(dir.join(MAC))?;
+            if !home
+                .secrets
+                .mac_matches(MAC_PURPOSE, &[&manifest, &entry_bytes], mac.trim())
+            {
+                bail!(
+                    "archive {}: {MAC} does not match its {} and {ENTRY}: they were changed after the archive was made, or another home made it; refusing to restore it",
+                    dir.display(),
+                    templates::MANIFEST
+                );
+            }
+        }
+        _ => {
+            let archives = archives_dir(home);
+            let inside = archives
+                .canonicalize()
+                .is_ok_and(|a| dir.starts_with(&a) && dir != a);
+            if !inside {
+                bail!(
+                    "archive {} carries no {MAC} made with this home's key and is not in {}; vmoodle restores only archives it made\nhint: an archive made by this home's `delete` has {MAC}; move an older one into {} to restore it",
+                    dir.display(),
+                    archives.display(),
+                    archives.display()
+                );
+            }
+        }
+    }
+    let manifest = String::from_utf8(manifest)
+        .with_context(|| format!("{} in {} is not UTF-8", templates::MANIFEST, dir.display()))?;
+    let entry: ArchivedEntry = serde_json::from_slice(&entry_bytes)
+        .with_context(|| format!("{} is not a vmoodle archive ({ENTRY})", dir.display()))?;
+    check_manifest(&manifest).with_context(|| format!("archive {}", dir.display()))?;
+    entry
+        .validate(home)
+        .with_context(|| format!("{ENTRY} of archive {}", dir.display()))?;
+    Ok((manifest, entry))
+}
+
+/// The manifest names the archive's own files only (no path leads out of it).
+fn check_manifest(text: &str) -> Result<()> {
+    let m: templates::Manifest =
+        serde_json::from_str(text).context("manifest.json is not a vmoodle manifest")?;
+    if !["database.sql.zst", "database.pgdump"].contains(&m.database.file.as_str()) {
+        bail!(
+            "manifest.json names the dump `{}`; allowed: database.sql.zst, database.pgdump",
+            validate::printable(&m.database.file)
+        );
+    }
+    if m.dataroot.dir != "dataroot" || m.dataroot.checksums.file != templates::CHECKSUMS {
+        bail!(
+            "manifest.json names the dataroot `{}` and checksums `{}`; allowed: dataroot, {}",
+            validate::printable(&m.dataroot.dir),
+            validate::printable(&m.dataroot.checksums.file),
+            templates::CHECKSUMS
+        );
+    }
+    Ok(())
+}
+
+impl ArchivedEntry {
+    /// Checks every field before any is used: names, wwwroot, database names, prefix, a
+    /// dataroot inside the dataroot base, `$CFG` names and values.
+    pub fn validate(&self, home: &Home) -> Result<()> {
+        validate::object_name("shortname", &self.shortname)?;
+        validate::text("name", &self.name, 255, false)?;
+        validate::text("description", &self.description, 10_000, true)?;
+        validate::wwwroot(&self.wwwroot)?;
+        validate::object_name("database server", &self.dbserver)?;
+        validate::db_name(&self.dbname)?;
+        validate::db_user(&self.dbuser)?;
+        validate::prefix(&self.prefix)?;
+        let dataroot = validate::abs_path("dataroot", &self.dataroot)?;
+        let base = deploy::dataroot_base(home);
+        if !dataroot.starts_with(&base) || dataroot == base {
+            bail!(
+                "dataroot {} is outside the dataroot base {}",
+                dataroot.display(),
+                base.display()
+            );
+        }
+        vmoodle_core::MnetMode::new(self.mnet)?;
+        if let Some(t) = &self.template {
+            if !t.starts_with("archive:") {
+                templates::check_name(t)?;
+            }
+        }
+        for (k, v) in &self.config {
+            if !vmoodle_site::hostfile::extra_name_ok(k) {
+                bail!(
+                    "invalid $CFG name `{}`: lowercase letters, digits and underscores, starting with a letter, and not one the hook sets itself",
+                    validate::printable(k)
+                );
+            }
+            validate::text(&format!("value of $CFG->{k}"), v, 4096, true)?;
+        }
+        Ok(())
+    }
+}
 
 /// The register entry kept in an archive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +227,7 @@ pub async fn delete(
             archived_at: vmoodle_core::now_unix(),
         };
         fs_err::write(dir.join(ENTRY), serde_json::to_string_pretty(&entry)?)?;
+        seal(home, &dir)?;
         report.archive = Some(dir.display().to_string());
     }
     // Unregister first: the host stops being served before its data goes.
@@ -154,9 +294,7 @@ pub async fn restore(
     let dir = archive
         .canonicalize()
         .with_context(|| format!("archive {}", archive.display()))?;
-    let entry: ArchivedEntry = serde_json::from_str(&fs_err::read_to_string(dir.join(ENTRY))?)
-        .with_context(|| format!("{} is not a vmoodle archive", dir.display()))?;
-    let manifest = fs_err::read_to_string(dir.join(templates::MANIFEST))?;
+    let (manifest, entry) = check(home, &dir)?;
     let tpl = Template {
         id: 0,
         name: format!("archive:{}", entry.shortname),

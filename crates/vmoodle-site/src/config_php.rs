@@ -1,6 +1,8 @@
 //! Reading a Moodle config.php's `$CFG` without running Moodle: php-cli evaluates the file with
 //! its `require ... lib/setup.php` line and any vmoodle hook block taken out, and prints `$CFG`
-//! as JSON on a pipe (it holds the database password, so it is never logged).
+//! as JSON on a pipe (it holds the database password, so it is never logged). php runs as the
+//! user running vmoodle (root, usually), so a config.php that another user (the web server's)
+//! can change is refused rather than run.
 
 use serde::Deserialize;
 use std::path::Path;
@@ -15,6 +17,78 @@ pub enum ConfigError {
     Php { path: String, source: ExecError },
     #[error("{path} did not give a usable $CFG: {why}")]
     Bad { path: String, why: String },
+    #[error("refusing to run {path} with php: {why}; vmoodle runs config.php as {runner}, and a file that another user can change would run that user's code as {runner}\nhint: make config.php and every directory above it owned by root and writable by it only, e.g. `chown root:root {path} && chmod 0644 {path}`")]
+    Unsafe {
+        path: String,
+        why: String,
+        runner: String,
+    },
+}
+
+/// Who may write a file that vmoodle runs: root and the user running vmoodle.
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Refuses a config.php that anyone but root (or the user running vmoodle) can change: the
+/// file itself (followed to its real path), its directory and every directory above it (one
+/// that another user can write lets that user swap the tree below). A sticky directory owned
+/// by root (/tmp) is fine: nobody else can rename what root owns in it. Returns the real path.
+pub fn check_writers(path: &Path) -> Result<std::path::PathBuf, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let runner = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::geteuid().to_string());
+    let real = path.canonicalize().map_err(|e| ConfigError::Bad {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let unsafe_ = |p: &Path, why: String| ConfigError::Unsafe {
+        path: p.display().to_string(),
+        why,
+        runner: runner.clone(),
+    };
+    let mut cur: Option<&Path> = Some(&real);
+    while let Some(p) = cur {
+        let md = std::fs::metadata(p).map_err(|e| ConfigError::Bad {
+            path: p.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let what = if p == real {
+            "it".to_string()
+        } else {
+            format!("its directory {}", p.display())
+        };
+        let name = |uid: u32| {
+            nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| format!("user `{}`", u.name))
+                .unwrap_or_else(|| format!("uid {uid}"))
+        };
+        if !trusted_owner(md.uid()) {
+            return Err(unsafe_(
+                &real,
+                format!("{what} belongs to {}", name(md.uid())),
+            ));
+        }
+        let sticky = md.is_dir() && md.mode() & 0o1000 != 0 && md.uid() == 0;
+        if md.mode() & 0o002 != 0 && !sticky {
+            return Err(unsafe_(&real, format!("every user can write {what}")));
+        }
+        if md.mode() & 0o020 != 0 && md.gid() != 0 && !sticky {
+            let group = nix::unistd::Group::from_gid(md.gid().into())
+                .ok()
+                .flatten()
+                .map(|g| format!("group `{}`", g.name))
+                .unwrap_or_else(|| format!("gid {}", md.gid()));
+            return Err(unsafe_(&real, format!("{group} can write {what}")));
+        }
+        cur = p.parent();
+    }
+    Ok(real)
 }
 
 /// The values of a config.php that vmoodle records.
@@ -76,7 +150,11 @@ struct Raw {
 }
 
 /// Reads config.php at `path` with the php executable `php`.
+/// The file, its directory and those above must be writable by root (or the user running
+/// vmoodle) only (`check_writers`).
 pub async fn read(php: &Path, path: &Path) -> Result<MoodleConfig, ConfigError> {
+    let real = check_writers(path)?;
+    let path = real.as_path();
     let p = path.display().to_string();
     // php -n -d display_errors=stderr -- /path/config.php   (script on stdin)
     let out = Tool::new(php)
