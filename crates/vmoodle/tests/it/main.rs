@@ -3,6 +3,7 @@
 mod common;
 mod dbserver;
 mod deploy;
+mod fs_safety;
 mod hook;
 mod import;
 mod init_settings;
