@@ -143,7 +143,10 @@ impl SecretBox {
             s.update(&(p.len() as u64).to_be_bytes())?;
             s.update(p)?;
         }
-        Ok(s.sign_to_vec()?.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(s.sign_to_vec()?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     /// Checks a MAC made by `mac`, in constant time.
@@ -158,6 +161,21 @@ impl SecretBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_binds_key_purpose_and_parts() {
+        let b = SecretBox::from_hex(&SecretBox::generate_key_hex()).unwrap();
+        let other = SecretBox::from_hex(&SecretBox::generate_key_hex()).unwrap();
+        let m = b.mac("archive", &[b"manifest", b"entry"]).unwrap();
+        assert_eq!(m.len(), 64);
+        assert!(b.mac_matches("archive", &[b"manifest", b"entry"], &m));
+        assert!(!other.mac_matches("archive", &[b"manifest", b"entry"], &m));
+        assert!(!b.mac_matches("other", &[b"manifest", b"entry"], &m));
+        assert!(!b.mac_matches("archive", &[b"manifest", b"entrY"], &m));
+        // Moving bytes between parts changes the MAC.
+        assert!(!b.mac_matches("archive", &[b"manifes", b"tentry"], &m));
+        assert!(!b.mac_matches("archive", &[b"manifest", b"entry"], ""));
+    }
 
     #[test]
     fn round_trip_and_tamper() {

@@ -42,7 +42,10 @@ fn read_member(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let p = dir.join(name);
     let md = fs_err::symlink_metadata(&p)?;
     if !md.is_file() {
-        bail!("{} is not a regular file; refusing the archive", p.display());
+        bail!(
+            "{} is not a regular file; refusing the archive",
+            p.display()
+        );
     }
     Ok(fs_err::read(&p)?)
 }

@@ -148,8 +148,8 @@ pub async fn snapshot(
 }
 
 /// Captures an instance into `dir` (created here; removed again on failure): the database dump,
-/// the dataroot copy (filedir hard-linked) and checksums, and manifest.json. Returns the
-/// manifest's text.
+/// the dataroot copy (a copy, never links to the tenant's files, and no symbolic link
+/// followed) and checksums, and manifest.json. Returns the manifest's text.
 pub async fn capture(
     home: &Home,
     inst: &vmoodle_registry::Instance,
@@ -205,9 +205,8 @@ pub async fn capture(
             owner: None,
         };
         let (src2, dst2) = (src_dataroot.clone(), dst.clone());
-        let stats =
-            tokio::task::spawn_blocking(move || dataroot::copy(&src2, &dst2, false, modes))
-                .await??;
+        let stats = tokio::task::spawn_blocking(move || dataroot::copy(&src2, &dst2, false, modes))
+            .await??;
         let dst3 = dst.clone();
         let list = tokio::task::spawn_blocking(move || dataroot::checksum_list(&dst3)).await??;
         fs_err::write(partial.join(CHECKSUMS), &list)?;

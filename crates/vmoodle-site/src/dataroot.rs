@@ -441,3 +441,103 @@ pub fn check_list(root: &Path, list: &str, deep: bool) -> Vec<String> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    const MODES: Modes = Modes {
+        dir: 0o750,
+        file: 0o640,
+        owner: None,
+    };
+
+    #[test]
+    fn a_symlinked_root_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let e = copy(&t.path().join("link"), &t.path().join("out"), true, MODES).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(!t.path().join("out").exists());
+    }
+
+    #[test]
+    fn links_are_left_out_and_the_copy_appears_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(src.join("filedir/ab")).unwrap();
+        std::fs::create_dir_all(src.join("cache")).unwrap();
+        std::fs::write(src.join("filedir/ab/f"), "data").unwrap();
+        std::fs::write(src.join("cache/c"), "cached").unwrap();
+        let outside = t.path().join("outside");
+        std::fs::write(&outside, "secret").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("filedir/ab/l")).unwrap();
+        std::os::unix::fs::symlink(t.path(), src.join("up")).unwrap();
+        let s = copy(&src, &dst, false, MODES).unwrap();
+        assert_eq!((s.files, s.copied, s.linked), (1, 1, 0));
+        assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
+        assert_eq!(
+            std::fs::read_to_string(dst.join("filedir/ab/f")).unwrap(),
+            "data"
+        );
+        assert!(!dst.join("cache").exists() && !dst.join("up").exists());
+        assert!(std::fs::symlink_metadata(dst.join("filedir/ab/l")).is_err());
+        assert_eq!(std::fs::metadata(&outside).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dst).unwrap().mode() & 0o7777, 0o750);
+        assert_eq!(
+            std::fs::metadata(dst.join("filedir/ab/f")).unwrap().mode() & 0o7777,
+            0o640
+        );
+        // No staging directory is left; a second copy to the same place is refused.
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(copy(&src, &dst, false, MODES).is_err());
+    }
+
+    #[test]
+    fn only_read_only_files_of_the_runner_are_hard_linked() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("filedir")).unwrap();
+        std::fs::write(src.join("filedir/ro"), "a").unwrap();
+        std::fs::set_permissions(
+            src.join("filedir/ro"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::write(src.join("filedir/rw"), "b").unwrap();
+        std::fs::set_permissions(
+            src.join("filedir/rw"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let dst = t.path().join("dst");
+        let s = copy(&src, &dst, true, MODES).unwrap();
+        assert_eq!((s.linked, s.copied), (1, 1));
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&dst.join("filedir/ro")), ino(&src.join("filedir/ro")));
+        assert_ne!(ino(&dst.join("filedir/rw")), ino(&src.join("filedir/rw")));
+        // The shared inode keeps its own mode.
+        assert_eq!(
+            std::fs::metadata(src.join("filedir/ro")).unwrap().mode() & 0o777,
+            0o644
+        );
+    }
+
+    #[test]
+    fn parents_are_traversable() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("a/b");
+        create_parents(&p).unwrap();
+        for d in [t.path().join("a"), p] {
+            assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o7777, 0o711);
+        }
+    }
+}

@@ -54,6 +54,14 @@ impl Cmd {
                     ),
                 ),
                 (
+                    "left out",
+                    if m.dataroot.skipped.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        m.dataroot.skipped.join("; ")
+                    },
+                ),
+                (
                     "timings",
                     m.timings_ms
                         .iter()

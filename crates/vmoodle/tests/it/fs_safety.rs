@@ -90,7 +90,8 @@ fn dataroot_copies_never_follow_links_or_hand_out_outside_files() {
     // Snapshot: the links are left out and reported; nothing outside reaches the template.
     let tpl = token("tfs");
     s.clean.templates.push(tpl.clone());
-    let m = s.vm.json(&["snapshot", "srcmaria", "--template", &tpl, "--json"]);
+    let m =
+        s.vm.json(&["snapshot", "srcmaria", "--template", &tpl, "--json"]);
     let skipped: Vec<String> = m["dataroot"]["skipped"]
         .as_array()
         .unwrap_or_else(|| panic!("the manifest reports what was left out: {m}"))
@@ -103,13 +104,21 @@ fn dataroot_copies_never_follow_links_or_hand_out_outside_files() {
             "{p} is reported as left out: {skipped:?}"
         );
     }
-    assert_eq!(m["dataroot"]["linked"], 0, "a tenant's files are copied, never linked");
+    assert_eq!(
+        m["dataroot"]["linked"], 0,
+        "a tenant's files are copied, never linked"
+    );
     let tdata = s.vm.home.join("templates").join(&tpl).join("dataroot");
     assert_clean(&tdata, &planted, &secrets);
     // The template's files are root's and read-only to everyone else.
     let f = files(&tdata.join("filedir"))[0].clone();
     let md = std::fs::metadata(&f).unwrap();
-    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o644), "{}", f.display());
+    assert_eq!(
+        (md.uid(), md.mode() & 0o7777),
+        (0, 0o644),
+        "{}",
+        f.display()
+    );
     assert_eq!(state(&shadow), shadow_before);
     assert_eq!(state(&key), key_before);
 
@@ -118,12 +127,19 @@ fn dataroot_copies_never_follow_links_or_hand_out_outside_files() {
     let t = token("fs");
     s.clean.tokens.push(t.clone());
     assert!(!s.base.exists());
-    let r = deploy_json(&s.vm, &["--template", &tpl, "--token", &t, "--dbserver", "maria"]);
+    let r = deploy_json(
+        &s.vm,
+        &["--template", &tpl, "--token", &t, "--dbserver", "maria"],
+    );
     assert_eq!(r[0]["ok"], true, "{r}");
     let dr = s.base.join(&t);
     assert_clean(&dr, &planted, &secrets);
     assert!(std::fs::symlink_metadata(dr.join("filedir/late-link")).is_err());
-    assert_eq!(state(&shadow), shadow_before, "nothing outside was chowned or chmodded");
+    assert_eq!(
+        state(&shadow),
+        shadow_before,
+        "nothing outside was chowned or chmodded"
+    );
     assert_eq!(state(&key), key_before);
     // filedir shares the template's read-only inodes: the web server reads them and cannot
     // rewrite what other instances share.
@@ -153,7 +169,8 @@ fn dataroot_copies_never_follow_links_or_hand_out_outside_files() {
     std::os::unix::fs::symlink(&real, &src).unwrap();
     let tpl2 = token("tfs");
     s.clean.templates.push(tpl2.clone());
-    let err = s.vm.fails(&["snapshot", "srcmaria", "--template", &tpl2], 1);
+    let err =
+        s.vm.fails(&["snapshot", "srcmaria", "--template", &tpl2], 1);
     assert!(
         err.contains("is a symbolic link") && err.contains(src.to_str().unwrap()),
         "{err}"
@@ -169,11 +186,17 @@ fn restore_takes_only_archives_this_home_made() {
     s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
     let t = token("ar");
     s.clean.tokens.push(t.clone());
-    let r = deploy_json(&s.vm, &["--template", &tpl, "--token", &t, "--dbserver", "maria"]);
+    let r = deploy_json(
+        &s.vm,
+        &["--template", &tpl, "--token", &t, "--dbserver", "maria"],
+    );
     assert_eq!(r[0]["ok"], true, "{r}");
     let d = s.vm.json(&["delete", &t, "--yes", "--json"]);
     let archive = PathBuf::from(d["archive"].as_str().unwrap());
-    assert!(archive.join("archive.mac").is_file(), "delete seals its archive");
+    assert!(
+        archive.join("archive.mac").is_file(),
+        "delete seals its archive"
+    );
 
     // Copied outside archives/ without its MAC: refused.
     let elsewhere = TempDir::new("elsewhere");
@@ -236,7 +259,8 @@ fn restore_takes_only_archives_this_home_made() {
     assert!(cp.success());
     let t2 = token("ar");
     s.clean.tokens.push(t2.clone());
-    let r = s.vm.json(&["restore", copy.to_str().unwrap(), "--token", &t2, "--json"]);
+    let r =
+        s.vm.json(&["restore", copy.to_str().unwrap(), "--token", &t2, "--json"]);
     assert_eq!(r["shortname"], t2.as_str(), "{r}");
 }
 
@@ -283,7 +307,9 @@ fn mariadb_dump_load_runs_no_client_commands() {
         .build()
         .unwrap();
     let r = rt.block_on(tools::load(&clients, &spec, &db.name, &dump));
-    let err = r.expect_err("a dump with a client shell command is refused").to_string();
+    let err = r
+        .expect_err("a dump with a client shell command is refused")
+        .to_string();
     assert!(err.contains("sandbox"), "{err}");
     assert!(!marker.exists(), "the shell command did not run");
 }
@@ -342,5 +368,8 @@ fn master_set_refuses_a_config_php_others_can_write() {
     // Root's only: it is read (and fails later, on the unregistered server).
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = vm.fails(&args, 1);
-    assert!(err.contains("no registered database server matches"), "{err}");
+    assert!(
+        err.contains("no registered database server matches"),
+        "{err}"
+    );
 }
