@@ -506,6 +506,10 @@ async fn run_steps(
         owner,
     };
     j.did(Undo::RemoveDir(dst.clone()));
+    if let Some(staging) = dataroot::staging_path(&dst) {
+        // Where the copy is built (root-only) before it is renamed into place.
+        j.did(Undo::RemoveDir(staging));
+    }
     tokio::task::spawn_blocking(move || dataroot::copy(&src, &dst, true, modes))
         .await?
         .context("copying the template's dataroot")?;

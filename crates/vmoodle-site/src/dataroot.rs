@@ -7,9 +7,9 @@
 //! opened relative to its parent's descriptor with `O_NOFOLLOW`, and modes and owners are set on
 //! the descriptors (fchmod, fchown). Symbolic links inside are skipped and reported: copied as
 //! links they would point the next tenant's Moodle at whatever the link names (another tenant's
-//! dataroot, the home). A file with several names that is not owned by the dataroot's owner may
-//! be a hard link to a file from outside (/etc/shadow on a system without protected hardlinks):
-//! it is skipped and reported too. The copy is built in a root-only (0700) staging directory
+//! dataroot, the home). A file with several names may be a hard link to a file from outside
+//! (/etc/shadow on a system without protected hardlinks): unless everyone may read it anyway,
+//! or it belongs to the dataroot's owner (not root), it is skipped and reported too. The copy is built in a root-only (0700) staging directory
 //! next to the destination and renamed into place when complete.
 //!
 //! Hard links: a file is linked instead of copied only when it is a regular file on the
@@ -115,16 +115,18 @@ pub fn copy(
             std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
         ));
     }
-    let (parent, name) = match (dst.parent(), dst.file_name()) {
-        (Some(p), Some(n)) => (p, n),
-        _ => {
-            return Err(io_at(
-                dst,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory path"),
-            ))
-        }
-    };
-    let staging = staging_dir(parent, name)?;
+    let staging = staging_path(dst).ok_or_else(|| {
+        io_at(
+            dst,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a directory path"),
+        )
+    })?;
+    // Left by an interrupted copy (root's own; remove_dir_all never follows a link).
+    match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&staging, e)),
+        _ => {}
+    }
+    rustix::fs::mkdir(&staging, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(&staging, e))?;
     let r = (|| {
         let out = rustix::fs::openat(CWD, &staging, DIR_FLAGS, Mode::empty())
             .map_err(|e| errno_at(&staging, e))?;
@@ -134,6 +136,7 @@ pub fn copy(
             root_uid: root_st.st_uid,
             dst_dev: dst_st.st_dev,
             me: nix::unistd::geteuid().as_raw(),
+            target_uid: modes.owner.map(|(u, _)| u.as_raw()),
             link_filedir,
             modes,
             stats: CopyStats::default(),
@@ -151,13 +154,11 @@ pub fn copy(
     r
 }
 
-/// A new root-only (0700) directory next to the destination, `.NAME.staging-RANDOM`.
-fn staging_dir(parent: &Path, name: &OsStr) -> std::io::Result<PathBuf> {
-    let mut r = [0u8; 6];
-    openssl::rand::rand_bytes(&mut r).map_err(std::io::Error::other)?;
-    let p = parent.join(format!(".{}.staging-{}", name.to_string_lossy(), hex(&r)));
-    rustix::fs::mkdir(&p, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(&p, e))?;
-    Ok(p)
+/// Where `copy` builds `dst` before renaming it into place: `.NAME.vmoodle-staging` next to
+/// it, a root-only (0700) directory. A job journal records it to remove it after a crash.
+pub fn staging_path(dst: &Path) -> Option<PathBuf> {
+    let (parent, name) = (dst.parent()?, dst.file_name()?);
+    Some(parent.join(format!(".{}.vmoodle-staging", name.to_string_lossy())))
 }
 
 /// Owner first (a chown may clear set-id bits), then the mode, both on the descriptor.
@@ -185,12 +186,23 @@ struct Walk<'a> {
     root_uid: u32,
     dst_dev: u64,
     me: u32,
+    target_uid: Option<u32>,
     link_filedir: bool,
     modes: Modes,
     stats: CopyStats,
 }
 
 impl Walk<'_> {
+    /// Whether a file with several names may be copied or linked. Its other names may lie
+    /// outside the dataroot (a tenant's hard link to /etc/shadow), so it is taken only when
+    /// that gives nobody anything new: everyone may read it, or it belongs (not being root's)
+    /// to the dataroot's owner or to the copy's owner, who may read it anyway.
+    fn may_share(&self, st: &Stat) -> bool {
+        st.st_mode & 0o004 != 0
+            || (st.st_uid != 0
+                && (st.st_uid == self.root_uid || Some(st.st_uid) == self.target_uid))
+    }
+
     fn skip(&mut self, rel: &Path, why: &str) {
         tracing::warn!(
             "dataroot copy of {}: left out {}: {why}",
@@ -290,12 +302,13 @@ impl Walk<'_> {
             self.skip(rel, "not a regular file");
             return Ok(());
         }
-        if st.st_nlink > 1 && st.st_uid != self.root_uid {
+        if st.st_nlink > 1 && !self.may_share(&st) {
             self.skip(
                 rel,
                 &format!(
-                    "a hard link to a file owned by uid {} (the dataroot belongs to uid {}); it may be a file from outside the dataroot",
-                    st.st_uid, self.root_uid
+                    "a hard link to a file of uid {} (mode {:o}) that only its owner may read; it may be a file from outside the dataroot",
+                    st.st_uid,
+                    st.st_mode & 0o7777
                 ),
             );
             return Ok(());
@@ -529,6 +542,29 @@ mod tests {
             std::fs::metadata(src.join("filedir/ro")).unwrap().mode() & 0o777,
             0o644
         );
+    }
+
+    #[test]
+    fn hard_links_to_files_only_their_owner_reads_are_left_out() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("filedir")).unwrap();
+        let shadow = t.path().join("shadow");
+        std::fs::write(&shadow, "secret").unwrap();
+        std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let public = t.path().join("public");
+        std::fs::write(&public, "anyone").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(&shadow, src.join("filedir/s")).unwrap();
+        std::fs::hard_link(&public, src.join("filedir/p")).unwrap();
+        // A copy interrupted earlier left its staging directory.
+        let dst = t.path().join("dst");
+        std::fs::create_dir(staging_path(&dst).unwrap()).unwrap();
+        let s = copy(&src, &dst, false, MODES).unwrap();
+        assert_eq!(s.copied, 1);
+        assert!(s.skipped[0].starts_with("filedir/s: "), "{:?}", s.skipped);
+        assert!(!dst.join("filedir/s").exists() && dst.join("filedir/p").exists());
+        assert!(!staging_path(&dst).unwrap().exists());
     }
 
     #[test]
