@@ -14,6 +14,8 @@ use crate::ConnSpec;
 pub enum ToolError {
     #[error("{what} failed: {source}")]
     Exec { what: String, source: ExecError },
+    #[error("{what}: the client `{program}` has no --sandbox option, and vmoodle loads a dump only in the client's sandbox (so that the dump cannot run client commands such as `\\!`)\nhint: install MariaDB's client (10.5.25, 10.6.18, 10.11.8, 11.0.6 or later) and point `executables.mariadb` at it")]
+    NoSandbox { what: String, program: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -188,7 +190,18 @@ pub async fn load(
             .run()
             .await
             .map(|_| ())
-            .map_err(|source| ToolError::Exec { what, source })
+            .map_err(|source| match &source {
+                ExecError::Failed { stderr_tail, .. }
+                    if stderr_tail.contains("unknown option")
+                        && stderr_tail.contains("sandbox") =>
+                {
+                    ToolError::NoSandbox {
+                        what,
+                        program: clients.mariadb.display().to_string(),
+                    }
+                }
+                _ => ToolError::Exec { what, source },
+            })
     } else {
         // pg_restore --no-owner --no-privileges -j 2 -h H -p P -U U -d DB DUMP   (PGPASSFILE=CRED)
         Tool::new(&clients.pg_restore)
