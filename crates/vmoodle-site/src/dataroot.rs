@@ -237,7 +237,7 @@ impl Walk<'_> {
             };
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::Directory => self.subdir(src, dst, &name, &st, &child)?,
-                FileType::RegularFile => self.file(src, dst, &name, &child)?,
+                FileType::RegularFile => self.file(src, dst, &name, &st, &child)?,
                 FileType::Symlink => self.skip(&child, "a symbolic link (never followed)"),
                 _ => self.skip(&child, "not a regular file or directory"),
             }
@@ -275,14 +275,61 @@ impl Walk<'_> {
         finish(out.as_fd(), self.modes.dir, self.modes.owner).map_err(|e| errno_at(&at, e))
     }
 
+    /// Leaves out a file with several names that may lead outside; true if it was.
+    fn outside_link(&mut self, rel: &Path, st: &Stat) -> bool {
+        if st.st_nlink > 1 && !self.may_share(st) {
+            self.skip(
+                rel,
+                &format!(
+                    "a hard link to a file of uid {} (mode {:o}) that only its owner may read; it may be a file from outside the dataroot",
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ),
+            );
+            return true;
+        }
+        false
+    }
+
     fn file(
         &mut self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &CStr,
+        st: &Stat,
         rel: &Path,
     ) -> std::io::Result<()> {
         let at = self.src.join(rel);
+        if self.outside_link(rel, st) {
+            return Ok(());
+        }
+        let linkable = self.link_filedir
+            && rel.starts_with("filedir")
+            && st.st_dev == self.dst_dev
+            && st.st_uid == self.me
+            && st.st_mode & 0o022 == 0;
+        if linkable {
+            // linkat without AT_SYMLINK_FOLLOW never follows a link.
+            match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
+                Ok(()) => {
+                    // The new name must be the very inode checked above (not one swapped in
+                    // meanwhile; only its owner, vmoodle's user, could change its owner or
+                    // mode); otherwise it goes again and the file is copied.
+                    if rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|n| same(&n, st))
+                    {
+                        self.stats.files += 1;
+                        self.stats.bytes += st.st_size as u64;
+                        self.stats.linked += 1;
+                        return Ok(());
+                    }
+                    rustix::fs::unlinkat(dst, name, AtFlags::empty())
+                        .map_err(|e| errno_at(&at, e))?;
+                }
+                Err(Errno::XDEV | Errno::PERM | Errno::MLINK) => {}
+                Err(e) => return Err(errno_at(&at, e)),
+            }
+        }
         let fd = match rustix::fs::openat(
             src,
             name,
@@ -297,46 +344,14 @@ impl Walk<'_> {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(errno_at(&at, e)),
         };
+        // What was opened, checked again: a regular file that may be copied.
         let st = rustix::fs::fstat(&fd).map_err(|e| errno_at(&at, e))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             self.skip(rel, "not a regular file");
             return Ok(());
         }
-        if st.st_nlink > 1 && !self.may_share(&st) {
-            self.skip(
-                rel,
-                &format!(
-                    "a hard link to a file of uid {} (mode {:o}) that only its owner may read; it may be a file from outside the dataroot",
-                    st.st_uid,
-                    st.st_mode & 0o7777
-                ),
-            );
+        if self.outside_link(rel, &st) {
             return Ok(());
-        }
-        self.stats.files += 1;
-        self.stats.bytes += st.st_size as u64;
-        let linkable = self.link_filedir
-            && rel.starts_with("filedir")
-            && st.st_dev == self.dst_dev
-            && st.st_uid == self.me
-            && st.st_mode & 0o022 == 0;
-        if linkable {
-            match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
-                Ok(()) => {
-                    // The new name must be the very inode checked above (not one swapped in
-                    // meanwhile); otherwise it goes again and the file is copied.
-                    if rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|n| same(&n, &st))
-                    {
-                        self.stats.linked += 1;
-                        return Ok(());
-                    }
-                    rustix::fs::unlinkat(dst, name, AtFlags::empty())
-                        .map_err(|e| errno_at(&at, e))?;
-                }
-                Err(Errno::XDEV | Errno::PERM | Errno::MLINK) => {}
-                Err(e) => return Err(errno_at(&at, e)),
-            }
         }
         let out = rustix::fs::openat(
             dst,
@@ -347,8 +362,10 @@ impl Walk<'_> {
         .map_err(|e| errno_at(&at, e))?;
         let mut out = std::fs::File::from(out);
         let mut input = std::fs::File::from(fd);
-        std::io::copy(&mut input, &mut out).map_err(|e| io_at(&at, e))?;
+        let n = std::io::copy(&mut input, &mut out).map_err(|e| io_at(&at, e))?;
         finish(out.as_fd(), self.modes.file, self.modes.owner).map_err(|e| errno_at(&at, e))?;
+        self.stats.files += 1;
+        self.stats.bytes += n;
         self.stats.copied += 1;
         Ok(())
     }
