@@ -12,7 +12,8 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// How many seconds a command waits for the home's lock before giving up (default 120).
 /// Overridden by `--lock-wait`.
 pub const VMOODLE_LOCK_WAIT: &str = "VMOODLE_LOCK_WAIT";
-/// Tests only (debug builds): the name of a job pause point (`KIND:STEP:intended|made|start`)
+/// Tests only (debug builds): the name of a job pause point (`KIND:STEP:start`, `...:intended`,
+/// `...:made`; `NAME#K` for the K-th time)
 /// where the process stops and waits to be killed, so crash recovery can be tested at every step.
 pub const VMOODLE_TEST_PAUSE: &str = "VMOODLE_TEST_PAUSE";
 /// Tests only: the file a paused process writes its pid into when it reaches the pause point.

@@ -284,7 +284,7 @@ impl<'h> Journal<'h> {
             name: name.into(),
         });
         self.save("running", None).await?;
-        pause_point(&format!("{}:{name}:start", self.kind));
+        pause_point(&format!("{}:{name}:start", self.kind)).await;
         Ok(())
     }
 
@@ -328,7 +328,7 @@ impl<'h> Journal<'h> {
             undo,
         });
         self.save("running", None).await?;
-        pause_point(&format!("{}:{}:intended", self.kind, self.step_name()));
+        pause_point(&format!("{}:{}:intended", self.kind, self.step_name())).await;
         Ok(())
     }
 
@@ -336,7 +336,7 @@ impl<'h> Journal<'h> {
     pub async fn made(&mut self) -> Result<()> {
         self.mark_newest(EntryState::Made);
         self.save("running", None).await?;
-        pause_point(&format!("{}:{}:made", self.kind, self.step_name()));
+        pause_point(&format!("{}:{}:made", self.kind, self.step_name())).await;
         Ok(())
     }
 
@@ -576,18 +576,39 @@ pub fn remove_managed_dir(home: &Home, path: &Path) -> Result<()> {
     }
 }
 
-/// Tests only (debug builds): stops the process at a named point until it is killed.
-fn pause_point(name: &str) {
+/// Tests only (debug builds): stops the job at a named point (`VMOODLE_TEST_PAUSE`, or
+/// `NAME#K` for its K-th occurrence) after writing the pid into `VMOODLE_TEST_PAUSE_FILE`, and
+/// waits there until it is killed, the file is removed (it then goes on) or a signal arrives.
+async fn pause_point(name: &str) {
     #[cfg(debug_assertions)]
     {
+        use std::sync::Mutex;
         use vmoodle_core::env;
-        if std::env::var(env::VMOODLE_TEST_PAUSE).is_ok_and(|p| p == name) {
-            if let Ok(f) = std::env::var(env::VMOODLE_TEST_PAUSE_FILE) {
-                let _ = std::fs::write(f, std::process::id().to_string());
-            }
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+        static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let Ok(want) = std::env::var(env::VMOODLE_TEST_PAUSE) else {
+            return;
+        };
+        let (want_name, nth) = match want.rsplit_once('#') {
+            Some((n, k)) => (n.to_string(), k.parse::<usize>().unwrap_or(1)),
+            None => (want.clone(), 1),
+        };
+        if want_name != name {
+            return;
+        }
+        let count = {
+            let mut seen = SEEN.lock().expect("pause points");
+            seen.push(name.to_string());
+            seen.iter().filter(|s| *s == name).count()
+        };
+        if count != nth {
+            return;
+        }
+        let Ok(file) = std::env::var(env::VMOODLE_TEST_PAUSE_FILE) else {
+            return;
+        };
+        let _ = std::fs::write(&file, std::process::id().to_string());
+        while std::path::Path::new(&file).exists() && crate::cancel::requested().is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
     #[cfg(not(debug_assertions))]

@@ -83,9 +83,9 @@ impl Drop for Cleanup {
 /// test's directory, and a source Moodle loaded from the fixtures (MariaDB and PostgreSQL).
 pub(crate) struct Setup {
     pub(crate) vm: Vm,
-    base: PathBuf,
-    _maria: MariaDb,
-    _pg: PgDb,
+    pub(crate) base: PathBuf,
+    pub(crate) _maria: MariaDb,
+    pub(crate) _pg: PgDb,
     _data: TempDir,
     pub(crate) clean: Cleanup,
 }

@@ -7,5 +7,6 @@ mod hook;
 mod import;
 mod init_settings;
 mod instances;
+mod jobs;
 mod master;
 mod mnet;
