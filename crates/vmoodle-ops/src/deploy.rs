@@ -584,7 +584,7 @@ async fn run_steps(
 }
 
 /// Renames `from` to `to`, failing (AlreadyExists) if `to` exists, even as an empty directory.
-fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+pub(crate) fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     nix::fcntl::renameat2(
         None,
         from,

@@ -96,7 +96,13 @@ impl Progress {
                 total,
                 what,
                 ..
-            } if self.multi.is_none() => eprintln!("{target}: {what} ({done}/{total})"),
+            } => {
+                if self.multi.is_none() {
+                    eprintln!("{target}: {what} ({done}/{total})");
+                } else if let Some(b) = self.bars.lock().expect("progress lock").get(target) {
+                    b.set_message(format!("{what} ({done}/{total})"));
+                }
+            }
             E::Undoing { target, what, .. } => {
                 if self.multi.is_none() {
                     eprintln!("{target}: undoing: {what}");

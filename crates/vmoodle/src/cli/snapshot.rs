@@ -20,8 +20,7 @@ impl Cmd {
     pub async fn run(self, root: &Path) -> anyhow::Result<u8> {
         let home = super::open_locked(root).await?;
         let p = Progress::new(0);
-        let cb = |n: usize, total: usize, what: &str| p.step(&self.template, n, total, what);
-        let t = templates::snapshot(&home, &self.source, &self.template, &cb).await;
+        let t = templates::snapshot(&home, &self.source, &self.template, &|e| p.event(e)).await;
         p.finish();
         let t = t?;
         let (m, dir) = templates::open(&t)?;

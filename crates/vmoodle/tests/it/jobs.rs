@@ -390,3 +390,31 @@ fn lock_wait_times_out_clearly() {
         .join(format!("{t}.moodle.example.org.php"))
         .exists());
 }
+
+/// A snapshot killed at any point leaves no template directory, partial capture or register
+/// entry once recovered; then the same snapshot works.
+#[test]
+fn crash_during_snapshot_is_undone() {
+    let mut s = setup();
+    let tpl = token("tc");
+    s.clean.templates.push(tpl.clone());
+    for point in [
+        "snapshot:capture:intended",
+        "snapshot:capture:made",
+        "snapshot:register:made",
+        "snapshot:register:made#2",
+    ] {
+        let (child, _) = start_paused(&s.vm, &["snapshot", "srcpg", "--template", &tpl], point);
+        kill9(child);
+        let r = s.vm.json(&["jobs", "recover", "--json"]);
+        assert_eq!(r[0]["state"], "rolled back", "{point}: {r}");
+        let left: Vec<String> = std::fs::read_dir(s.vm.home.join("templates"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "{point}: {left:?}");
+        let list = s.vm.json(&["template", "list", "--json"]);
+        assert_eq!(list.as_array().unwrap().len(), 0, "{point}: {list}");
+    }
+    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+}
