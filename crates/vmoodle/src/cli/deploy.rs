@@ -7,16 +7,20 @@ use vmoodle_ops::import;
 
 use super::{exit, output, progress::Progress};
 
-/// Deploy new instances from a template. With the naming schema automated, a token is enough:
-/// host, database, user and dataroot come from the schema (`vmoodle schema expand TOKEN`).
-///
-/// Examples:
-///   vmoodle deploy --template base --token school1
-///   vmoodle deploy --template base --tokens school1,school2,school3 --parallel 3
-///   vmoodle deploy --template base --count 50 --token-pattern 'school{N}'
-///   vmoodle deploy --template base --csv nodelist.csv      (VMoodle's node list)
+const EXAMPLES: &str = "\
+With the naming schema automated, a token is enough: host, database, user and dataroot come from
+the schema (`vmoodle schema expand TOKEN` shows them). Each deploy is a job: a failure, Ctrl-C or
+a crash undoes it completely (`vmoodle jobs show ID`).
+
+Examples:
+  vmoodle deploy --template base --token school1
+  vmoodle deploy --template base --tokens school1,school2,school3 --parallel 3
+  vmoodle deploy --template base --count 50 --token-pattern 'school{N}'
+  vmoodle deploy --template base --csv nodelist.csv      (VMoodle's node list)";
+
+/// Deploy new instances from a template.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES)]
 pub struct Cmd {
     /// The template to deploy from (a node list's vtemplate column overrides it per row).
     #[arg(long)]
@@ -30,7 +34,7 @@ pub struct Cmd {
     /// How many instances, named by --token-pattern.
     #[arg(long, requires = "token_pattern", conflicts_with = "csv")]
     count: Option<usize>,
-    /// A pattern for --count with {N} (or {n}) where the number goes, e.g. school{N}.
+    /// A pattern for --count with {N} where the number goes, e.g. school{N}.
     #[arg(long)]
     token_pattern: Option<String>,
     /// First number for --count.

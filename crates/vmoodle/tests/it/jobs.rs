@@ -417,4 +417,20 @@ fn crash_during_snapshot_is_undone() {
         assert_eq!(list.as_array().unwrap().len(), 0, "{point}: {list}");
     }
     s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    // Destructive commands confirm alike: without a terminal, --yes is required.
+    let err = s.vm.fails(&["template", "delete", &tpl], 1);
+    assert!(err.contains("give --yes"), "{err}");
+    s.vm.ok(&["template", "delete", &tpl, "--yes"]);
+}
+
+/// `{n}` in help text is clap's line break: the help must show the placeholder itself.
+#[test]
+fn deploy_help_shows_the_number_placeholder() {
+    let vm = Vm::new(crate::common::Backend::Sqlite);
+    let help = vm.ok(&["deploy", "--help"]);
+    assert!(
+        help.contains("with {N} (or {n}) where the number goes"),
+        "{help}"
+    );
+    assert!(help.contains("--token-pattern 'school{N}'"), "{help}");
 }
