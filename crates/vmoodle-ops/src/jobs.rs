@@ -110,19 +110,38 @@ pub async fn recover(home: &Home, retry_incomplete: bool) -> Result<Vec<Recovere
                 std::process::id()
             )
         };
-        let j = Journal::resume(home, job, &journal::no_events)?;
         let before = j_undone_len(job);
-        let (state, left) = if job.forward.is_some() {
-            finish_forward(home, j, &why).await
-        } else {
-            j.roll_back_interrupted(&why).await
+        // One job that cannot be recovered is reported; it never stops the command.
+        let (state, left) = match Journal::resume(home, job, &journal::no_events) {
+            Ok(j) if job.forward.is_some() => finish_forward(home, j, &why).await,
+            Ok(j) => j.roll_back_interrupted(&why).await,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let _ = home
+                    .registry
+                    .save_job(
+                        job.id,
+                        &vmoodle_registry::JobUpdate {
+                            state: "failed",
+                            steps: &job.steps,
+                            undo: &job.undo,
+                            forward: job.forward.as_deref(),
+                            error: Some(&msg),
+                            undone: &job.undone,
+                        },
+                    )
+                    .await;
+                ("failed".into(), vec![msg])
+            }
         };
-        let after = home.registry.job(job.id).await?;
-        let undone: Vec<String> = serde_json::from_str::<Vec<String>>(&after.undone)
-            .unwrap_or_default()
-            .into_iter()
-            .skip(before)
-            .collect();
+        let undone: Vec<String> = match home.registry.job(job.id).await {
+            Ok(after) => serde_json::from_str::<Vec<String>>(&after.undone)
+                .unwrap_or_default()
+                .into_iter()
+                .skip(before)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         tracing::info!(job = job.id, kind = %job.kind, target = %job.target, %state, "recovered an interrupted job");
         out.push(Recovered {
             id: job.id,
