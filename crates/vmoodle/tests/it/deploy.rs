@@ -84,9 +84,9 @@ impl Drop for Cleanup {
 pub(crate) struct Setup {
     pub(crate) vm: Vm,
     base: PathBuf,
-    _maria: MariaDb,
-    _pg: PgDb,
-    _data: TempDir,
+    pub(crate) _maria: MariaDb,
+    pub(crate) _pg: PgDb,
+    pub(crate) _data: TempDir,
     pub(crate) clean: Cleanup,
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
+mod clone;
 mod common;
 mod dbserver;
 mod deploy;
