@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod dbservers;
 pub mod deploy;
+pub mod doctor;
 pub mod home;
 pub mod import;
 pub mod instances;

@@ -104,22 +104,28 @@ pub struct ProbeOptions {
 }
 
 const PROBE: &str = r#"<?php
+$errors = static function () {
+    $all = [];
+    while (($e = openssl_error_string()) !== false) { $all[] = $e; }
+    return implode('; ', $all);
+};
 $rc4 = ['listed' => false, 'seals' => false, 'openssl' => defined('OPENSSL_VERSION_TEXT') ? OPENSSL_VERSION_TEXT : '', 'error' => null];
 if (function_exists('openssl_get_cipher_methods')) {
     $rc4['listed'] = in_array('rc4', array_map('strtolower', openssl_get_cipher_methods()), true);
-    while (openssl_error_string() !== false) {}
+    $errors();
     $key = @openssl_pkey_new(['private_key_bits' => 2048, 'private_key_type' => OPENSSL_KEYTYPE_RSA]);
     if ($key === false) {
-        $rc4['error'] = 'openssl_pkey_new: ' . (string)openssl_error_string();
+        $rc4['error'] = 'openssl_pkey_new: ' . $errors();
     } else {
-        $pub = openssl_pkey_get_details($key)['key'];
+        $pub = openssl_pkey_get_public(openssl_pkey_get_details($key)['key']);
         $sealed = null; $ekeys = null; $plain = null;
+        $errors();
         if (@openssl_seal('vmoodle rc4 probe', $sealed, $ekeys, [$pub], 'RC4') === false) {
-            $rc4['error'] = 'openssl_seal: ' . (string)openssl_error_string();
+            $rc4['error'] = 'openssl_seal: ' . $errors();
         } else if (@openssl_open($sealed, $plain, $ekeys[0], $key, 'RC4') && $plain === 'vmoodle rc4 probe') {
             $rc4['seals'] = true;
         } else {
-            $rc4['error'] = 'openssl_open: ' . (string)openssl_error_string();
+            $rc4['error'] = 'openssl_open: ' . $errors();
         }
     }
 } else {

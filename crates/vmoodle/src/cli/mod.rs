@@ -5,6 +5,7 @@
 mod dbserver;
 mod delete;
 mod deploy;
+mod doctor;
 mod hook;
 mod import;
 mod init;
@@ -104,6 +105,9 @@ enum Command {
     /// Moodle Network: keys, peers, subnetworks, renewal, status and repair.
     #[command(subcommand)]
     Mnet(mnet::Cmd),
+    /// Check everything a working fleet needs (php, extensions, RC4, hook, files, servers) and
+    /// print the fix for each failure; exit 3 when a check failed.
+    Doctor(doctor::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -148,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Delete(c) => c.run(&home).await,
         Command::Restore(c) => c.run(&home).await,
         Command::Mnet(c) => c.run(&home).await,
+        Command::Doctor(c) => c.run(&home).await,
     }
 }
 

@@ -4,6 +4,7 @@ mod clone;
 mod common;
 mod dbserver;
 mod deploy;
+mod doctor;
 mod hook;
 mod import;
 mod init_settings;
