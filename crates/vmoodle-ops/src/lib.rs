@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cancel;
 pub mod dbservers;
 pub mod deploy;
+pub mod doctor;
 pub mod home;
 pub mod import;
 pub mod instances;

@@ -181,6 +181,20 @@ impl Cmd {
                     })
                     .collect(),
             );
+            // What the fix-ups changed beyond db_replace() (the same for every deploy of one
+            // template, so said once).
+            if let Some(o) = results.iter().find_map(|r| r.outcome.as_ref()) {
+                let fx = &o.fixups;
+                if !fx.settings_rewritten.is_empty() {
+                    eprintln!(
+                        "settings that named the template's host now name the new one: {}",
+                        fx.settings_rewritten.join(", ")
+                    );
+                }
+                for s in &fx.settings_skipped {
+                    eprintln!("warning: setting not rewritten: {s}");
+                }
+            }
             if failed > 0 {
                 eprintln!(
                     "{failed} of {} deploy(s) failed; each failed one was undone completely",

@@ -5,6 +5,7 @@
 mod dbserver;
 mod delete;
 mod deploy;
+mod doctor;
 mod hook;
 mod import;
 mod init;
@@ -121,6 +122,9 @@ enum Command {
     /// Jobs: what every change did, step by step; recovery of interrupted ones.
     #[command(subcommand)]
     Jobs(jobs::Cmd),
+    /// Check everything a working fleet needs (php, extensions, RC4, hook, files, servers) and
+    /// print the fix for each failure; exit 3 when a check failed.
+    Doctor(doctor::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -252,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Restore(c) => c.run(&home).await,
         Command::Mnet(c) => c.run(&home).await,
         Command::Jobs(c) => c.run(&home).await,
+        Command::Doctor(c) => c.run(&home).await,
     }
 }
 

@@ -86,7 +86,7 @@ pub(crate) struct Setup {
     pub(crate) base: PathBuf,
     pub(crate) _maria: MariaDb,
     pub(crate) _pg: PgDb,
-    _data: TempDir,
+    pub(crate) _data: TempDir,
     pub(crate) clean: Cleanup,
 }
 
@@ -340,7 +340,7 @@ fn snapshot_deploy_delete_restore_mariadb() {
             .hosts_dir()
             .join(format!("{t}.moodle.example.org.php"))
             .is_file());
-        // db_replace() rules: text columns rewritten, the config table left alone.
+        // db_replace() rules for text columns; settings naming the template's wwwroot too.
         assert_eq!(
             my_value(&db, "SELECT summary FROM mdl_course WHERE id = 1"),
             format!("See http://{t}.moodle.example.org/mod/page/view.php?id=1")
@@ -350,7 +350,7 @@ fn snapshot_deploy_delete_restore_mariadb() {
                 &db,
                 "SELECT value FROM mdl_config WHERE name = 'vmt_probe_url'"
             ),
-            "http://master.moodle.test/x"
+            format!("http://{t}.moodle.example.org/x")
         );
         assert_eq!(
             my_value(&db, "SELECT COUNT(*) FROM mdl_logstore_standard_log"),

@@ -1,8 +1,10 @@
 //! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
+mod clone;
 mod common;
 mod dbserver;
 mod deploy;
+mod doctor;
 mod hook;
 mod import;
 mod init_settings;
