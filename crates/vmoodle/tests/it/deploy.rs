@@ -83,10 +83,10 @@ impl Drop for Cleanup {
 /// test's directory, and a source Moodle loaded from the fixtures (MariaDB and PostgreSQL).
 pub(crate) struct Setup {
     pub(crate) vm: Vm,
-    base: PathBuf,
-    _maria: MariaDb,
+    pub(crate) base: PathBuf,
+    pub(crate) _maria: MariaDb,
     _pg: PgDb,
-    _data: TempDir,
+    pub(crate) _data: TempDir,
     pub(crate) clean: Cleanup,
 }
 

@@ -9,3 +9,4 @@ mod init_settings;
 mod instances;
 mod master;
 mod mnet;
+mod mnet_live;
