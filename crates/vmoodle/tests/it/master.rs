@@ -52,7 +52,9 @@ fn master_from_mariadb_fixture() {
     assert_eq!(again["id"], m["id"]);
     // The Moodle directory is remembered, for running Moodle's own PHP (cache invalidation).
     assert_eq!(
-        vm.ok(&["settings", "get", "moodle.dir"]).trim().trim_matches('"'),
+        vm.ok(&["settings", "get", "moodle.dir"])
+            .trim()
+            .trim_matches('"'),
         moodle.canonicalize().unwrap().to_str().unwrap()
     );
     assert_eq!(

@@ -8,6 +8,7 @@
 
 use crate::deploy::{deploy_json, setup, token};
 use std::io::{BufRead, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,12 +74,16 @@ if ($client->send($peer)) {
 }
 "#;
 
-/// PHP's built-in server, stopped (killed) on drop.
+/// PHP's built-in server in a process group of its own (its workers are forked children),
+/// stopped with the whole group on drop.
 struct PhpServer(Child);
 
 impl Drop for PhpServer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // kill -TERM -- -PGID   (the server and its workers)
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -103,6 +108,7 @@ fn serve(moodle: &Path, port: u16, openssl_cnf: &Path, router: &Path) -> PhpServ
         // Several workers: a call from A to B may make B call A back (key exchange).
         .env("PHP_CLI_SERVER_WORKERS", "4")
         .env_remove("VMOODLE_HOST")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
