@@ -6,11 +6,13 @@
 
 pub mod archive;
 pub mod caches;
+pub mod cancel;
 pub mod dbservers;
 pub mod deploy;
 pub mod home;
 pub mod import;
 pub mod instances;
+pub mod jobs;
 pub mod journal;
 pub mod mnet;
 pub mod publish;

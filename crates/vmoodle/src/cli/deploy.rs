@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use vmoodle_ops::deploy::{self, DeployRequest, Method};
-use vmoodle_ops::{import, Home};
+use vmoodle_ops::import;
 
 use super::{exit, output, progress::Progress};
 
@@ -13,7 +13,7 @@ use super::{exit, output, progress::Progress};
 /// Examples:
 ///   vmoodle deploy --template base --token school1
 ///   vmoodle deploy --template base --tokens school1,school2,school3 --parallel 3
-///   vmoodle deploy --template base --count 50 --token-pattern 'school{n}'
+///   vmoodle deploy --template base --count 50 --token-pattern 'school{N}'
 ///   vmoodle deploy --template base --csv nodelist.csv      (VMoodle's node list)
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -30,7 +30,7 @@ pub struct Cmd {
     /// How many instances, named by --token-pattern.
     #[arg(long, requires = "token_pattern", conflicts_with = "csv")]
     count: Option<usize>,
-    /// A pattern with {n} for --count, e.g. school{n}.
+    /// A pattern for --count with {N} (or {n}) where the number goes, e.g. school{N}.
     #[arg(long)]
     token_pattern: Option<String>,
     /// First number for --count.
@@ -76,7 +76,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let admin_password = if self.admin_password_stdin {
             Some(vmoodle_ops::read_password_stdin()?)
         } else {
@@ -116,17 +116,21 @@ impl Cmd {
             }));
         } else if let Some(n) = self.count {
             let pattern = self.token_pattern.clone().unwrap_or_default();
-            if !pattern.contains("{n}") {
-                bail!("--token-pattern must hold {{n}}, e.g. school{{n}}");
+            if !pattern.contains("{n}") && !pattern.contains("{N}") {
+                bail!("--token-pattern `{pattern}` has no {{N}} where the number goes, e.g. school{{N}}");
             }
-            reqs.extend((self.start..self.start + n).map(|i| DeployRequest {
-                token: pattern.replace("{n}", &i.to_string()),
-                ..base.clone()
+            reqs.extend((self.start..self.start + n).map(|i| {
+                DeployRequest {
+                    token: pattern
+                        .replace("{n}", &i.to_string())
+                        .replace("{N}", &i.to_string()),
+                    ..base.clone()
+                }
             }));
         } else if let Some(csv) = &self.csv {
             reqs.extend(from_nodelist(csv, &base)?);
         } else {
-            bail!("say what to deploy: --token X, --tokens a,b,c, --count N --token-pattern 'x{{n}}', or --csv nodelist.csv");
+            bail!("say what to deploy: --token X, --tokens a,b,c, --count N --token-pattern 'x{{N}}', or --csv nodelist.csv");
         }
         if reqs.iter().any(|r| r.template.is_empty()) {
             bail!("missing --template (vmoodle template list shows them)");
@@ -140,13 +144,7 @@ impl Cmd {
             bail!("--name, --shortname, --host and --dataroot apply to a single --token deploy");
         }
         let progress = Progress::new(reqs.len() as u64);
-        let cb = |item: &str, n: usize, total: usize, what: &str| {
-            progress.step(item, n, total, what);
-            if n >= total {
-                progress.item_done(item);
-            }
-        };
-        let results = deploy::deploy_many(&home, reqs, self.parallel, &cb).await;
+        let results = deploy::deploy_many(&home, reqs, self.parallel, &|e| progress.event(e)).await;
         progress.finish();
         let failed = results.iter().filter(|r| !r.ok).count();
         if single && failed == 1 && !self.json {

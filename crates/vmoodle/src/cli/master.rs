@@ -43,7 +43,7 @@ impl Cmd {
                 name,
                 json,
             } => {
-                let mut home = Home::open_locked(root).await?;
+                let mut home = super::open_locked(root).await?;
                 let i = instances::set_master(
                     &home,
                     &moodle_dir,

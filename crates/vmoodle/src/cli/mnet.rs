@@ -121,7 +121,7 @@ impl Cmd {
                 }
             }
             Cmd::Init { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::init(&home, &instance).await?;
                 let c = &r.certificate;
                 eprintln!(
@@ -138,7 +138,7 @@ impl Cmd {
                 instance,
                 subnetwork,
             } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::bind(&home, &instance, subnetwork).await?;
                 let peers = r.peers;
                 eprintln!(
@@ -154,7 +154,7 @@ impl Cmd {
                 }
             }
             Cmd::Unbind { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let gone = mnet::unbind(&home, &instance).await?;
                 eprintln!(
                     "`{instance}` left its subnetwork; peerings removed: {}",
@@ -166,7 +166,7 @@ impl Cmd {
                 );
             }
             Cmd::Peer { a, b, all } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let others: Vec<String> = match b {
                     Some(b) => vec![b],
                     None => {
@@ -193,7 +193,7 @@ impl Cmd {
                 }
             }
             Cmd::Unpeer { a, b } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 mnet::unpeer(&home, &a, &b).await?;
                 eprintln!("`{a}` and `{b}` are no longer peers");
             }
@@ -209,7 +209,7 @@ impl Cmd {
                     (_, _, Some(x)) => RenewWhat::One(x),
                     _ => bail!("say what to renew: --due (for cron), --all, or an instance"),
                 };
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::renew(&home, what).await?;
                 if json {
                     output::json(&r)?;
@@ -297,7 +297,7 @@ impl Cmd {
                 }
             }
             Cmd::Repair { json } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::repair(&home).await?;
                 if json {
                     output::json(&r)?;

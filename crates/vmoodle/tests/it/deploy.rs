@@ -85,7 +85,7 @@ pub(crate) struct Setup {
     pub(crate) vm: Vm,
     pub(crate) base: PathBuf,
     pub(crate) _maria: MariaDb,
-    _pg: PgDb,
+    pub(crate) _pg: PgDb,
     pub(crate) _data: TempDir,
     pub(crate) clean: Cleanup,
 }
@@ -654,7 +654,7 @@ fn warm_spares_mariadb() {
         format!("http://{c}.csv.example.org")
     );
     // Deleting the template drops its live database and spares.
-    s.vm.ok(&["template", "delete", &tpl]);
+    s.vm.ok(&["template", "delete", &tpl, "--yes"]);
     assert_eq!(my_value("mysql", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'vm%\\_{tpl}%'")), "0");
 }
 

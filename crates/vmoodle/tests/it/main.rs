@@ -7,6 +7,7 @@ mod hook;
 mod import;
 mod init_settings;
 mod instances;
+mod jobs;
 mod master;
 mod mnet;
 mod mnet_live;
