@@ -259,6 +259,26 @@ fn tail(stderr: &[u8], stdout: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// As root, `user` runs the child as that account, without root's groups; anyone else
+    /// cannot switch and gets an error, not a child running as themselves.
+    #[tokio::test]
+    async fn runs_as_another_user() {
+        let id = find_on_path(&["id"]).unwrap();
+        let me = Tool::new(&id).arg("-u").run().await.unwrap();
+        if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+            let r = Tool::new(&id).user(65534, 65534).run().await;
+            assert!(matches!(r, Err(ExecError::Spawn { .. })), "{r:?}");
+            return;
+        }
+        let out = Tool::new(&id).user(65534, 65534).run().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("uid=65534") && text.contains("gid=65534"),
+            "{text}"
+        );
+        assert!(!text.contains("(root)"), "root's groups stayed: {text}");
+    }
+
     #[tokio::test]
     async fn runs_and_reports_failures() {
         let sh = find_on_path(&["sh"]).unwrap();

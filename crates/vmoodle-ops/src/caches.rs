@@ -75,14 +75,16 @@ pub async fn invalidate_config(home: &Home, instances: &[Instance]) -> CacheRepo
     invalidate(home, instances, &[caches::CONFIG]).await
 }
 
-/// Purges `definitions` on each instance (once per instance, all definitions in one process).
+/// Purges `definitions` on each instance (once per instance, all definitions in one process;
+/// a few instances at a time, as many as the machine has cores, at most 4).
 pub async fn invalidate(
     home: &Home,
     instances: &[Instance],
     definitions: &[Definition],
 ) -> CacheReport {
-    let mut report = CacheReport::default();
+    use futures::StreamExt;
     let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&Instance> = instances.iter().filter(|i| seen.insert(i.id)).collect();
     let php = home.executable("php");
     let dir =
         (!home.settings.moodle.dir.is_empty()).then(|| PathBuf::from(&home.settings.moodle.dir));
@@ -91,33 +93,23 @@ pub async fn invalidate(
         Ok(Some((_, _, name))) => Some(name.clone()),
         _ => None,
     };
-    for inst in instances.iter().filter(|i| seen.insert(i.id)) {
-        let command = caches::manual_command(
-            &php.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "php".into()),
-            dir.as_deref(),
-            &inst.host,
-            shown_user.as_deref(),
-        );
-        let result: Result<()> = async {
-            let Some(dir) = &dir else {
-                return Err(anyhow!(
-                    "the Moodle code directory is not known (set it with `vmoodle master set --moodle-dir DIR` or `vmoodle settings set moodle.dir DIR`)"
-                ));
-            };
-            let config = vmoodle_site::hook::locate_config(dir)?;
-            let php = php.as_ref().map_err(|e| anyhow!("{e}"))?;
-            let user = user.as_ref().map_err(|e| anyhow!("{e}"))?;
-            let cli = MoodleCli {
-                php,
-                config_php: &config,
-                user: user.as_ref().map(|(u, g, _)| (*u, *g)),
-            };
-            caches::purge(&cli, &inst.host, definitions).await?;
-            Ok(())
-        }
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    let ctx = Ctx {
+        php: &php,
+        dir: dir.as_deref(),
+        user: &user,
+        shown_user: shown_user.as_deref(),
+        definitions,
+    };
+    let results: Vec<_> = futures::stream::iter(unique.iter().map(|inst| ctx.purge_one(inst)))
+        .buffered(parallel)
+        .collect()
         .await;
+    let mut report = CacheReport::default();
+    for (inst, result, command) in results {
         match result {
             Ok(()) => report.invalidated.push(inst.shortname.clone()),
             Err(e) => report.failed.push(CacheFailure {
@@ -128,4 +120,48 @@ pub async fn invalidate(
         }
     }
     report
+}
+
+/// What every instance's purge shares.
+struct Ctx<'a> {
+    php: &'a Result<PathBuf, vmoodle_exec::ExecError>,
+    dir: Option<&'a std::path::Path>,
+    user: &'a Result<Option<(u32, u32, String)>>,
+    shown_user: Option<&'a str>,
+    definitions: &'a [Definition],
+}
+
+impl Ctx<'_> {
+    /// One php process for one instance; the result, and the command to run by hand.
+    async fn purge_one<'i>(&self, inst: &'i Instance) -> (&'i Instance, Result<()>, String) {
+        let command = caches::manual_command(
+            &self
+                .php
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "php".into()),
+            self.dir,
+            &inst.host,
+            self.shown_user,
+        );
+        let result: Result<()> = async {
+            let Some(dir) = self.dir else {
+                return Err(anyhow!(
+                    "the Moodle code directory is not known (set it with `vmoodle master set --moodle-dir DIR` or `vmoodle settings set moodle.dir DIR`)"
+                ));
+            };
+            let config = vmoodle_site::hook::locate_config(dir)?;
+            let php = self.php.as_ref().map_err(|e| anyhow!("{e}"))?;
+            let user = self.user.as_ref().map_err(|e| anyhow!("{e:#}"))?;
+            let cli = MoodleCli {
+                php,
+                config_php: &config,
+                user: user.as_ref().map(|(u, g, _)| (*u, *g)),
+            };
+            caches::purge(&cli, &inst.host, self.definitions).await?;
+            Ok(())
+        }
+        .await;
+        (inst, result, command)
+    }
 }
