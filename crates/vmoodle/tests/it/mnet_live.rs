@@ -257,7 +257,12 @@ fn mnet_call_between_live_sites_survives_renewal() {
     assert_call_ok(&moodle, &cnf, &host(&b), (&a, &www(&a)), "after deploy");
 
     // Renewal rotates both keys in the databases and invalidates both sites' caches.
+    let t = Instant::now();
     let r = s.vm.json(&["mnet", "renew", "--all", "--json"]);
+    eprintln!(
+        "mnet renew --all (2 sites, caches invalidated): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     assert_eq!(r["renewed"].as_array().unwrap().len(), 2, "{r}");
     assert_eq!(
         r["caches"]["invalidated"].as_array().unwrap().len(),
@@ -270,7 +275,12 @@ fn mnet_call_between_live_sites_survives_renewal() {
     // Without the Moodle code, vmoodle cannot invalidate: it says so, with the command to run,
     // and exits 3; the sites then still serve their old keys and the call fails ...
     s.vm.ok(&["settings", "set", "moodle.dir", ""]);
+    let t = Instant::now();
     let out = s.vm.run(&["mnet", "renew", "--all"]);
+    eprintln!(
+        "mnet renew --all (2 sites, no invalidation): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(3), "{err}");
     let commands: Vec<String> = err
