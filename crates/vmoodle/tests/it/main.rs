@@ -12,3 +12,4 @@ mod instances;
 mod jobs;
 mod master;
 mod mnet;
+mod mnet_live;
