@@ -1166,18 +1166,12 @@ async fn delete_peer_rows(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes every peering vmoodle made for an instance (the rows it wrote in its peers'
-/// databases and in the instance's own), leaving rows an administrator made alone.
+/// `remove_peerings` by instance id (for job undo records): nothing to do once the instance
+/// is gone from the register (its peerings went with it).
 pub async fn remove_peerings_of(home: &Home, instance_id: i64) -> Result<()> {
     let all = home.registry.instances().await?;
-    let name = |id: i64| all.iter().find(|i| i.id == id).map(|i| i.shortname.clone());
-    for l in home.registry.mnet_links().await? {
-        if l.a_id != instance_id && l.b_id != instance_id {
-            continue;
-        }
-        if let (Some(a), Some(b)) = (name(l.a_id), name(l.b_id)) {
-            unpeer(home, &a, &b).await?;
-        }
+    if let Some(inst) = all.into_iter().find(|i| i.id == instance_id) {
+        remove_peerings(home, &inst).await?;
     }
     Ok(())
 }

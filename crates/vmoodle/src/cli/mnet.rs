@@ -242,8 +242,24 @@ impl Cmd {
                 let home = Home::open(root).await?;
                 let st = mnet::status(&home).await?;
                 let bad = st.pairs.iter().filter(|p| !p.ok()).count();
+                // MNET seals every call with RC4, which OpenSSL 3 keeps in its legacy provider:
+                // said, with the fix (the exit code is about keys and peers; `doctor` fails on it).
+                let rc4 = match home.executable("php") {
+                    Ok(php) if st.instances.iter().any(|i| i.mnet >= 0) => Some(
+                        vmoodle_site::php_env::rc4(&php, None)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    ),
+                    _ => None,
+                };
                 if json {
-                    output::json(&st)?;
+                    let mut v = serde_json::to_value(&st)?;
+                    v["rc4"] = match &rc4 {
+                        Some(Ok(r)) => serde_json::to_value(r)?,
+                        Some(Err(e)) => serde_json::json!({ "error": e }),
+                        None => serde_json::Value::Null,
+                    };
+                    output::json(&v)?;
                 } else {
                     output::table(
                         &["instance", "mnet", "key expires", "renewal"],
@@ -292,6 +308,16 @@ impl Cmd {
                 } else {
                     report_errors(&st.errors)
                 };
+                if let Some(Ok(r)) = &rc4 {
+                    if !r.ok() && !json {
+                        eprintln!(
+                            "PHP's OpenSSL ({}) cannot seal with RC4, so every MNET call fails (\"mnet/encryption-invalid\"): {}\nfix:\n{}",
+                            r.openssl,
+                            r.error.clone().unwrap_or_default(),
+                            vmoodle_site::php_env::RC4_FIX
+                        );
+                    }
+                }
                 if bad > 0 || unreadable {
                     return Ok(exit::PARTIAL);
                 }
