@@ -545,17 +545,42 @@ pub async fn peer(home: &Home, x: &str, y: &str) -> Result<Vec<Instance>> {
     peer_sites(home, &a, &b).await
 }
 
+/// Whether `s` has a peer row (live or deleted) for `wwwroot`.
+async fn has_peer_row(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<bool> {
+    let ids = c
+        .column(
+            &format!(
+                "SELECT {} FROM {} WHERE wwwroot = ?",
+                s.cast("id"),
+                s.t("mnet_host")
+            ),
+            &[wwwroot.into()],
+        )
+        .await?;
+    Ok(!ids.is_empty())
+}
+
 async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<Vec<Instance>> {
     let mut ca = a.conn().await?;
     let mut cb = b.conn().await?;
     let r = async {
         let (ka, a_new) = ensure_key(home, a, &mut ca).await?;
         let (kb, b_new) = ensure_key(home, b, &mut cb).await?;
+        // The register learns which rows vmoodle is about to create before it writes them, so
+        // a crash in between never leaves a row in a peer's database that nobody can find (the
+        // deploy's undo and `forget` remove what the link says vmoodle made).
+        let a_will = !has_peer_row(a, &mut ca, &b.inst.wwwroot).await?;
+        let b_will = !has_peer_row(b, &mut cb, &a.inst.wwwroot).await?;
+        home.registry
+            .add_mnet_link(a.inst.id, b.inst.id, a_will, b_will)
+            .await?;
         let a_made = write_peer_row(a, &mut ca, &b.inst, &kb, true).await? == PeerWrite::Created;
         let b_made = write_peer_row(b, &mut cb, &a.inst, &ka, true).await? == PeerWrite::Created;
-        home.registry
-            .add_mnet_link(a.inst.id, b.inst.id, a_made, b_made)
-            .await?;
+        if (a_made, b_made) != (a_will, b_will) {
+            home.registry
+                .add_mnet_link(a.inst.id, b.inst.id, a_made, b_made)
+                .await?;
+        }
         let mut keyed = Vec::new();
         if a_new {
             keyed.push(a.inst.clone());
