@@ -1,6 +1,8 @@
 //! Moodle dataroots: what to copy and how. `filedir/` holds files named by their content hash
 //! that Moodle never rewrites, so they are hard-linked when source and target share a
-//! filesystem; caches, temporary files, sessions, the trash and locks are left out.
+//! filesystem; caches, temporary files, sessions, the trash and locks are left out, and so is
+//! `muc/config.php`: the cache configuration names the source site's stores and cache
+//! definitions, and Moodle writes a fresh one for the new site on first use.
 //!
 //! A dataroot belongs to a tenant whose code can write anything into it, and vmoodle copies it
 //! as root. So the copy never follows a symbolic link: the root must not be one, every entry is
@@ -35,6 +37,19 @@ pub const EXCLUDED: &[&str] = &[
     "trashdir",
     "lock",
 ];
+
+/// Files (relative to the dataroot) never copied.
+pub const EXCLUDED_FILES: &[&str] = &["muc/config.php"];
+
+/// Whether the entry at `rel` (relative to the dataroot) is left out of a copy.
+pub fn excluded(rel: &Path) -> bool {
+    let mut parts = rel.components();
+    let first_excluded = parts
+        .next()
+        .and_then(|c| c.as_os_str().to_str())
+        .is_some_and(|n| EXCLUDED.contains(&n));
+    first_excluded || EXCLUDED_FILES.iter().any(|f| rel == Path::new(f))
+}
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CopyStats {
@@ -98,7 +113,7 @@ pub fn check_root(src: &Path) -> std::io::Result<()> {
     open_root(src).map(drop)
 }
 
-/// Copies the dataroot `src` into `dst` (which must not exist), leaving out `EXCLUDED`,
+/// Copies the dataroot `src` into `dst` (which must not exist), leaving out `excluded` entries,
 /// hard-linking `filedir/` when `link_filedir` and safe (see the module's notes). Never
 /// follows a symbolic link; what it left out is in `CopyStats::skipped`.
 pub fn copy(
@@ -107,8 +122,7 @@ pub fn copy(
     link_filedir: bool,
     modes: Modes,
 ) -> std::io::Result<CopyStats> {
-    let src_dir = open_root(src)?;
-    let root_st = rustix::fs::fstat(&src_dir).map_err(|e| errno_at(src, e))?;
+    check_root(src)?;
     if std::fs::symlink_metadata(dst).is_ok() {
         return Err(io_at(
             dst,
@@ -126,11 +140,33 @@ pub fn copy(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&staging, e)),
         _ => {}
     }
-    rustix::fs::mkdir(&staging, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(&staging, e))?;
+    let stats = copy_into(src, &staging, link_filedir, modes)?;
+    // Into place only if nothing took the name meanwhile.
+    if let Err(e) =
+        rustix::fs::renameat_with(CWD, &staging, CWD, dst, rustix::fs::RenameFlags::NOREPLACE)
+    {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(errno_at(dst, e));
+    }
+    Ok(stats)
+}
+
+/// Like `copy`, but builds `dst` itself (which must not exist): created root-only (0700), given
+/// its modes and owner only when complete, removed again on failure. For a caller that builds
+/// in a staging directory of its own and renames it into place.
+pub fn copy_into(
+    src: &Path,
+    dst: &Path,
+    link_filedir: bool,
+    modes: Modes,
+) -> std::io::Result<CopyStats> {
+    let src_dir = open_root(src)?;
+    let root_st = rustix::fs::fstat(&src_dir).map_err(|e| errno_at(src, e))?;
+    rustix::fs::mkdir(dst, Mode::from_raw_mode(0o700)).map_err(|e| errno_at(dst, e))?;
     let r = (|| {
-        let out = rustix::fs::openat(CWD, &staging, DIR_FLAGS, Mode::empty())
-            .map_err(|e| errno_at(&staging, e))?;
-        let dst_st = rustix::fs::fstat(&out).map_err(|e| errno_at(&staging, e))?;
+        let out =
+            rustix::fs::openat(CWD, dst, DIR_FLAGS, Mode::empty()).map_err(|e| errno_at(dst, e))?;
+        let dst_st = rustix::fs::fstat(&out).map_err(|e| errno_at(dst, e))?;
         let mut w = Walk {
             src,
             root_uid: root_st.st_uid,
@@ -142,14 +178,11 @@ pub fn copy(
             stats: CopyStats::default(),
         };
         w.dir(src_dir.as_fd(), out.as_fd(), Path::new(""))?;
-        finish(out.as_fd(), modes.dir, modes.owner).map_err(|e| errno_at(&staging, e))?;
-        // Into place only if nothing took the name meanwhile.
-        rustix::fs::renameat_with(CWD, &staging, CWD, dst, rustix::fs::RenameFlags::NOREPLACE)
-            .map_err(|e| errno_at(dst, e))?;
+        finish(out.as_fd(), modes.dir, modes.owner).map_err(|e| errno_at(dst, e))?;
         Ok(w.stats)
     })();
     if r.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(dst);
     }
     r
 }
@@ -225,9 +258,7 @@ impl Walk<'_> {
         names.sort();
         for name in names {
             let child = rel.join(OsStr::from_bytes(name.to_bytes()));
-            if rel.as_os_str().is_empty()
-                && std::str::from_utf8(name.to_bytes()).is_ok_and(|n| EXCLUDED.contains(&n))
-            {
+            if excluded(&child) {
                 continue;
             }
             let st = match rustix::fs::statat(src, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -371,33 +402,6 @@ impl Walk<'_> {
     }
 }
 
-/// Creates the missing directories of `dir` (a dataroot's parent), each 0711 and owned by the
-/// user running vmoodle, so that the web server's user can pass through them to the dataroot
-/// without listing them. Existing directories are left as they are.
-pub fn create_parents(dir: &Path) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut p = dir;
-    while std::fs::symlink_metadata(p).is_err() {
-        missing.push(p.to_path_buf());
-        match p.parent() {
-            Some(q) => p = q,
-            None => break,
-        }
-    }
-    for d in missing.iter().rev() {
-        match rustix::fs::mkdir(d, Mode::from_raw_mode(0o700)) {
-            // 0711 set on the directory itself: mkdir's mode goes through the umask.
-            Ok(()) => {
-                std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-                    .map_err(|e| io_at(d, e))?
-            }
-            Err(Errno::EXIST) => {}
-            Err(e) => return Err(errno_at(d, e)),
-        }
-    }
-    Ok(())
-}
-
 /// sha256 of a file, in hex.
 pub fn sha256_file(p: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(p).map_err(|e| io_at(p, e))?;
@@ -482,6 +486,38 @@ mod tests {
         file: 0o640,
         owner: None,
     };
+
+    #[test]
+    fn muc_config_is_left_out() {
+        let dir = std::env::temp_dir().join(format!("vmoodle-dr-{}", std::process::id()));
+        let src = dir.join("src");
+        for d in ["muc", "cache/x", "filedir/ab", "lang"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        for f in [
+            "muc/config.php",
+            "muc/other.txt",
+            "cache/x/y",
+            "filedir/ab/cd",
+            "lang/config.php",
+        ] {
+            std::fs::write(src.join(f), f).unwrap();
+        }
+        let dst = dir.join("dst");
+        let modes = Modes {
+            dir: 0o755,
+            file: 0o644,
+            owner: None,
+        };
+        let stats = copy(&src, &dst, true, modes).unwrap();
+        assert!(!dst.join("muc/config.php").exists());
+        assert!(!dst.join("cache").exists());
+        assert!(dst.join("muc/other.txt").is_file());
+        assert!(dst.join("lang/config.php").is_file());
+        assert!(dst.join("filedir/ab/cd").is_file());
+        assert_eq!(stats.files, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_symlinked_root_is_refused() {
@@ -582,15 +618,5 @@ mod tests {
         assert!(s.skipped[0].starts_with("filedir/s: "), "{:?}", s.skipped);
         assert!(!dst.join("filedir/s").exists() && dst.join("filedir/p").exists());
         assert!(!staging_path(&dst).unwrap().exists());
-    }
-
-    #[test]
-    fn parents_are_traversable() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("a/b");
-        create_parents(&p).unwrap();
-        for d in [t.path().join("a"), p] {
-            assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o7777, 0o711);
-        }
     }
 }

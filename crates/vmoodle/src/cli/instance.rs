@@ -141,7 +141,7 @@ impl Cmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
         match self {
             Cmd::Add(a) => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let inp = InstanceInput {
                     token: a.token,
                     wwwroot: a.wwwroot,
@@ -210,7 +210,7 @@ impl Cmd {
                 }
             }
             Cmd::Edit(a) => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let e = InstanceEdit {
                     wwwroot: a.wwwroot,
                     shortname: a.shortname,
@@ -238,7 +238,7 @@ impl Cmd {
                 }
             }
             Cmd::Enable { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, true).await?;
                 eprintln!(
                     "instance `{}` is enabled: {} is served",
@@ -246,7 +246,7 @@ impl Cmd {
                 );
             }
             Cmd::Disable { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, false).await?;
                 eprintln!(
                     "instance `{}` is disabled: {} answers 503",
@@ -254,8 +254,11 @@ impl Cmd {
                 );
             }
             Cmd::Forget { instance } => {
-                let home = Home::open_locked(root).await?;
-                let i = instances::forget(&home, &instance).await?;
+                let home = super::open_locked(root).await?;
+                let (i, peers) = instances::forget(&home, &instance).await?;
+                if !peers.is_empty() {
+                    eprintln!("MNET: its peer rows were removed from {}", peers.join(", "));
+                }
                 eprintln!(
                     "instance `{}` is no longer registered; its database `{}` and dataroot {} were left untouched",
                     i.shortname, i.dbname, i.dataroot

@@ -43,7 +43,7 @@ impl Cmd {
                 name,
                 json,
             } => {
-                let home = Home::open_locked(root).await?;
+                let mut home = super::open_locked(root).await?;
                 let i = instances::set_master(
                     &home,
                     &moodle_dir,
@@ -54,6 +54,7 @@ impl Cmd {
                     },
                 )
                 .await?;
+                instances::remember_moodle_dir(&mut home, &moodle_dir)?;
                 if json {
                     output::json(&i)?;
                 } else {

@@ -1,12 +1,16 @@
 //! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
+mod clone;
 mod common;
 mod dbserver;
 mod deploy;
+mod doctor;
 mod fs_safety;
 mod hook;
 mod import;
 mod init_settings;
 mod instances;
+mod jobs;
 mod master;
 mod mnet;
+mod mnet_live;
