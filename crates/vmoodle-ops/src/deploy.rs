@@ -390,17 +390,7 @@ async fn run_steps(
         admin::create_user(spec, &f.dbuser, &plan.password, &f.dbname).await?;
         j.did(Undo::DropUser(spec.clone(), f.dbuser.clone()));
     } else {
-        admin::run(
-            spec,
-            None,
-            &format!("creating database user `{}`", f.dbuser),
-            &[format!(
-                "CREATE ROLE {} LOGIN PASSWORD {}",
-                quote_ident(kind, &f.dbuser),
-                quote_literal(kind, plan.password.expose())
-            )],
-        )
-        .await?;
+        admin::create_role(spec, &f.dbuser, &plan.password).await?;
         j.did(Undo::DropUser(spec.clone(), f.dbuser.clone()));
     }
     j.step_done("database and user").await;

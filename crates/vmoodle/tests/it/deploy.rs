@@ -298,9 +298,11 @@ fn snapshot_deploy_delete_restore_mariadb() {
         );
         // Its own user, rights on its own database only.
         let grants = mariadb_sql(None, &format!("SHOW GRANTS FOR 'vmt_{t}'@'%'"));
+        // The database name is escaped in the grant (`_` is a wildcard there).
+        let escaped = format!("vmt_{t}").replace('_', "\\_");
         assert!(
-            grants.contains(&format!("`vmt_{t}`.*")) && !grants.contains("ON *.* TO")
-                || grants.contains("USAGE ON *.*"),
+            grants.contains(&format!("ALL PRIVILEGES ON `{escaped}`.*"))
+                && !grants.contains("ALL PRIVILEGES ON *.*"),
             "{grants}"
         );
         let pw = host_file_password(&s.vm, &format!("{t}.moodle.example.org"));

@@ -4,6 +4,7 @@ mod common;
 mod dbserver;
 mod deploy;
 mod hook;
+mod hostile;
 mod import;
 mod init_settings;
 mod instances;
