@@ -144,13 +144,23 @@ pub struct CheckReport {
     pub can_create_databases: bool,
     pub can_create_users: bool,
     pub can_grant: bool,
+    /// Whether the account can read other accounts and their privileges (MariaDB/MySQL:
+    /// SELECT on mysql.user; PostgreSQL's pg_roles is readable by every role). Deploys check
+    /// that a user name is free, and `instance add` that an account has no server-wide powers.
+    pub can_read_accounts: bool,
     pub superuser: bool,
+    /// MariaDB/MySQL: the database name patterns (`vm%`) on which the account may create
+    /// databases and grant rights, when it may not everywhere. Empty otherwise.
+    pub only_databases: Vec<String>,
 }
 
 impl CheckReport {
     /// Whether the account can do what deploys need (create databases and dedicated users).
     pub fn can_deploy(&self) -> bool {
-        self.can_create_databases && self.can_create_users && self.can_grant
+        self.can_create_databases
+            && self.can_create_users
+            && self.can_grant
+            && self.can_read_accounts
     }
 }
 
@@ -174,7 +184,9 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
         can_create_databases: false,
         can_create_users: false,
         can_grant: false,
+        can_read_accounts: false,
         superuser: false,
+        only_databases: Vec::new(),
     };
     match &mut conn {
         Conn::My(c) => {
@@ -208,6 +220,50 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
                     r.can_grant = true;
                 }
             }
+            // Rights on database name patterns (`GRANT ALL ON `vm%`.* ... WITH GRANT OPTION`).
+            if !r.can_create_databases || !r.can_grant {
+                let rows = sqlx::query(
+                    "SELECT CAST(TABLE_SCHEMA AS CHAR), CAST(PRIVILEGE_TYPE AS CHAR), CAST(IS_GRANTABLE AS CHAR) FROM information_schema.SCHEMA_PRIVILEGES \
+                     WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+                     SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+                )
+                .fetch_all(&mut *c)
+                .await
+                .map_err(qerr("reading the account's database privileges"))?;
+                let mut create = Vec::new();
+                let mut grant = Vec::new();
+                for row in rows {
+                    let db: String = row
+                        .try_get(0)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    let p: String = row
+                        .try_get(1)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    let g: String = row
+                        .try_get(2)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    if p == "CREATE" {
+                        create.push(db.clone());
+                    }
+                    if g == "YES" {
+                        grant.push(db);
+                    }
+                }
+                let both: Vec<String> = create
+                    .iter()
+                    .filter(|d| grant.contains(d))
+                    .cloned()
+                    .collect();
+                if !r.can_create_databases && !both.is_empty() {
+                    r.can_create_databases = true;
+                    r.can_grant = true;
+                    r.only_databases = both;
+                }
+            }
+            r.can_read_accounts = sqlx::query("SELECT User FROM mysql.user LIMIT 1")
+                .fetch_optional(&mut *c)
+                .await
+                .is_ok();
         }
         Conn::Pg(c) => {
             r.version = sqlx::query_scalar::<_, String>("SHOW server_version")
@@ -231,6 +287,7 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
                     .map_err(qerr("reading the account's attributes"))?;
             // A role that creates roles can grant them rights on databases it owns.
             r.can_grant = r.can_create_users;
+            r.can_read_accounts = true;
         }
     }
     close(conn).await;
@@ -790,6 +847,89 @@ pub mod admin {
             &[sql],
         )
         .await
+    }
+
+    /// What makes `user` more than a one-database account, read with the administrator
+    /// account: on MariaDB/MySQL its global privileges (anything beyond USAGE) and GRANT OPTION,
+    /// on any of its hosts; on PostgreSQL superuser, CREATEROLE, CREATEDB, REPLICATION and
+    /// BYPASSRLS. Empty for an account that does not exist (yet).
+    pub async fn account_powers(spec: &ConnSpec, user: &str) -> Result<Vec<String>, DbError> {
+        let mut c = connect(spec, None).await?;
+        let ctx = || format!("reading the privileges of `{user}`");
+        let mut powers = Vec::new();
+        if spec.kind.is_mysql_family() {
+            let rows = c
+                .rows(
+                    "SELECT CAST(GRANTEE AS CHAR), CAST(PRIVILEGE_TYPE AS CHAR), CAST(IS_GRANTABLE AS CHAR) FROM information_schema.USER_PRIVILEGES",
+                    &[],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            let exists = c
+                .column(
+                    "SELECT CAST(User AS CHAR) FROM mysql.user WHERE User = ?",
+                    &[user.into()],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            close(c).await;
+            let (rows, exists) = (rows?, !exists?.is_empty());
+            let visible = rows.iter().any(|r| {
+                r[0].as_deref()
+                    .and_then(|g| g.strip_prefix('\''))
+                    .and_then(|g| g.rsplit_once("'@'"))
+                    .is_some_and(|(u, _)| u.replace("''", "'") == user)
+            });
+            // Every account has at least a USAGE row; none means the administrator may not see
+            // other accounts' privileges, and nothing could be concluded.
+            if exists && !visible {
+                return Err(DbError::Invalid(format!(
+                    "the administrator account `{}` of server `{}` cannot see the privileges of `{user}`\nhint: grant it SELECT ON mysql.* (see the README, least privileges)",
+                    spec.user, spec.server
+                )));
+            }
+            for r in rows {
+                let grantee = r[0].clone().unwrap_or_default();
+                // GRANTEE is 'user'@'host' (a quote in the name is doubled).
+                let name = grantee
+                    .strip_prefix('\'')
+                    .and_then(|g| g.rsplit_once("'@'"))
+                    .map(|(u, _)| u.replace("''", "'"));
+                if name.as_deref() != Some(user) {
+                    continue;
+                }
+                let p = r[1].clone().unwrap_or_default();
+                if p != "USAGE" && !powers.contains(&p) {
+                    powers.push(p);
+                }
+                if r[2].as_deref() == Some("YES") && !powers.iter().any(|p| p == "GRANT OPTION") {
+                    powers.push("GRANT OPTION".into());
+                }
+            }
+        } else {
+            let rows = c
+                .rows(
+                    "SELECT rolsuper::text, rolcreaterole::text, rolcreatedb::text, rolreplication::text, rolbypassrls::text FROM pg_roles WHERE rolname = ?",
+                    &[user.into()],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            close(c).await;
+            if let Some(r) = rows?.into_iter().next() {
+                for (v, name) in r.iter().zip([
+                    "SUPERUSER",
+                    "CREATEROLE",
+                    "CREATEDB",
+                    "REPLICATION",
+                    "BYPASSRLS",
+                ]) {
+                    if v.as_deref() == Some("true") {
+                        powers.push(name.to_string());
+                    }
+                }
+            }
+        }
+        Ok(powers)
     }
 
     /// Tables of `database` whose names start with `prefix`.

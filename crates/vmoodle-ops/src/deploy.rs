@@ -271,6 +271,13 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
             );
         }
     }
+    // A deploy makes the instance its own account; never the server's administrator.
+    if dbuser == server.admin_user {
+        bail!(
+            "the new instance's database user `{dbuser}` is the administrator account of server `{}`: a deploy creates a dedicated account with rights on its database only, and the administrator's password must never reach a host file the web server reads\nhint: set another `schema.db_login` or give --dbuser",
+            server.name
+        );
+    }
     // Free on the server? (This also tells whether the server is up.)
     let spec = dbservers::admin_spec(home, &server)?;
     if admin::database_exists(&spec, &dbname).await? {

@@ -28,6 +28,9 @@ pub struct InstanceInput {
     pub persist: Option<bool>,
     pub enabled: Option<bool>,
     pub config: Vec<(String, String)>,
+    /// Accept a database account with server-wide powers (see
+    /// `dbservers::refuse_privileged_account`).
+    pub force_admin_account: bool,
 }
 
 /// Resolves and validates the fields of a new instance.
@@ -121,6 +124,7 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
     };
     apply_config(&mut f.config, &inp.config, &[])?;
     check_fields(&mut f)?;
+    dbservers::refuse_privileged_account(home, &server, &f.dbuser, inp.force_admin_account).await?;
     Ok(f)
 }
 
@@ -193,6 +197,8 @@ pub struct InstanceEdit {
     pub persist: Option<bool>,
     pub set_config: Vec<(String, String)>,
     pub unset_config: Vec<String>,
+    /// Accept a database account with server-wide powers.
+    pub force_admin_account: bool,
 }
 
 pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> {
@@ -244,6 +250,11 @@ pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> 
     }
     apply_config(&mut f.config, &e.set_config, &e.unset_config)?;
     check_fields(&mut f)?;
+    if e.dbuser.is_some() || e.dbserver.is_some() || e.password.is_some() {
+        let server = home.registry.dbserver_by_id(f.dbserver_id).await?;
+        dbservers::refuse_privileged_account(home, &server, &f.dbuser, e.force_admin_account)
+            .await?;
+    }
     let new = home.registry.update_instance(old.id, &f).await?;
     if new.host != old.host {
         publish::remove_host_file(home, &old.host)?;
@@ -285,6 +296,8 @@ pub struct MasterInput {
     pub dbserver: Option<String>,
     pub shortname: Option<String>,
     pub name: Option<String>,
+    /// Accept a database account with server-wide powers.
+    pub force_admin_account: bool,
 }
 
 /// Reads the master's config.php (without running Moodle) and records it as the master.
@@ -349,6 +362,9 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         config: BTreeMap::new(),
     };
     check_fields(&mut f).with_context(|| format!("in {}", config.display()))?;
+    dbservers::refuse_privileged_account(home, &server, &f.dbuser, inp.force_admin_account)
+        .await
+        .with_context(|| format!("$CFG->dbuser in {}", config.display()))?;
     let i = match home.registry.master().await? {
         Some(old) => home.registry.update_instance(old.id, &f).await?,
         None => home.registry.add_instance(&f).await?,

@@ -126,3 +126,188 @@ fn pg_role_from_scram_verifier_matches_postgres() {
         r.unwrap();
     });
 }
+
+/// `instance add` args for an instance on `server` whose database account is `user`.
+fn add_args(short: &str, server: &str, user: &str) -> Vec<String> {
+    [
+        "instance",
+        "add",
+        "--wwwroot",
+        &format!("http://{short}.example.org"),
+        "--shortname",
+        short,
+        "--dbserver",
+        server,
+        "--dbname",
+        &format!("vm_{short}"),
+        "--dbuser",
+        user,
+        "--dataroot",
+        &format!("/srv/moodledata/{short}"),
+        "--password-stdin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// An instance whose database account is the server's administrator, or holds server-wide
+/// powers, is refused by `instance add`, `instance edit`, `master set` and `import csv` unless
+/// `--force-admin-account` is given; the error says why.
+#[test]
+fn privileged_database_accounts_are_refused() {
+    use crate::common::{fake_moodle, Backend, Vm};
+    let vm = Vm::new(Backend::Sqlite);
+    vm.add_local_servers();
+    let my_admin = vmoodle_test::mariadb_user();
+    let pg_admin = vmoodle_test::pg_user();
+    // The registered administrator, on both servers.
+    for (server, user) in [("maria", my_admin.as_str()), ("pg", pg_admin.as_str())] {
+        let err = vm.fails_stdin(&strs(&add_args("a", server, user)), "pw", 1);
+        assert!(
+            err.contains(&format!(
+                "database account `{user}` must not be an instance's"
+            )) && err.contains("administrator account")
+                && err.contains("host file")
+                && err.contains("--force-admin-account"),
+            "{err}"
+        );
+    }
+    assert!(vm
+        .json(&["instance", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Another account with server-wide powers: a MariaDB user with a global privilege and
+    // GRANT OPTION, a PostgreSQL role with CREATEDB.
+    let mu = vmoodle_test::unique_name("pm");
+    vmoodle_test::mariadb_sql(
+        None,
+        &format!("CREATE USER '{mu}'@'%' IDENTIFIED BY 'x'; GRANT PROCESS ON *.* TO '{mu}'@'%' WITH GRANT OPTION;"),
+    );
+    let pu = vmoodle_test::unique_name("pp");
+    vmoodle_test::pg_sql("postgres", &format!("CREATE ROLE \"{pu}\" LOGIN CREATEDB"));
+    let r = std::panic::catch_unwind(|| {
+        let err = vm.fails_stdin(&strs(&add_args("b", "maria", &mu)), "pw", 1);
+        assert!(
+            err.contains("server-wide powers")
+                && err.contains("PROCESS")
+                && err.contains("GRANT OPTION"),
+            "{err}"
+        );
+        let err = vm.fails_stdin(&strs(&add_args("c", "pg", &pu)), "pw", 1);
+        assert!(err.contains("CREATEDB"), "{err}");
+        // An ordinary account is taken; editing it to the administrator is refused.
+        vm.ok_stdin(&strs(&add_args("d", "maria", "vm_d")), "pw");
+        let err = vm.fails(&["instance", "edit", "d", "--dbuser", &my_admin], 1);
+        assert!(err.contains("administrator account"), "{err}");
+        // Forced, with the reason accepted.
+        let mut forced = add_args("e", "pg", &pg_admin);
+        forced.push("--force-admin-account".into());
+        vm.ok_stdin(&strs(&forced), "pw");
+        // A node list row naming the administrator is refused, the others taken.
+        let csv = vm.dir.path().join("nodes.csv");
+        std::fs::write(
+            &csv,
+            format!(
+                "vhostname;name;shortname;vdbtype;vdbhost;vdblogin;vdbpass;vdbname;vdatapath\n\
+                 http://n1.example.org;N1;n1;mariadb;127.0.0.1;vm_n1;p;vm_n1;/srv/n1\n\
+                 http://n2.example.org;N2;n2;mariadb;127.0.0.1;{my_admin};p;vm_n2;/srv/n2\n"
+            ),
+        )
+        .unwrap();
+        let out = vm.run(&["import", "csv", csv.to_str().unwrap(), "--json"]);
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rep["taken"].as_array().unwrap().len(), 1, "{rep}");
+        assert!(
+            rep["refused"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("administrator account"),
+            "{rep}"
+        );
+        // The master's config.php naming the administrator account.
+        let moodle = fake_moodle(
+            vm.dir.path(),
+            true,
+            &[
+                ("dbtype", "mariadb"),
+                ("dbhost", "127.0.0.1"),
+                ("dbname", "vm_master"),
+                ("dbuser", &my_admin),
+                ("dbpass", "whatever"),
+                ("prefix", "mdl_"),
+                ("wwwroot", "http://master.moodle.test"),
+                ("dataroot", "/srv/moodledata/master"),
+            ],
+        );
+        let err = vm.fails(
+            &["master", "set", "--moodle-dir", moodle.to_str().unwrap()],
+            1,
+        );
+        assert!(
+            err.contains("administrator account") && err.contains("config.php"),
+            "{err}"
+        );
+    });
+    vmoodle_test::mariadb_sql(None, &format!("DROP USER IF EXISTS '{mu}'@'%'"));
+    vmoodle_test::pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"{pu}\""));
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The least MariaDB privileges the README documents for the administrator account are enough:
+/// `dbserver check` says it can deploy, it creates a database and a user granted on it, and it
+/// sees other accounts' powers (so `instance add` can refuse a privileged one).
+#[test]
+fn mariadb_least_privileged_admin_account_works() {
+    let admin_name = vmoodle_test::unique_name("la");
+    let pw = Secret::random_password();
+    // The statements of the README's "Least privileges" section.
+    vmoodle_test::mariadb_sql(
+        None,
+        &format!(
+            "CREATE USER '{admin_name}'@'%' IDENTIFIED BY '{pw}';
+             GRANT CREATE USER ON *.* TO '{admin_name}'@'%';
+             GRANT SELECT ON mysql.* TO '{admin_name}'@'%';
+             GRANT ALL PRIVILEGES ON `vm%`.* TO '{admin_name}'@'%' WITH GRANT OPTION;",
+            pw = pw.expose()
+        ),
+    );
+    let spec = ConnSpec {
+        user: admin_name.clone(),
+        password: pw.clone(),
+        ..admin_spec(DbKind::Mariadb)
+    };
+    let db = vmoodle_test::unique_name("ld");
+    let user = format!("{db}u");
+    rt().block_on(async {
+        let r = async {
+            let report = vmoodle_dbserver::check(&spec).await?;
+            anyhow::ensure!(report.can_deploy() && !report.superuser, "{report:?}");
+            admin::create_database(&spec, &db).await?;
+            admin::create_user(&spec, &user, &Secret::random_password(), &db).await?;
+            anyhow::ensure!(admin::account_powers(&spec, &user).await?.is_empty());
+            let root_powers = admin::account_powers(&spec, &vmoodle_test::mariadb_user()).await?;
+            anyhow::ensure!(
+                root_powers.iter().any(|p| p == "GRANT OPTION"),
+                "{root_powers:?}"
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = admin::drop_user(&spec, &user).await;
+        let _ = admin::drop_database(&spec, &db).await;
+        r
+    })
+    .unwrap_or_else(|e| {
+        vmoodle_test::mariadb_sql(None, &format!("DROP USER IF EXISTS '{admin_name}'@'%'"));
+        panic!("{e:#}")
+    });
+    vmoodle_test::mariadb_sql(None, &format!("DROP USER IF EXISTS '{admin_name}'@'%'"));
+}
