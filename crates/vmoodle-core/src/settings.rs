@@ -206,7 +206,9 @@ impl Settings {
             field: "schema.prefix".into(),
             ..e
         })?;
-        if !s.db_password.is_empty() && !s.db_password.starts_with("v1:") {
+        if !s.db_password.is_empty()
+            && !(s.db_password.starts_with("v1:") || s.db_password.starts_with("v2:"))
+        {
             return Err(ValidationError::new(
                 "schema.db_password",
                 "****",

@@ -43,7 +43,9 @@ pub async fn add(home: &Home, a: AddDbServer) -> Result<(DbServer, Option<CheckR
         port: a.port.unwrap_or(a.kind.default_port()),
         socket,
         admin_user: a.user.clone(),
-        admin_password_sealed: home.secrets.seal(&a.password)?,
+        admin_password_sealed: home
+            .secrets
+            .seal(&a.password, &vmoodle_core::Binding::dbserver_admin(&a.name))?,
     };
     let report = if a.check {
         let spec = ConnSpec {
@@ -77,7 +79,10 @@ pub fn admin_spec(home: &Home, s: &DbServer) -> Result<ConnSpec> {
         user: s.admin_user.clone(),
         password: home
             .secrets
-            .open(&s.admin_password_sealed)
+            .open(
+                &s.admin_password_sealed,
+                &vmoodle_core::Binding::dbserver_admin(&s.name),
+            )
             .with_context(|| {
                 format!("the administrator password of database server `{}`", s.name)
             })?,

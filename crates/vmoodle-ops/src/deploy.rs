@@ -303,7 +303,10 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
     let password = if home.settings.schema.db_password.is_empty() {
         Secret::random_password()
     } else {
-        home.secrets.open(&home.settings.schema.db_password)?
+        home.secrets.open(
+            &home.settings.schema.db_password,
+            &vmoodle_core::Binding::setting("schema.db_password"),
+        )?
     };
     Ok(Plan {
         req: req.clone(),
@@ -512,7 +515,10 @@ async fn run_steps(
     *current = "register and publish";
     progress(5, STEPS, current);
     let mut fields = f.clone();
-    fields.dbpass_sealed = home.secrets.seal(&plan.password)?;
+    fields.dbpass_sealed = home.secrets.seal(
+        &plan.password,
+        &vmoodle_core::Binding::instance_dbpass(&fields.shortname),
+    )?;
     let inst = instances::add(home, &fields).await?;
     j.did(Undo::Unregister(inst.id, inst.host.clone()));
     j.step_done("register and publish").await;

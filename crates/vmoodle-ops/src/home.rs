@@ -82,6 +82,8 @@ impl Home {
                 None,
             )?;
             created.push(KEY_FILE.into());
+            // A new key has sealed nothing yet: nothing to upgrade.
+            crate::sealing::mark_upgraded(&root)?;
         }
         let sp = Self::settings_path(&root);
         if sp.exists() {
@@ -150,8 +152,9 @@ impl Home {
         let settings = Settings::parse(&text).with_context(|| format!("in {}", sp.display()))?;
         let key = root.join(KEY_FILE);
         check_key_mode(&key)?;
-        let secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?)
+        let mut secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?)
             .with_context(|| format!("in {}", key.display()))?;
+        secrets.accept_unbound(!crate::sealing::upgraded(&root));
         let registry = if settings.registry == "sqlite" {
             Registry::open_sqlite(&root.join(REGISTRY_FILE)).await?
         } else {
@@ -176,6 +179,7 @@ impl Home {
         let lock = take_lock(&root)?;
         let mut home = Self::open(&root).await?;
         home._lock = Some(lock);
+        crate::sealing::upgrade(&mut home).await?;
         Ok(home)
     }
 

@@ -337,6 +337,10 @@ async fn row_fields(
     } else {
         server.kind.moodle_dbtype().into()
     };
+    let dbpass_sealed = home.secrets.seal(
+        &Secret::new(get("vdbpass")),
+        &vmoodle_core::Binding::instance_dbpass(&shortname),
+    )?;
     let mut f = InstanceFields {
         name: Some(get("name"))
             .filter(|n| !n.trim().is_empty())
@@ -351,7 +355,7 @@ async fn row_fields(
         dbtype,
         dbname: need("vdbname")?,
         dbuser: need("vdblogin")?,
-        dbpass_sealed: home.secrets.seal(&Secret::new(get("vdbpass")))?,
+        dbpass_sealed,
         prefix: Some(get("vdbprefix"))
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "mdl_".into()),

@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use vmoodle_core::{schema, validate, DbKind, MnetMode, Secret};
+use vmoodle_core::{schema, validate, Binding, DbKind, MnetMode, Secret};
 use vmoodle_registry::{DbServer, Instance, InstanceFields};
 
 use crate::{dbservers, publish, Home};
@@ -92,13 +92,19 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
     let password = match &inp.password {
         Some(p) => p.clone(),
         None if !home.settings.schema.db_password.is_empty() && exp.is_some() => {
-            home.secrets.open(&home.settings.schema.db_password)?
+            home.secrets.open(
+                &home.settings.schema.db_password,
+                &Binding::setting("schema.db_password"),
+            )?
         }
         None => {
             bail!("missing the database password: give --password-file FILE or --password-stdin")
         }
     };
     let name = inp.name.clone().unwrap_or_else(|| shortname.clone());
+    let dbpass_sealed = home
+        .secrets
+        .seal(&password, &Binding::instance_dbpass(&shortname))?;
     let mut f = InstanceFields {
         shortname,
         host: www.host,
@@ -111,7 +117,7 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
         dbtype: server.kind.moodle_dbtype().into(),
         dbname,
         dbuser,
-        dbpass_sealed: home.secrets.seal(&password)?,
+        dbpass_sealed,
         prefix,
         dbpersist: inp
             .persist
@@ -246,7 +252,21 @@ pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> 
         f.dbpersist = p;
     }
     if let Some(p) = &e.password {
-        f.dbpass_sealed = home.secrets.seal(p)?;
+        f.dbpass_sealed = home
+            .secrets
+            .seal(p, &Binding::instance_dbpass(&f.shortname))?;
+    } else if f.shortname != old.shortname {
+        // The sealed password is bound to the shortname: re-seal it for the new one.
+        let p = home
+            .secrets
+            .open(
+                &old.dbpass_sealed,
+                &Binding::instance_dbpass(&old.shortname),
+            )
+            .with_context(|| format!("the database password of instance `{}`", old.shortname))?;
+        f.dbpass_sealed = home
+            .secrets
+            .seal(&p, &Binding::instance_dbpass(&f.shortname))?;
     }
     apply_config(&mut f.config, &e.set_config, &e.unset_config)?;
     check_fields(&mut f)?;
@@ -335,6 +355,9 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         }
     };
     let shortname = inp.shortname.clone().unwrap_or_else(|| "master".into());
+    let dbpass_sealed = home
+        .secrets
+        .seal(&cfg.dbpass, &Binding::instance_dbpass(&shortname))?;
     let name = match &inp.name {
         Some(n) => n.clone(),
         None => site_name(home, &server, &cfg)
@@ -353,7 +376,7 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         dbtype: cfg.dbtype.clone(),
         dbname: cfg.dbname.clone(),
         dbuser: cfg.dbuser.clone(),
-        dbpass_sealed: home.secrets.seal(&cfg.dbpass)?,
+        dbpass_sealed,
         prefix: cfg.prefix.clone(),
         dbpersist: cfg.dbpersist,
         dataroot: cfg.dataroot.clone(),

@@ -13,6 +13,7 @@ pub mod instances;
 pub mod journal;
 pub mod mnet;
 pub mod publish;
+pub mod sealing;
 pub mod spares;
 pub mod templates;
 

@@ -72,7 +72,8 @@ impl Cmd {
                     (None, false) => bail!("give the new value of `{key}` (or --stdin)"),
                 };
                 let stored = if is_secret && !raw.is_empty() {
-                    home.secrets.seal(&Secret::new(raw))?
+                    home.secrets
+                        .seal(&Secret::new(raw), &vmoodle_core::Binding::setting(&key))?
                 } else {
                     raw
                 };

@@ -311,3 +311,121 @@ fn mariadb_least_privileged_admin_account_works() {
     });
     vmoodle_test::mariadb_sql(None, &format!("DROP USER IF EXISTS '{admin_name}'@'%'"));
 }
+
+fn sqlite(reg: &std::path::Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(reg)
+        .arg(sql)
+        .output()
+        .expect("sqlite3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A `v1:` value (the format before bindings) sealed with the home's key.
+fn seal_v1(home: &std::path::Path, plain: &str) -> String {
+    use openssl::symm::{encrypt_aead, Cipher};
+    let hex = std::fs::read_to_string(home.join("secret.key")).unwrap();
+    let key: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut nonce = [0u8; 12];
+    openssl::rand::rand_bytes(&mut nonce).unwrap();
+    let mut tag = [0u8; 16];
+    let ct = encrypt_aead(
+        Cipher::aes_256_gcm(),
+        &key,
+        Some(&nonce),
+        b"vmoodle-secret-v1",
+        plain.as_bytes(),
+        &mut tag,
+    )
+    .unwrap();
+    format!(
+        "v1:{}",
+        openssl::base64::encode_block(&[&nonce[..], &ct, &tag].concat())
+    )
+}
+
+/// A sealed administrator password copied into an instance's row does not open there: `hook
+/// publish` refuses it and no host file gets it. Values of the old unbound format still work
+/// once (re-sealed bound by the first command that opens the home for a change), then are
+/// refused.
+#[test]
+fn sealed_values_are_bound_to_their_row() {
+    use crate::common::{Backend, Vm};
+    let vm = Vm::new(Backend::Sqlite);
+    vm.add_local_servers();
+    vm.ok_stdin(&strs(&add_args("a", "maria", "vm_a")), "a-pw");
+    vm.ok_stdin(&strs(&add_args("b", "pg", "vm_b")), "b-pw");
+    let reg = vm.home.join("registry.sqlite");
+    let hf = |host: &str| {
+        std::fs::read_to_string(vm.hosts_dir().join(format!("{host}.example.org.php"))).unwrap()
+    };
+    assert!(hf("a").contains("'dbpass' => 'a-pw'"));
+    // The copy.
+    sqlite(
+        &reg,
+        "UPDATE instances SET dbpass = (SELECT admin_password FROM db_servers WHERE name = 'maria') WHERE shortname = 'a'",
+    );
+    // Another instance's value does not open either.
+    sqlite(
+        &reg,
+        "UPDATE instances SET dbpass = (SELECT dbpass FROM instances WHERE shortname = 'a') WHERE shortname = 'b'",
+    );
+    let before = hf("a");
+    let err = vm.fails(&["hook", "publish"], 1);
+    assert!(
+        err.contains("the database password of instance `a`")
+            && err.contains("cannot be decrypted"),
+        "{err}"
+    );
+    let admin_pw = vmoodle_test::mariadb_password();
+    assert!(!admin_pw.is_empty());
+    for host in ["a", "b"] {
+        assert!(
+            !hf(host).contains(&admin_pw),
+            "the admin password reached a host file"
+        );
+    }
+    assert_eq!(hf("a"), before);
+    // Set right again.
+    vm.ok_stdin(&["instance", "edit", "a", "--password-stdin"], "a-pw2");
+    vm.ok_stdin(&["instance", "edit", "b", "--password-stdin"], "b-pw");
+    vm.ok(&["hook", "publish"]);
+    assert!(hf("a").contains("'dbpass' => 'a-pw2'"));
+    // A renamed instance keeps its password (re-sealed for its new shortname).
+    vm.ok(&["instance", "edit", "b", "--shortname", "bb"]);
+    vm.ok(&["hook", "publish"]);
+    assert!(hf("b").contains("'dbpass' => 'b-pw'"));
+
+    // The one-time upgrade: a home from before bindings (no marker, v1 values).
+    let v1 = seal_v1(&vm.home, "old-pw");
+    sqlite(
+        &reg,
+        &format!("UPDATE instances SET dbpass = '{v1}' WHERE shortname = 'a'"),
+    );
+    std::fs::remove_file(vm.home.join("secrets.bound")).unwrap();
+    // Read-only commands still read it...
+    vm.ok(&["instance", "show", "a"]);
+    // ...and the first change re-seals it bound.
+    vm.ok(&["hook", "publish"]);
+    assert!(hf("a").contains("'dbpass' => 'old-pw'"));
+    let stored = sqlite(&reg, "SELECT dbpass FROM instances WHERE shortname = 'a'");
+    assert!(stored.starts_with("v2:"), "{stored}");
+    assert!(sqlite(&reg, "SELECT admin_password FROM db_servers")
+        .lines()
+        .all(|l| l.starts_with("v2:")));
+    assert!(vm.home.join("secrets.bound").exists());
+    // From then on an unbound value is refused.
+    sqlite(
+        &reg,
+        &format!("UPDATE instances SET dbpass = '{v1}' WHERE shortname = 'a'"),
+    );
+    let err = vm.fails(&["hook", "publish"], 1);
+    assert!(err.contains("unbound format"), "{err}");
+}
