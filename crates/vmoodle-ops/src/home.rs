@@ -16,6 +16,8 @@ pub const REGISTRY_FILE: &str = "registry.sqlite";
 pub const KEY_FILE: &str = "secret.key";
 pub const HOOK_FILE: &str = "hook.php";
 pub const HOSTS_DIR: &str = "hosts";
+/// The PostgreSQL register's password, sealed with the secret key (0600); never in the URL.
+pub const REGISTRY_PASSWORD_FILE: &str = "registry.pw";
 const LOCK_FILE: &str = ".lock";
 
 /// An open home.
@@ -49,7 +51,11 @@ impl Home {
     }
 
     /// Creates the home (or completes a partial one); existing files are kept as they are.
-    pub async fn init(root: &Path, registry: Option<&str>) -> Result<InitReport> {
+    pub async fn init(
+        root: &Path,
+        registry: Option<&str>,
+        registry_password: Option<&vmoodle_core::Secret>,
+    ) -> Result<InitReport> {
         let root = absolute(root)?;
         let mut created = Vec::new();
         let mut kept = Vec::new();
@@ -95,6 +101,21 @@ impl Home {
             }
             files::write_atomic(&sp, text.as_bytes(), 0o600, None)?;
             created.push(SETTINGS_FILE.into());
+        }
+        if let Some(pw) = registry_password {
+            let url = registry.unwrap_or_default();
+            if vmoodle_core::settings::url_with_password(url, "").is_none() {
+                bail!("a register password needs a postgres:// register URL that names its user, e.g. postgres://vmoodle@db.example.org/vmoodle");
+            }
+            let key = SecretBox::from_hex(&fs_err::read_to_string(root.join(KEY_FILE))?)?;
+            let sealed = key.seal(pw, &registry_password_binding())?;
+            files::write_atomic(
+                &root.join(REGISTRY_PASSWORD_FILE),
+                format!("{sealed}\n").as_bytes(),
+                0o600,
+                None,
+            )?;
+            created.push(REGISTRY_PASSWORD_FILE.into());
         }
         if let (Some(url), true) = (registry, kept.iter().any(|k| k == SETTINGS_FILE)) {
             let text = fs_err::read_to_string(&sp)?;
@@ -158,7 +179,7 @@ impl Home {
         let registry = if settings.registry == "sqlite" {
             Registry::open_sqlite(&root.join(REGISTRY_FILE)).await?
         } else {
-            Registry::open_postgres(&settings.registry).await?
+            Registry::open_postgres(&registry_url(&root, &settings.registry, &secrets)?).await?
         };
         Ok(Self {
             root,
@@ -267,5 +288,32 @@ fn absolute(p: &Path) -> Result<PathBuf> {
         p.to_path_buf()
     } else {
         std::env::current_dir()?.join(p)
+    })
+}
+
+fn registry_password_binding() -> vmoodle_core::Binding<'static> {
+    vmoodle_core::Binding::setting("registry.password")
+}
+
+/// The register URL to connect with: the settings' URL, with the password from
+/// `registry.pw` put in when there is one (a URL that already holds one is used as it is).
+fn registry_url(root: &Path, url: &str, secrets: &SecretBox) -> Result<String> {
+    let pw_file = root.join(REGISTRY_PASSWORD_FILE);
+    if vmoodle_core::settings::url_has_password(url) || !pw_file.exists() {
+        return Ok(url.to_string());
+    }
+    check_key_mode(&pw_file)?;
+    let pw = secrets
+        .open(
+            fs_err::read_to_string(&pw_file)?.trim(),
+            &registry_password_binding(),
+        )
+        .with_context(|| format!("in {}", pw_file.display()))?;
+    vmoodle_core::settings::url_with_password(url, pw.expose()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the register URL `{}` names no user for the password in {}",
+            vmoodle_core::settings::redact_url(url),
+            pw_file.display()
+        )
     })
 }

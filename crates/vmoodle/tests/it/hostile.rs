@@ -429,3 +429,72 @@ fn sealed_values_are_bound_to_their_row() {
     let err = vm.fails(&["hook", "publish"], 1);
     assert!(err.contains("unbound format"), "{err}");
 }
+
+/// A PostgreSQL register's password never goes on argv, into vmoodle.toml or onto the screen:
+/// `init` refuses a URL that holds one (with a hint), takes it from stdin and keeps it sealed in
+/// a 0600 file, and `settings show|get` redact a URL written with its password by hand.
+#[test]
+fn register_password_stays_off_argv_and_screens() {
+    use crate::common::{Backend, Vm};
+    use std::os::unix::fs::PermissionsExt;
+    let pw = vmoodle_test::pg_password();
+    assert!(
+        !pw.is_empty(),
+        "the test needs VMOODLE_TEST_PG_PASSWORD_FILE"
+    );
+    let reg = vmoodle_test::PgDb::create("regpw");
+    // On argv: refused, nothing made, the password not echoed.
+    let dir = vmoodle_test::TempDir::new("regpw");
+    let home = dir.path().join("home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmoodle"))
+        .args(["init", "--registry", &reg.url()])
+        .env("VMOODLE_HOME", &home)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("holds a password") && err.contains("--registry-password-stdin"),
+        "{err}"
+    );
+    assert!(!err.contains(&pw), "{err}");
+    assert!(!home.join("vmoodle.toml").exists());
+    // From stdin (what Vm::new does for a PostgreSQL register).
+    let vm = Vm::new(Backend::Postgres);
+    vm.add_local_servers();
+    let toml = std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap();
+    assert!(
+        toml.contains("registry = \"postgres://") && !toml.contains(&pw),
+        "{toml}"
+    );
+    let sealed = vm.home.join("registry.pw");
+    let meta = std::fs::metadata(&sealed).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&sealed).unwrap().contains(&pw));
+    assert_eq!(
+        vm.json(&["dbserver", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A URL written into vmoodle.toml with its password (as homes before this did) still
+    // works, and is never printed.
+    let with_pw = toml.replacen(
+        &format!("postgres://{}@", vmoodle_test::pg_user()),
+        &format!("postgres://{}:{pw}@", vmoodle_test::pg_user()),
+        1,
+    );
+    assert_ne!(with_pw, toml);
+    std::fs::write(vm.home.join("vmoodle.toml"), with_pw).unwrap();
+    let shown = vm.ok(&["settings", "show"])
+        + &vm.ok(&["settings", "show", "--json"])
+        + &vm.ok(&["settings", "get", "registry"]);
+    assert!(!shown.contains(&pw), "{shown}");
+    assert!(shown.contains(":****@"), "{shown}");
+    let err = vm.fails(&["settings", "set", "registry", &reg.url()], 1);
+    assert!(
+        !err.contains(&pw) && err.contains("holds a password"),
+        "{err}"
+    );
+}
