@@ -181,7 +181,7 @@ impl Settings {
         if r != "sqlite" && !(r.starts_with("postgres://") || r.starts_with("postgresql://")) {
             return Err(ValidationError::new(
                 "registry",
-                &redact_url(r),
+                redact_url(r),
                 "`sqlite` (registry.sqlite in the home) or a postgres:// URL",
             ));
         }
@@ -206,8 +206,9 @@ impl Settings {
             field: "schema.prefix".into(),
             ..e
         })?;
-        if !s.db_password.is_empty()
-            && !(s.db_password.starts_with("v1:") || s.db_password.starts_with("v2:"))
+        if !(s.db_password.is_empty()
+            || s.db_password.starts_with("v1:")
+            || s.db_password.starts_with("v2:"))
         {
             return Err(ValidationError::new(
                 "schema.db_password",
