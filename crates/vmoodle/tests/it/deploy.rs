@@ -518,6 +518,22 @@ fn deploy_postgres_with_prefix_and_bulk() {
         dumped
     );
     assert_eq!(pg_value(&ddb, &format!("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'vmt_{dumped}'")), "489");
+    // The live template carries its manifest's checksum; one stamped by another version of the
+    // template is rebuilt before the next clone (a new database, stamped right again).
+    let live = format!("vmtpl_{tpl}");
+    let stamp_sql = format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{live}'"
+    );
+    let oid_sql = format!("SELECT oid FROM pg_database WHERE datname = '{live}'");
+    let good = pg_value("postgres", &stamp_sql);
+    assert!(good.starts_with("vmoodle live template sha256:"), "{good}");
+    let old_oid = pg_value("postgres", &oid_sql);
+    pg_sql(
+        "postgres",
+        &format!(
+            "COMMENT ON DATABASE \"{live}\" IS 'vmoodle live template sha256:another-version'"
+        ),
+    );
     // Bulk: a pattern, several at once.
     let before: Vec<String> = (1..=6).map(|n| format!("{one}b{n}")).collect();
     s.clean.tokens.extend(before.clone());
@@ -555,6 +571,12 @@ fn deploy_postgres_with_prefix_and_bulk() {
             *t
         );
     }
+    assert_eq!(pg_value("postgres", &stamp_sql), good);
+    assert_ne!(
+        pg_value("postgres", &oid_sql),
+        old_oid,
+        "the stale live template was rebuilt"
+    );
 }
 
 #[test]
