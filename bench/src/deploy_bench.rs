@@ -479,7 +479,7 @@ fn main() -> Result<()> {
         });
     }
     for t in &templates {
-        let _ = env.vm(&["template", "delete", t]);
+        let _ = env.vm(&["template", "delete", t, "--yes"]);
     }
     result?;
     bulk_result?;

@@ -150,7 +150,7 @@ fn main() -> Result<()> {
                 repair_all * 1000.0 / peer_rows as f64
             ));
             for t in &templates {
-                let _ = vm(&home, &["template", "delete", t], "");
+                let _ = vm(&home, &["template", "delete", t, "--yes"], "");
             }
         }
         Ok(())

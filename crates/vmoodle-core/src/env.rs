@@ -9,3 +9,12 @@ pub const VMOODLE_LOG: &str = "VMOODLE_LOG";
 pub const VMOODLE_HOST: &str = "VMOODLE_HOST";
 /// Disables colours in terminal output.
 pub const NO_COLOR: &str = "NO_COLOR";
+/// How many seconds a command waits for the home's lock before giving up (default 120).
+/// Overridden by `--lock-wait`.
+pub const VMOODLE_LOCK_WAIT: &str = "VMOODLE_LOCK_WAIT";
+/// Tests only (debug builds): the name of a job pause point (`KIND:STEP:start`, `...:intended`,
+/// `...:made`; `NAME#K` for the K-th time)
+/// where the process stops and waits to be killed, so crash recovery can be tested at every step.
+pub const VMOODLE_TEST_PAUSE: &str = "VMOODLE_TEST_PAUSE";
+/// Tests only: the file a paused process writes its pid into when it reaches the pause point.
+pub const VMOODLE_TEST_PAUSE_FILE: &str = "VMOODLE_TEST_PAUSE_FILE";

@@ -46,6 +46,25 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// Whether the statement failed because what it creates already exists (a database or a
+    /// user): MariaDB/MySQL errors 1007 (database) and 1396 (CREATE USER), PostgreSQL SQLSTATE
+    /// 42P04 (duplicate database) and 42710 (duplicate object, a role).
+    pub fn already_exists(&self) -> bool {
+        let DbError::Query {
+            source: sqlx::Error::Database(d),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return matches!(my.number(), 1007 | 1396);
+        }
+        matches!(d.code().as_deref(), Some("42P04" | "42710"))
+    }
+}
+
 /// How to reach a database server with a given account.
 #[derive(Debug, Clone)]
 pub struct ConnSpec {

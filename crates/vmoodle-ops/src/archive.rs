@@ -11,8 +11,9 @@ use vmoodle_dbserver::admin;
 use vmoodle_registry::{Instance, Template};
 
 use crate::deploy::{self, DeployRequest, Method, Outcome};
-use crate::templates::{self, Progress};
-use crate::{dbservers, publish, Home};
+use crate::journal::{Events, Journal, Undo};
+use crate::templates;
+use crate::{dbservers, instances, publish, Home};
 
 pub const ENTRY: &str = "instance.json";
 
@@ -44,84 +45,88 @@ pub struct DeleteReport {
     pub kept: Vec<String>,
 }
 
-/// Deletes an instance (archiving it first unless `archive` is false).
+/// What a delete past its point of no return still has to do; kept in the job's journal so
+/// that `jobs recover` can finish it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletePlan {
+    pub instance_id: i64,
+    pub shortname: String,
+    pub host: String,
+    pub server_id: i64,
+    pub dbname: String,
+    pub dbuser: String,
+    pub drop_database: bool,
+    pub drop_user: bool,
+    /// The dataroot to remove (None: outside the dataroot base, kept).
+    pub dataroot: Option<PathBuf>,
+    pub archive: Option<String>,
+    pub kept: Vec<String>,
+}
+
+const DELETE_STEPS: [&str; 5] = [
+    "remove MNET peerings",
+    "drop database",
+    "drop database user",
+    "remove dataroot",
+    "unregister",
+];
+
+/// Deletes an instance as a journaled job (archiving it first unless `archive` is false):
+/// archive, take the site offline (its host file answers 503), then, past the point of no
+/// return, remove the MNET peerings vmoodle made, drop the database and user, remove the
+/// dataroot and unregister it. A failure before the point of no return undoes everything (the
+/// archive is removed, the site is back online); after it, the job is finished by
+/// `vmoodle jobs recover` (and by the next command that takes the home's lock if the process died).
 pub async fn delete(
     home: &Home,
     key: &str,
     archive: bool,
-    progress: Progress<'_>,
+    events: Events<'_>,
 ) -> Result<DeleteReport> {
     let inst = home.registry.instance(key).await?;
     if inst.is_master {
         bail!("`{}` is the master; vmoodle does not delete it (use `vmoodle instance forget` to unregister it)", inst.shortname);
     }
     let server = home.registry.dbserver_by_id(inst.dbserver_id).await?;
-    let spec = dbservers::admin_spec(home, &server)?;
-    let mut report = DeleteReport {
-        shortname: inst.shortname.clone(),
-        archive: None,
-        dropped_database: false,
-        dropped_user: false,
-        removed_dataroot: false,
-        kept: Vec::new(),
-    };
-    if archive {
-        let dir = home.root.join("archives").join(format!(
-            "{}-{}",
-            inst.shortname,
-            vmoodle_core::now_unix()
-        ));
-        templates::capture(home, &inst, &inst.shortname, &dir, progress).await?;
-        let entry = ArchivedEntry {
-            shortname: inst.shortname.clone(),
-            name: inst.name.clone(),
-            description: inst.description.clone(),
-            wwwroot: inst.wwwroot.clone(),
-            dbserver: server.name.clone(),
-            dbname: inst.dbname.clone(),
-            dbuser: inst.dbuser.clone(),
-            prefix: inst.prefix.clone(),
-            dataroot: inst.dataroot.clone(),
-            mnet: inst.mnet,
-            template: inst.template.clone(),
-            config: inst.config.clone(),
-            archived_at: vmoodle_core::now_unix(),
-        };
-        fs_err::write(dir.join(ENTRY), serde_json::to_string_pretty(&entry)?)?;
-        report.archive = Some(dir.display().to_string());
-    }
-    // Unregister first: the host stops being served before its data goes.
-    home.registry.remove_instance(inst.id).await?;
-    publish::remove_host_file(home, &inst.host)?;
     let others: Vec<Instance> = home
         .registry
         .instances()
         .await?
         .into_iter()
-        .filter(|i| i.dbserver_id == inst.dbserver_id)
+        .filter(|i| i.dbserver_id == inst.dbserver_id && i.id != inst.id)
         .collect();
+    let mut plan = DeletePlan {
+        instance_id: inst.id,
+        shortname: inst.shortname.clone(),
+        host: inst.host.clone(),
+        server_id: server.id,
+        dbname: inst.dbname.clone(),
+        dbuser: inst.dbuser.clone(),
+        drop_database: true,
+        drop_user: true,
+        dataroot: None,
+        archive: None,
+        kept: Vec::new(),
+    };
     if others.iter().any(|i| i.dbname == inst.dbname) {
-        report.kept.push(format!(
+        plan.drop_database = false;
+        plan.kept.push(format!(
             "database `{}` (another instance uses it)",
             inst.dbname
         ));
-    } else {
-        admin::drop_database(&spec, &inst.dbname).await?;
-        report.dropped_database = true;
     }
     if inst.dbuser == server.admin_user {
-        report.kept.push(format!(
+        plan.drop_user = false;
+        plan.kept.push(format!(
             "database user `{}` (the server's administrator)",
             inst.dbuser
         ));
     } else if others.iter().any(|i| i.dbuser == inst.dbuser) {
-        report.kept.push(format!(
+        plan.drop_user = false;
+        plan.kept.push(format!(
             "database user `{}` (another instance uses it)",
             inst.dbuser
         ));
-    } else {
-        admin::drop_user(&spec, &inst.dbuser).await?;
-        report.dropped_user = true;
     }
     let dataroot = PathBuf::from(&inst.dataroot);
     let base = deploy::dataroot_base(home);
@@ -129,19 +134,145 @@ pub async fn delete(
         && dataroot != base
         && validate::abs_path("dataroot", &inst.dataroot).is_ok()
     {
-        match std::fs::remove_dir_all(&dataroot) {
-            Ok(()) => report.removed_dataroot = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", dataroot.display())),
-        }
+        plan.dataroot = Some(dataroot);
     } else {
-        report.kept.push(format!(
+        plan.kept.push(format!(
             "dataroot {} (outside the dataroot base {})",
             dataroot.display(),
             base.display()
         ));
     }
-    Ok(report)
+    let total = DELETE_STEPS.len() + 1 + usize::from(archive);
+    let mut j = Journal::start(home, "delete", &inst.shortname, total, events).await?;
+    let r = async {
+        if archive {
+            j.step("archive").await?;
+            let dir = home.root.join("archives").join(format!(
+                "{}-{}-{}",
+                inst.shortname,
+                vmoodle_core::now_unix(),
+                j.id
+            ));
+            j.intend(Undo::RemoveDir { path: dir.clone() }).await?;
+            let cb = |n: usize, t: usize, what: &str| j.count(n as u64, t as u64, what);
+            templates::capture(home, &inst, &inst.shortname, &dir, &cb).await?;
+            let entry = ArchivedEntry {
+                shortname: inst.shortname.clone(),
+                name: inst.name.clone(),
+                description: inst.description.clone(),
+                wwwroot: inst.wwwroot.clone(),
+                dbserver: server.name.clone(),
+                dbname: inst.dbname.clone(),
+                dbuser: inst.dbuser.clone(),
+                prefix: inst.prefix.clone(),
+                dataroot: inst.dataroot.clone(),
+                mnet: inst.mnet,
+                template: inst.template.clone(),
+                config: inst.config.clone(),
+                archived_at: vmoodle_core::now_unix(),
+            };
+            fs_err::write(dir.join(ENTRY), serde_json::to_string_pretty(&entry)?)?;
+            j.made().await?;
+            plan.archive = Some(dir.display().to_string());
+        }
+        // The site stops being served (503) before its data goes; it stays registered until
+        // everything is removed, so a failure leaves nothing that nobody can find.
+        j.step("take offline").await?;
+        j.intend(Undo::SetEnabled {
+            instance_id: inst.id,
+            enabled: inst.enabled,
+        })
+        .await?;
+        instances::set_enabled(home, &inst.shortname, false).await?;
+        j.made().await?;
+        j.go_forward(&plan).await?;
+        delete_forward(home, &mut j, &plan).await
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            j.finish().await;
+            Ok(report_of(&plan))
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            let left = j.fail(&msg).await;
+            let mut err = e.context(format!("delete of `{}` failed", inst.shortname));
+            if !left.is_empty() {
+                err = err.context(left.join("; "));
+            }
+            Err(err)
+        }
+    }
+}
+
+fn report_of(plan: &DeletePlan) -> DeleteReport {
+    DeleteReport {
+        shortname: plan.shortname.clone(),
+        archive: plan.archive.clone(),
+        dropped_database: plan.drop_database,
+        dropped_user: plan.drop_user,
+        removed_dataroot: plan.dataroot.is_some(),
+        kept: plan.kept.clone(),
+    }
+}
+
+/// The steps after the point of no return; each is idempotent and skipped when a previous run
+/// of the job already did it.
+async fn delete_forward(home: &Home, j: &mut Journal<'_>, plan: &DeletePlan) -> Result<()> {
+    let server = home.registry.dbserver_by_id(plan.server_id).await?;
+    let spec = dbservers::admin_spec(home, &server)?;
+    for step in DELETE_STEPS {
+        if j.did_step(step) {
+            continue;
+        }
+        j.step(step).await?;
+        match step {
+            "remove MNET peerings" => {
+                crate::mnet::remove_peerings_of(home, plan.instance_id).await?;
+            }
+            "drop database" if plan.drop_database => {
+                admin::drop_database(&spec, &plan.dbname).await?;
+            }
+            "drop database user" if plan.drop_user => {
+                admin::drop_user(&spec, &plan.dbuser).await?;
+            }
+            "remove dataroot" => {
+                if let Some(d) = &plan.dataroot {
+                    crate::journal::remove_managed_dir(home, d)
+                        .with_context(|| format!("removing {}", d.display()))?;
+                }
+            }
+            "unregister" => {
+                match home.registry.remove_instance(plan.instance_id).await {
+                    Ok(()) | Err(vmoodle_registry::RegistryError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                publish::remove_host_file(home, &plan.host)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Finishes a delete found past its point of no return (`jobs recover`).
+pub async fn finish_delete(home: &Home, mut j: Journal<'_>) -> Result<()> {
+    let Some(plan) = j.forward_plan::<DeletePlan>() else {
+        let msg = "the delete job has no readable plan";
+        j.fail(msg).await;
+        bail!(msg);
+    };
+    match delete_forward(home, &mut j, &plan).await {
+        Ok(()) => {
+            j.finish().await;
+            Ok(())
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
 }
 
 /// Restores an archive as a live instance (with its own names, or those of a new token).
@@ -149,7 +280,7 @@ pub async fn restore(
     home: &Home,
     archive: &Path,
     token: Option<&str>,
-    progress: deploy::StepProgress<'_>,
+    events: Events<'_>,
 ) -> Result<Outcome> {
     let dir = archive
         .canonicalize()
@@ -216,5 +347,5 @@ pub async fn restore(
     };
     let mut plan = deploy::plan_from(home, &req, tpl).await?;
     plan.fields.template = entry.template.clone();
-    deploy::execute(home, plan, progress).await
+    deploy::execute(home, plan, events).await
 }

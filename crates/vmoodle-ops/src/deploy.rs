@@ -18,7 +18,7 @@ use vmoodle_dbserver::{admin, quote_ident, quote_literal, tools, ConnSpec};
 use vmoodle_registry::{DbServer, InstanceFields, Template};
 use vmoodle_site::{dataroot, fixups};
 
-use crate::journal::{Journal, Undo};
+use crate::journal::{Events, Journal, Undo};
 use crate::templates::{self, Manifest};
 use crate::{dbservers, instances, Home};
 
@@ -320,32 +320,25 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
     })
 }
 
-/// Progress of one deploy: (step number, total steps, what).
-pub type StepProgress<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
+const STEPS: usize = 6;
 
-const STEPS: usize = 7;
-
-/// Runs a checked plan; on failure undoes every step done and says which step failed.
-pub async fn execute(home: &Home, plan: Plan, progress: StepProgress<'_>) -> Result<Outcome> {
-    let mut j = Journal::start(home, "deploy", &plan.fields.shortname).await?;
+/// Runs a checked plan as a journaled job; on failure (or SIGINT/SIGTERM at a step boundary)
+/// undoes every step done and says which step failed.
+pub async fn execute(home: &Home, plan: Plan, events: Events<'_>) -> Result<Outcome> {
+    let steps = if plan.fields.mnet >= 0 {
+        STEPS
+    } else {
+        STEPS - 1
+    };
+    let mut j = Journal::start(home, "deploy", &plan.fields.shortname, steps, events).await?;
     let mut method = String::new();
     let mut report = fixups::FixupReport::default();
     let mut current = "database and user";
-    let r = run_steps(
-        home,
-        &plan,
-        &mut j,
-        &mut method,
-        &mut report,
-        &mut current,
-        progress,
-    )
-    .await;
+    let r = run_steps(home, &plan, &mut j, &mut method, &mut report, &mut current).await;
     match r {
         Ok(()) => {
             let ms = j.elapsed_ms();
-            let steps = j.steps.clone();
-            j.finish().await;
+            let steps = j.finish().await;
             Ok(Outcome {
                 shortname: plan.fields.shortname.clone(),
                 wwwroot: plan.fields.wwwroot.clone(),
@@ -361,19 +354,37 @@ pub async fn execute(home: &Home, plan: Plan, progress: StepProgress<'_>) -> Res
         }
         Err(e) => {
             let msg = format!("{e:#}");
+            let id = j.id;
             let left = j.fail(&msg).await;
             let mut err = e.context(format!(
-                "deploy of `{}` failed at step \"{current}\"; everything done before it was undone",
+                "deploy of `{}` failed at step \"{current}\"; everything done before it was undone (job {id})",
                 plan.fields.shortname
             ));
             if !left.is_empty() {
                 err = err.context(format!(
-                    "some steps could not be undone, clean up by hand: {}",
+                    "some steps could not be undone, clean up by hand (`vmoodle jobs show {id}`): {}",
                     left.join("; ")
                 ));
             }
             Err(err)
         }
+    }
+}
+
+/// Runs a create action under an undo record written first: the record is marked made when it
+/// succeeds, and cancelled (never undone) when it failed because the thing already existed.
+async fn create<F>(j: &mut Journal<'_>, undo: Undo, action: F) -> Result<()>
+where
+    F: std::future::Future<Output = std::result::Result<(), vmoodle_dbserver::DbError>>,
+{
+    j.intend(undo).await?;
+    match action.await {
+        Ok(()) => j.made().await,
+        Err(e) if e.already_exists() => {
+            j.cancel_intent().await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -384,30 +395,42 @@ async fn run_steps(
     method: &mut String,
     report: &mut fixups::FixupReport,
     current: &mut &'static str,
-    progress: StepProgress<'_>,
 ) -> Result<()> {
     let spec = &plan.spec;
     let kind = plan.server.kind;
     let f = &plan.fields;
+    let sid = plan.server.id;
     let tpl_prefix = plan.manifest.source.prefix.clone();
+    let drop_db = || Undo::DropDatabase {
+        server_id: sid,
+        database: f.dbname.clone(),
+    };
 
     // 1. Database and dedicated user.
     *current = "database and user";
-    progress(1, STEPS, current);
+    j.step(current).await?;
     if kind.is_mysql_family() {
-        admin::create_database(spec, &f.dbname).await?;
-        j.did(Undo::DropDatabase(spec.clone(), f.dbname.clone()));
-        admin::create_user(spec, &f.dbuser, &plan.password, &f.dbname).await?;
-        j.did(Undo::DropUser(spec.clone(), f.dbuser.clone()));
-    } else {
-        admin::create_role(spec, &f.dbuser, &plan.password).await?;
-        j.did(Undo::DropUser(spec.clone(), f.dbuser.clone()));
+        create(j, drop_db(), admin::create_database(spec, &f.dbname)).await?;
     }
-    j.step_done("database and user").await;
+    create(
+        j,
+        Undo::DropUser {
+            server_id: sid,
+            user: f.dbuser.clone(),
+        },
+        async {
+            if kind.is_mysql_family() {
+                admin::create_user(spec, &f.dbuser, &plan.password, &f.dbname).await
+            } else {
+                admin::create_role(spec, &f.dbuser, &plan.password).await
+            }
+        },
+    )
+    .await?;
 
     // 2. Fill it.
     *current = "fill the database";
-    progress(2, STEPS, current);
+    j.step(current).await?;
     if kind.is_mysql_family() {
         if plan.req.method == Method::Auto
             && crate::spares::take_spare(
@@ -440,6 +463,7 @@ async fn run_steps(
     } else {
         if plan.req.method == Method::Auto {
             templates::ensure_live(home, &plan.template, &plan.server).await?;
+            j.intend(drop_db()).await?;
             pg_clone(
                 spec,
                 &templates::live_db_name(&plan.template.name),
@@ -447,21 +471,19 @@ async fn run_steps(
                 &f.dbuser,
             )
             .await?;
-            j.did(Undo::DropDatabase(spec.clone(), f.dbname.clone()));
+            j.made().await?;
             *method = "database template".into();
         } else {
-            admin::create_database(spec, &f.dbname).await?;
-            j.did(Undo::DropDatabase(spec.clone(), f.dbname.clone()));
+            create(j, drop_db(), admin::create_database(spec, &f.dbname)).await?;
             load_dump(home, plan).await?;
             *method = "dump load".into();
         }
         pg_hand_over(spec, &f.dbname, &f.dbuser, &tpl_prefix, &f.prefix).await?;
     }
-    j.step_done("fill the database").await;
 
     // 3. Moodle fix-ups.
     *current = "Moodle fix-ups";
-    progress(3, STEPS, current);
+    j.step(current).await?;
     let admin_password_hash = match &plan.req.admin_password {
         Some(p) => Some(php_password_hash(home, p).await?),
         None => None,
@@ -489,48 +511,116 @@ async fn run_steps(
     vmoodle_dbserver::close(conn).await;
     *report = res.map_err(|(step, e)| anyhow!("{step}: {e}"))?;
     res2?;
-    j.step_done("Moodle fix-ups").await;
 
-    // 4. Dataroot.
+    // 4. Dataroot: built in a staging directory that only this job uses, then renamed into
+    // place (never over an existing directory), so an interrupted copy never leaves a
+    // half-made dataroot under the instance's name, and a directory that appeared meanwhile
+    // (someone else's) is never taken into the job's undo records.
     *current = "dataroot";
-    progress(4, STEPS, current);
+    j.step(current).await?;
     let src = templates::dataroot_dir(&plan.template)?;
     let dst = plan.dataroot.clone();
-    if let Some(parent) = dst.parent() {
-        fs_err::create_dir_all(parent)?;
-    }
+    let parent = dst
+        .parent()
+        .ok_or_else(|| anyhow!("dataroot {} has no parent directory", dst.display()))?
+        .to_path_buf();
+    make_parents(&parent)?;
+    let staging = parent.join(format!(
+        ".vmoodle-staging-{}-{}",
+        j.id,
+        dst.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("dataroot")
+    ));
     let owner = web_owner(home)?;
     let modes = dataroot::Modes {
         dir: 0o2770,
         file: 0o660,
         owner,
     };
-    j.did(Undo::RemoveDir(dst.clone()));
-    tokio::task::spawn_blocking(move || dataroot::copy(&src, &dst, true, modes))
+    j.intend(Undo::RemoveDir {
+        path: staging.clone(),
+    })
+    .await?;
+    let (s2, st2) = (src.clone(), staging.clone());
+    tokio::task::spawn_blocking(move || dataroot::copy(&s2, &st2, true, modes))
         .await?
         .context("copying the template's dataroot")?;
-    j.step_done("dataroot").await;
+    j.made().await?;
+    j.intend(Undo::RemoveDir { path: dst.clone() }).await?;
+    match rename_noreplace(&staging, &dst) {
+        Ok(()) => j.made().await?,
+        Err(e) => {
+            j.cancel_intent().await?;
+            return Err(e);
+        }
+    }
 
     // 5. Register and publish.
     *current = "register and publish";
-    progress(5, STEPS, current);
+    j.step(current).await?;
     let mut fields = f.clone();
     fields.dbpass_sealed = home.secrets.seal(
         &plan.password,
         &vmoodle_core::Binding::instance_dbpass(&fields.shortname),
     )?;
+    j.intend(Undo::Unregister {
+        shortname: f.shortname.clone(),
+        host: f.host.clone(),
+    })
+    .await?;
     let inst = instances::add(home, &fields).await?;
-    j.did(Undo::Unregister(inst.id, inst.host.clone()));
-    j.step_done("register and publish").await;
+    j.made().await?;
 
     // 6. MNET: its own key (a template's key is never shared) and its subnetwork's peers.
     if f.mnet >= 0 {
         *current = "MNET key and peers";
-        progress(6, STEPS, current);
+        j.step(current).await?;
+        j.intend(Undo::RemovePeerings {
+            instance_id: inst.id,
+        })
+        .await?;
         crate::mnet::setup_new(home, &f.shortname).await?;
-        j.step_done("MNET key and peers").await;
+        j.made().await?;
     }
-    progress(7, STEPS, "done");
+    Ok(())
+}
+
+/// Renames `from` to `to`, failing (AlreadyExists) if `to` exists, even as an empty directory.
+pub(crate) fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "cannot move the new dataroot into place at {}: {e}",
+            to.display()
+        )
+    })
+}
+
+/// Creates the parents of a dataroot, traversable (not listable) by the web server.
+fn make_parents(parent: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut missing = Vec::new();
+    let mut p = parent.to_path_buf();
+    while !p.exists() {
+        missing.push(p.clone());
+        if !p.pop() {
+            break;
+        }
+    }
+    for d in missing.iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => fs_err::set_permissions(d, std::fs::Permissions::from_mode(0o711))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow!("cannot create {}: {e}", d.display())),
+        }
+    }
     Ok(())
 }
 
@@ -810,7 +900,7 @@ pub async fn deploy_many(
     home: &Home,
     reqs: Vec<DeployRequest>,
     parallel: usize,
-    progress: &(dyn Fn(&str, usize, usize, &str) + Sync),
+    events: Events<'_>,
 ) -> Vec<BulkItem> {
     use futures::stream::StreamExt;
     let mut seen = std::collections::HashSet::new();
@@ -862,8 +952,7 @@ pub async fn deploy_many(
     let done: Vec<BulkItem> = futures::stream::iter(keep)
         .map(|p| async move {
             let token = p.req.token.clone();
-            let cb = |n: usize, total: usize, what: &str| progress(&token, n, total, what);
-            match execute(home, p, &cb).await {
+            match execute(home, p, events).await {
                 Ok(o) => BulkItem {
                     token,
                     ok: true,

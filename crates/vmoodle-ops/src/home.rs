@@ -27,7 +27,26 @@ pub struct Home {
     pub settings: Settings,
     pub secrets: SecretBox,
     pub registry: Registry,
+    /// Jobs found interrupted and recovered when the lock was taken.
+    pub recovered: Vec<crate::jobs::Recovered>,
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// How long `open_locked` waits for another vmoodle to release the home (seconds).
+static LOCK_WAIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120);
+
+/// Sets how long commands wait for the home's lock (the CLI's `--lock-wait`).
+pub fn set_lock_wait(secs: u64) {
+    LOCK_WAIT.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The home's lock could not be taken in time.
+#[derive(Debug, thiserror::Error)]
+#[error("another vmoodle is changing the home {home} ({holder}); gave up after waiting {waited} s\nhint: wait for it to finish, or wait longer with --lock-wait SECONDS (or VMOODLE_LOCK_WAIT); `vmoodle jobs list --state running` shows what runs")]
+pub struct LockTimeout {
+    pub home: String,
+    pub holder: String,
+    pub waited: u64,
 }
 
 /// What `init` found and made.
@@ -129,7 +148,9 @@ impl Home {
                 );
             }
         }
-        let home = Self::open(&root).await?;
+        // From here on init changes what other commands use (the register, hosts/): it waits
+        // for a running deploy or delete like any other change.
+        let home = Self::open_locked(&root).await?;
         let registry = match home.registry.backend() {
             vmoodle_registry::Backend::Sqlite => root.join(REGISTRY_FILE).display().to_string(),
             vmoodle_registry::Backend::Postgres => {
@@ -186,6 +207,7 @@ impl Home {
             settings,
             secrets,
             registry,
+            recovered: Vec::new(),
             _lock: None,
         })
     }
@@ -197,10 +219,13 @@ impl Home {
             // Not a home: let `open` explain.
             return Self::open(&root).await;
         }
-        let lock = take_lock(&root)?;
+        let lock = take_lock(&root).await?;
         let mut home = Self::open(&root).await?;
         home._lock = Some(lock);
         crate::sealing::upgrade(&mut home).await?;
+        // A job whose process died (kill -9, a crash, a reboot) is undone, or finished where it
+        // had passed its point of no return, before anything else changes.
+        home.recovered = crate::jobs::recover(&home, false).await?;
         Ok(home)
     }
 
@@ -254,16 +279,58 @@ impl Home {
     }
 }
 
-fn take_lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+/// Takes the home's lock, waiting up to the lock wait for another vmoodle to release it. The
+/// lock file then names the holder (pid and command), for the message of whoever waits next.
+async fn take_lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Seek, Write};
     let path = root.join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+    let wait = LOCK_WAIT.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut told = false;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let me = format!(
+                    "pid {} (`{}`) since {}\n",
+                    std::process::id(),
+                    std::env::args().collect::<Vec<_>>().join(" "),
+                    vmoodle_core::now_unix()
+                );
+                let _ = lock.set_len(0);
+                let _ = lock.rewind();
+                let _ = lock.write_all(me.as_bytes());
+                return Ok(lock);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "holder unknown".into());
+                if std::time::Instant::now() >= deadline {
+                    return Err(LockTimeout {
+                        home: root.display().to_string(),
+                        holder,
+                        waited: wait,
+                    }
+                    .into());
+                }
+                if !told {
+                    tracing::warn!("waiting for the home's lock, held by {holder}");
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+        }
+    }
 }
 
 fn check_key_mode(key: &Path) -> Result<()> {

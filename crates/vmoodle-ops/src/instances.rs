@@ -326,6 +326,14 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
     let php = home.executable("php")?;
     let cfg = vmoodle_site::config_php::read(&php, &config).await?;
     let kind = DbKind::from_moodle_dbtype(&cfg.dbtype)?;
+    for (name, value) in &cfg.layout {
+        let what = format!("$CFG->{name} in {}", config.display());
+        if name.ends_with("_prefix") {
+            validate::text(&what, value, 255, true)?;
+        } else {
+            validate::abs_path(&what, value)?;
+        }
+    }
     let www = validate::wwwroot(&cfg.wwwroot)
         .with_context(|| format!("$CFG->wwwroot in {}", config.display()))?;
     let server: DbServer = match &inp.dbserver {
@@ -382,7 +390,9 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         dataroot: cfg.dataroot.clone(),
         mnet: -1,
         template: None,
-        config: BTreeMap::new(),
+        // The directories and session prefixes the master's config.php sets: each host file
+        // moves its instance into a directory of its own inside them (hostfile::instance_layout).
+        config: cfg.layout.clone(),
     };
     check_fields(&mut f).with_context(|| format!("in {}", config.display()))?;
     dbservers::refuse_privileged_account(home, &server, &f.dbuser, inp.force_admin_account)

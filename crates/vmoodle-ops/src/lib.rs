@@ -5,11 +5,14 @@
 //! followed by rewriting that host's file.
 
 pub mod archive;
+pub mod cancel;
 pub mod dbservers;
 pub mod deploy;
+pub mod doctor;
 pub mod home;
 pub mod import;
 pub mod instances;
+pub mod jobs;
 pub mod journal;
 pub mod mnet;
 pub mod publish;

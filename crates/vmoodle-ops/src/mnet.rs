@@ -890,3 +890,19 @@ pub async fn setup_new(home: &Home, key: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Removes every peering vmoodle made for an instance (the rows it wrote in its peers'
+/// databases and in the instance's own), leaving rows an administrator made alone.
+pub async fn remove_peerings_of(home: &Home, instance_id: i64) -> Result<()> {
+    let all = home.registry.instances().await?;
+    let name = |id: i64| all.iter().find(|i| i.id == id).map(|i| i.shortname.clone());
+    for l in home.registry.mnet_links().await? {
+        if l.a_id != instance_id && l.b_id != instance_id {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (name(l.a_id), name(l.b_id)) {
+            unpeer(home, &a, &b).await?;
+        }
+    }
+    Ok(())
+}

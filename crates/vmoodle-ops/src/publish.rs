@@ -81,7 +81,7 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
             &vmoodle_core::Binding::instance_dbpass(&i.shortname),
         )
         .with_context(|| format!("the database password of instance `{}`", i.shortname))?;
-    let hf = HostFile {
+    let mut hf = HostFile {
         shortname: i.shortname.clone(),
         host: i.host.clone(),
         enabled: i.enabled,
@@ -96,8 +96,16 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
         prefix: i.prefix.clone(),
         dbpersist: i.dbpersist,
         dataroot: i.dataroot.clone(),
+        layout: Default::default(),
         extras: i.config.clone(),
     };
+    let master_layout = home
+        .registry
+        .master()
+        .await?
+        .map(|m| m.config)
+        .unwrap_or_default();
+    hf.layout = hostfile::instance_layout(&i.dataroot, &i.shortname, &master_layout);
     let gid = home.web_gid()?;
     let hosts = home.hosts_dir();
     files::ensure_dir(&hosts, 0o750, Some((gid, &home.settings.web.group)))?;

@@ -101,13 +101,16 @@ pub fn clients(home: &Home) -> Result<tools::Clients> {
 /// Progress of a long operation: (step number, total, what).
 pub type Progress<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 
-/// Snapshots the instance `source` (shortname or host; the master too) as template `name`.
+/// Snapshots the instance `source` (shortname or host; the master too) as template `name`, as
+/// a journaled job: the capture goes into a directory of its own job, renamed into place when
+/// complete, then registered; an interruption at any point is undone (`jobs recover`).
 pub async fn snapshot(
     home: &Home,
     source: &str,
     name: &str,
-    progress: Progress<'_>,
+    events: crate::journal::Events<'_>,
 ) -> Result<Template> {
+    use crate::journal::{Journal, Undo};
     check_name(name)?;
     let inst = home.registry.instance(source).await?;
     if home.registry.find_template(name).await?.is_some() {
@@ -120,25 +123,58 @@ pub async fn snapshot(
             final_dir.display()
         );
     }
-    let partial = templates_dir(home).join(format!(".{name}.partial"));
-    let manifest_text = capture(home, &inst, name, &partial, progress).await?;
-    fs_err::rename(&partial, &final_dir)?;
-    // A live template database of an older template of the same name would be stale.
-    drop_live_databases(home, name).await?;
-    match home
-        .registry
-        .add_template(
-            name,
-            &inst.shortname,
-            &final_dir.display().to_string(),
-            &manifest_text,
-        )
-        .await
-    {
-        Ok(t) => Ok(t),
+    let mut j = Journal::start(home, "snapshot", name, 2, events).await?;
+    let r = async {
+        j.step("capture").await?;
+        let partial = templates_dir(home).join(format!(".{name}.partial-{}", j.id));
+        j.intend(Undo::RemoveDir {
+            path: partial.clone(),
+        })
+        .await?;
+        let cb = |n: usize, t: usize, what: &str| j.count(n as u64, t as u64, what);
+        let manifest_text = capture(home, &inst, name, &partial, &cb).await?;
+        j.made().await?;
+        j.step("register").await?;
+        j.intend(Undo::RemoveDir {
+            path: final_dir.clone(),
+        })
+        .await?;
+        if let Err(e) = crate::deploy::rename_noreplace(&partial, &final_dir) {
+            j.cancel_intent().await?;
+            return Err(e);
+        }
+        j.made().await?;
+        // A live template database of an older template of the same name would be stale.
+        drop_live_databases(home, name).await?;
+        j.intend(Undo::RemoveTemplate { name: name.into() }).await?;
+        let t = home
+            .registry
+            .add_template(
+                name,
+                &inst.shortname,
+                &final_dir.display().to_string(),
+                &manifest_text,
+            )
+            .await?;
+        j.made().await?;
+        anyhow::Ok(t)
+    }
+    .await;
+    match r {
+        Ok(t) => {
+            j.finish().await;
+            Ok(t)
+        }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&final_dir);
-            Err(e.into())
+            let left = j.fail(&format!("{e:#}")).await;
+            let mut err = e.context(format!(
+                "snapshot `{name}` of `{}` failed; undone",
+                inst.shortname
+            ));
+            if !left.is_empty() {
+                err = err.context(left.join("; "));
+            }
+            Err(err)
         }
     }
 }

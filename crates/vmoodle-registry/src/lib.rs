@@ -590,43 +590,118 @@ impl Registry {
         Ok(())
     }
 
-    /// Records the start of a job; returns its id.
-    pub async fn start_job(&self, kind: &str, target: &str) -> Result<i64> {
-        let row = sqlx::query("INSERT INTO jobs (kind, target, state, started_at) VALUES ($1, $2, 'running', $3) RETURNING id")
-            .bind(kind)
-            .bind(target)
-            .bind(now_unix())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(q("recording a job"))?;
+    /// Records the start of a job run by `owner` (node/pid/start time); returns its id.
+    pub async fn start_job(&self, kind: &str, target: &str, owner: &str) -> Result<i64> {
+        let now = now_unix();
+        let row = sqlx::query(
+            "INSERT INTO jobs (kind, target, state, started_at, owner, updated_at) \
+             VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
+        )
+        .bind(kind)
+        .bind(target)
+        .bind(now)
+        .bind(owner)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("recording a job"))?;
         row.try_get(0).map_err(q("recording a job"))
     }
 
-    /// Updates a job's state and journal (a JSON array of the steps done).
-    pub async fn update_job(
-        &self,
-        id: i64,
-        state: &str,
-        journal: &str,
-        error: Option<&str>,
-    ) -> Result<()> {
-        let finished = if state == "running" {
-            None
-        } else {
-            Some(now_unix())
+    /// Writes a job's whole journal: state, steps, undo records, forward plan, error, undone.
+    pub async fn save_job(&self, id: i64, u: &JobUpdate<'_>) -> Result<()> {
+        let finished = match u.state {
+            "running" | "recovering" => None,
+            _ => Some(now_unix()),
         };
         sqlx::query(
-            "UPDATE jobs SET state = $1, journal = $2, error = $3, finished_at = $4 WHERE id = $5",
+            "UPDATE jobs SET state = $1, journal = $2, undo = $3, forward = $4, error = $5, \
+             undone = $6, finished_at = $7, updated_at = $8 WHERE id = $9",
         )
-        .bind(state)
-        .bind(journal)
-        .bind(error.map(str::to_string))
+        .bind(u.state)
+        .bind(u.steps)
+        .bind(u.undo)
+        .bind(u.forward.map(str::to_string))
+        .bind(u.error.map(str::to_string))
+        .bind(u.undone)
         .bind(finished)
+        .bind(now_unix())
         .bind(id)
         .execute(&self.pool)
         .await
         .map_err(q("updating a job"))?;
         Ok(())
+    }
+
+    /// Takes over a job from its (dead) owner: succeeds for one caller only.
+    pub async fn claim_job(&self, id: i64, old_owner: &str, new_owner: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET owner = $1, state = 'recovering', updated_at = $2 \
+             WHERE id = $3 AND owner = $4 AND state IN ('running', 'recovering', 'incomplete')",
+        )
+        .bind(new_owner)
+        .bind(now_unix())
+        .bind(id)
+        .bind(old_owner)
+        .execute(&self.pool)
+        .await
+        .map_err(q("claiming a job"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Jobs, newest first, optionally only those in some states, of one kind or one target.
+    pub async fn jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if !f.states.is_empty() {
+            let marks: Vec<String> = f.states.iter().map(|_| next()).collect();
+            sql += &format!(" AND state IN ({})", marks.join(", "));
+        }
+        if f.kind.is_some() {
+            sql += &format!(" AND kind = {}", next());
+        }
+        if f.target.is_some() {
+            sql += &format!(" AND target = {}", next());
+        }
+        sql += " ORDER BY id DESC";
+        if let Some(l) = f.limit {
+            sql += &format!(" LIMIT {l}");
+        }
+        let mut query = sqlx::query(&sql);
+        for s in &f.states {
+            query = query.bind(s.as_str());
+        }
+        if let Some(k) = &f.kind {
+            query = query.bind(k.as_str());
+        }
+        if let Some(t) = &f.target {
+            query = query.bind(t.as_str());
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn job(&self, id: i64) -> Result<Job> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a job"))?;
+        match row {
+            Some(r) => job_from_row(&r),
+            None => Err(RegistryError::NotFound {
+                what: "job",
+                name: id.to_string(),
+                hint: "\nhint: `vmoodle jobs list` shows the jobs".into(),
+            }),
+        }
     }
 
     /// Instances deployed from a template.
@@ -820,4 +895,68 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
 
 fn parse_config(s: &str) -> CfgExtras {
     serde_json::from_str(s).unwrap_or_default()
+}
+
+const JOB_COLUMNS: &str = "id, kind, target, state, journal, undo, forward, error, undone, owner, \
+     started_at, finished_at, updated_at";
+
+/// A job as the register holds it; the JSON columns are kept as text for the job engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub target: String,
+    /// running, recovering, done, rolled back, incomplete (to be finished forward), failed.
+    pub state: String,
+    pub steps: String,
+    pub undo: String,
+    pub forward: Option<String>,
+    pub error: Option<String>,
+    pub undone: String,
+    pub owner: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// What `save_job` writes.
+#[derive(Debug)]
+pub struct JobUpdate<'a> {
+    pub state: &'a str,
+    pub steps: &'a str,
+    pub undo: &'a str,
+    pub forward: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub undone: &'a str,
+}
+
+/// Which jobs `jobs` returns.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub states: Vec<String>,
+    pub kind: Option<String>,
+    pub target: Option<String>,
+    pub limit: Option<usize>,
+}
+
+fn job_from_row(r: &AnyRow) -> Result<Job> {
+    let e = q("reading a job");
+    let g = |i: usize| r.try_get::<String, _>(i);
+    let go = |i: usize| r.try_get::<Option<String>, _>(i);
+    let gi = |i: usize| r.try_get::<i64, _>(i);
+    Ok(Job {
+        id: gi(0).map_err(q("reading a job"))?,
+        kind: g(1).map_err(q("reading a job"))?,
+        target: g(2).map_err(q("reading a job"))?,
+        state: g(3).map_err(q("reading a job"))?,
+        steps: g(4).map_err(q("reading a job"))?,
+        undo: g(5).map_err(q("reading a job"))?,
+        forward: go(6).map_err(q("reading a job"))?,
+        error: go(7).map_err(q("reading a job"))?,
+        undone: g(8).map_err(q("reading a job"))?,
+        owner: g(9).map_err(q("reading a job"))?,
+        started_at: gi(10).map_err(q("reading a job"))?,
+        finished_at: r.try_get::<Option<i64>, _>(11).map_err(e)?,
+        updated_at: gi(12).map_err(q("reading a job"))?,
+    })
 }

@@ -3,6 +3,7 @@
 //! as JSON on a pipe (it holds the database password, so it is never logged).
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
@@ -31,6 +32,8 @@ pub struct MoodleConfig {
     pub dbport: Option<u16>,
     pub dbsocket: Option<String>,
     pub dbpersist: bool,
+    /// The directories and session prefixes it sets itself (`hostfile::layout_names`).
+    pub layout: BTreeMap<String, String>,
 }
 
 const READER: &str = r#"<?php
@@ -57,8 +60,24 @@ echo json_encode([
     'dbport' => isset($o['dbport']) ? (string)$o['dbport'] : '',
     'dbsocket' => isset($o['dbsocket']) && is_string($o['dbsocket']) ? $o['dbsocket'] : '',
     'dbpersist' => !empty($o['dbpersist']),
+    'layout' => (object)array_filter(array_map(
+        static fn($n) => (isset($CFG->$n) && is_scalar($CFG->$n)) ? (string)$CFG->$n : null,
+        array_combine(LAYOUT, LAYOUT)
+    ), 'is_string'),
 ]);
 "#;
+
+/// The reader script with the layout names it reports.
+fn reader() -> String {
+    let names: Vec<String> = crate::hostfile::layout_names()
+        .map(crate::php::string)
+        .collect();
+    READER.replacen(
+        "<?php\n",
+        &format!("<?php\nconst LAYOUT = [{}];\n", names.join(", ")),
+        1,
+    )
+}
 
 #[derive(Deserialize)]
 struct Raw {
@@ -73,6 +92,8 @@ struct Raw {
     dbport: String,
     dbsocket: String,
     dbpersist: bool,
+    #[serde(default)]
+    layout: BTreeMap<String, String>,
 }
 
 /// Reads config.php at `path` with the php executable `php`.
@@ -89,7 +110,7 @@ pub async fn read(php: &Path, path: &Path) -> Result<MoodleConfig, ConfigError> 
             "--",
         ])
         .arg(path.as_os_str())
-        .stdin(READER)
+        .stdin(reader())
         .timeout(Duration::from_secs(30))
         .run()
         .await
@@ -126,5 +147,6 @@ pub async fn read(php: &Path, path: &Path) -> Result<MoodleConfig, ConfigError> 
         dbport,
         dbsocket: Some(raw.dbsocket).filter(|s| !s.is_empty()),
         dbpersist: raw.dbpersist,
+        layout: raw.layout,
     })
 }

@@ -1,6 +1,8 @@
 //! Moodle dataroots: what to copy and how. `filedir/` holds files named by their content hash
 //! that Moodle never rewrites, so they are hard-linked when source and target share a
-//! filesystem; caches, temporary files, sessions, the trash and locks are left out.
+//! filesystem; caches, temporary files, sessions, the trash and locks are left out, and so is
+//! `muc/config.php`: the cache configuration names the source site's stores and cache
+//! definitions, and Moodle writes a fresh one for the new site on first use.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +17,19 @@ pub const EXCLUDED: &[&str] = &[
     "trashdir",
     "lock",
 ];
+
+/// Files (relative to the dataroot) never copied.
+pub const EXCLUDED_FILES: &[&str] = &["muc/config.php"];
+
+/// Whether the entry at `rel` (relative to the dataroot) is left out of a copy.
+pub fn excluded(rel: &Path) -> bool {
+    let mut parts = rel.components();
+    let first_excluded = parts
+        .next()
+        .and_then(|c| c.as_os_str().to_str())
+        .is_some_and(|n| EXCLUDED.contains(&n));
+    first_excluded || EXCLUDED_FILES.iter().any(|f| rel == Path::new(f))
+}
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CopyStats {
@@ -51,12 +66,7 @@ pub fn copy(
         .min_depth(1)
         .follow_links(false)
         .into_iter()
-        .filter_entry(|e| {
-            !(e.depth() == 1
-                && e.file_name()
-                    .to_str()
-                    .is_some_and(|n| EXCLUDED.contains(&n)))
-        });
+        .filter_entry(|e| !excluded(e.path().strip_prefix(src).unwrap_or(e.path())));
     for entry in walker {
         let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
         let rel = entry.path().strip_prefix(src).expect("inside src");
@@ -169,4 +179,41 @@ pub fn check_list(root: &Path, list: &str, deep: bool) -> Vec<String> {
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn muc_config_is_left_out() {
+        let dir = std::env::temp_dir().join(format!("vmoodle-dr-{}", std::process::id()));
+        let src = dir.join("src");
+        for d in ["muc", "cache/x", "filedir/ab", "lang"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        for f in [
+            "muc/config.php",
+            "muc/other.txt",
+            "cache/x/y",
+            "filedir/ab/cd",
+            "lang/config.php",
+        ] {
+            std::fs::write(src.join(f), f).unwrap();
+        }
+        let dst = dir.join("dst");
+        let modes = Modes {
+            dir: 0o755,
+            file: 0o644,
+            owner: None,
+        };
+        let stats = copy(&src, &dst, true, modes).unwrap();
+        assert!(!dst.join("muc/config.php").exists());
+        assert!(!dst.join("cache").exists());
+        assert!(dst.join("muc/other.txt").is_file());
+        assert!(dst.join("lang/config.php").is_file());
+        assert!(dst.join("filedir/ab/cd").is_file());
+        assert_eq!(stats.files, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,5 +1,12 @@
 //! The per-host file: one PHP file per instance under the home's hosts/, returning the values
 //! the config hook puts into `$CFG`. A disabled instance's file holds no credentials at all.
+//!
+//! The hook runs after the master's config.php, so every `$CFG` value the master sets applies to
+//! the instance unless the host file sets its own. Directories and session prefixes must never
+//! be shared between sites (one site would serve another's caches, sessions and temporary
+//! files), so each host file sets them for its instance: under the master's directory with the
+//! instance's short name when the master's config.php sets one (recorded by `master set`), else
+//! where Moodle would put them under the instance's dataroot.
 
 use std::collections::BTreeMap;
 use vmoodle_core::Secret;
@@ -23,8 +30,65 @@ pub struct HostFile {
     pub prefix: String,
     pub dbpersist: bool,
     pub dataroot: String,
-    /// Extra `$CFG` values (name -> string value).
+    /// Per-instance directories and session prefixes (see `instance_layout`).
+    pub layout: BTreeMap<String, String>,
+    /// Extra `$CFG` values (name -> string value); these win over `layout`.
     pub extras: BTreeMap<String, String>,
+}
+
+/// Directories, relative to the dataroot, that Moodle uses when `$CFG` does not name them
+/// (lib/setup.php); `None`: Moodle's default does not depend on the site (`localrequestdir` is
+/// sys_get_temp_dir()/requestdir, subdivided by siteidentifier), so it is set only to move a
+/// master's own directory.
+/// (`backuptempdir` comes after `tempdir`: Moodle's default is the site's tempdir/backup.)
+pub const LAYOUT_DIRS: &[(&str, Option<&str>)] = &[
+    ("cachedir", Some("cache")),
+    ("localcachedir", Some("localcache")),
+    ("tempdir", Some("temp")),
+    ("backuptempdir", Some("backup")),
+    ("localrequestdir", None),
+    ("session_file_save_path", Some("sessions")),
+];
+
+/// Session key prefixes and Moodle's default for each (config-dist.php).
+pub const LAYOUT_PREFIXES: &[(&str, &str)] = &[
+    ("session_redis_prefix", ""),
+    ("session_memcached_prefix", "memc.sess.key."),
+];
+
+/// Every `$CFG` name `instance_layout` may set (what `master set` records from a config.php).
+pub fn layout_names() -> impl Iterator<Item = &'static str> {
+    LAYOUT_DIRS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(LAYOUT_PREFIXES.iter().map(|(n, _)| *n))
+}
+
+/// The directories and session prefixes of one instance: `master` holds the master's own values
+/// (those its config.php sets); a master directory `D` becomes `D/<shortname>`, a master prefix
+/// `P` becomes `P<shortname>_`, and what the master leaves unset goes where Moodle puts it for a
+/// site with this dataroot.
+pub fn instance_layout(
+    dataroot: &str,
+    shortname: &str,
+    master: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let root = dataroot.trim_end_matches('/');
+    let mut out = BTreeMap::new();
+    for (name, under) in LAYOUT_DIRS {
+        let v = match (master.get(*name).filter(|v| !v.is_empty()), under) {
+            (Some(m), _) => format!("{}/{shortname}", m.trim_end_matches('/')),
+            (None, Some(rel)) if *name == "backuptempdir" => format!("{}/{rel}", out["tempdir"]),
+            (None, Some(rel)) => format!("{root}/{rel}"),
+            (None, None) => continue,
+        };
+        out.insert(name.to_string(), v);
+    }
+    for (name, default) in LAYOUT_PREFIXES {
+        let base = master.get(*name).map_or(*default, String::as_str);
+        out.insert(name.to_string(), format!("{base}{shortname}_"));
+    }
+    out
 }
 
 /// The file name for a host: the host itself, with `:port` written `_port` (`_` never occurs in
@@ -109,10 +173,63 @@ impl HostFile {
                 self.dbport
             ),
         );
+        for (k, v) in &self.layout {
+            if !self.extras.contains_key(k) {
+                kv(k, php::string(v));
+            }
+        }
         for (k, v) in &self.extras {
             kv(k, php::string(v));
         }
         s.push_str("    ],\n];\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(master: &BTreeMap<String, String>, extras: &[(&str, &str)]) -> HostFile {
+        HostFile {
+            shortname: "school1".into(),
+            host: "school1.moodle.example.org".into(),
+            enabled: true,
+            wwwroot: "https://school1.moodle.example.org".into(),
+            dbtype: "mariadb".into(),
+            dbhost: "db1.example.org".into(),
+            dbport: 3306,
+            dbsocket: None,
+            dbname: "vm_school1".into(),
+            dbuser: "vm_school1".into(),
+            dbpass: Secret::new("it's-secret"),
+            prefix: "mdl_".into(),
+            dbpersist: false,
+            dataroot: "/srv/moodledata/school1".into(),
+            layout: instance_layout("/srv/moodledata/school1/", "school1", master),
+            extras: extras
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn host_file_snapshot() {
+        // A master that keeps Moodle's defaults: everything under the instance's dataroot.
+        insta::assert_snapshot!(sample(&BTreeMap::new(), &[("theme", "boost")]).render());
+        // A master with its own cache, temp and request directories and a Redis prefix: the
+        // instance gets its own directory inside each; an extra of the instance still wins.
+        let master: BTreeMap<String, String> = [
+            ("cachedir", "/var/cache/moodle"),
+            ("localcachedir", "/var/local/cache/"),
+            ("tempdir", "/var/tmp/moodle"),
+            ("localrequestdir", "/tmp"),
+            ("session_redis_prefix", "mdl_"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        insta::assert_snapshot!(sample(&master, &[("tempdir", "/fast/tmp/school1")]).render());
     }
 }

@@ -11,4 +11,5 @@ pub mod hook;
 pub mod hostfile;
 pub mod mnet;
 pub mod php;
+pub mod php_env;
 pub mod probe;

@@ -69,7 +69,7 @@ impl Cmd {
                 password,
                 no_check,
             } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let password = password
                     .read()?
                     .ok_or_else(|| anyhow!("give the administrator password with --password-file FILE or --password-stdin"))?;
@@ -157,7 +157,7 @@ impl Cmd {
                 }
             }
             Cmd::Remove { name } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 home.registry.remove_dbserver(&name).await?;
                 eprintln!("removed database server `{name}` from the register (the server itself is untouched)");
             }

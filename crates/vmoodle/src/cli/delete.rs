@@ -1,9 +1,8 @@
 //! `vmoodle delete X` and `vmoodle restore ARCHIVE`.
 
-use anyhow::{bail, Result};
-use std::io::{BufRead, IsTerminal, Write};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use vmoodle_ops::{archive, Home};
+use vmoodle_ops::archive;
 
 use super::{exit, output, progress::Progress};
 
@@ -23,37 +22,26 @@ pub struct DeleteCmd {
 
 impl DeleteCmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let inst = home.registry.instance(&self.instance).await?;
-        if !self.yes {
-            if !std::io::stdin().is_terminal() {
-                bail!(
-                    "deleting `{}` needs confirmation: give --yes",
-                    inst.shortname
-                );
+        let what = format!(
+            "Delete instance `{}` ({}): database `{}`, user `{}`, dataroot {}{}",
+            inst.shortname,
+            inst.wwwroot,
+            inst.dbname,
+            inst.dbuser,
+            inst.dataroot,
+            if self.no_archive {
+                " WITHOUT an archive"
+            } else {
+                " (archived first)"
             }
-            eprint!(
-                "Delete instance `{}` ({}): database `{}`, user `{}`, dataroot {}{}? Type the shortname to confirm: ",
-                inst.shortname,
-                inst.wwwroot,
-                inst.dbname,
-                inst.dbuser,
-                inst.dataroot,
-                if self.no_archive { " WITHOUT an archive" } else { " (archived first)" }
-            );
-            std::io::stderr().flush()?;
-            let mut answer = String::new();
-            std::io::stdin().lock().read_line(&mut answer)?;
-            if answer.trim() != inst.shortname {
-                eprintln!("not confirmed; nothing changed");
-                return Ok(exit::ERROR);
-            }
+        );
+        if !super::confirm(self.yes, &what, &inst.shortname)? {
+            return Ok(exit::ERROR);
         }
         let p = Progress::new(0);
-        let cb = |n: usize, total: usize, what: &str| {
-            p.step(&inst.shortname, n, total, &format!("archive: {what}"))
-        };
-        let r = archive::delete(&home, &inst.shortname, !self.no_archive, &cb).await;
+        let r = archive::delete(&home, &inst.shortname, !self.no_archive, &|e| p.event(e)).await;
         p.finish();
         let r = r?;
         if self.json {
@@ -84,10 +72,10 @@ pub struct RestoreCmd {
 
 impl RestoreCmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let p = Progress::new(0);
-        let cb = |n: usize, total: usize, what: &str| p.step("restore", n, total, what);
-        let r = archive::restore(&home, &self.archive, self.token.as_deref(), &cb).await;
+        let r =
+            archive::restore(&home, &self.archive, self.token.as_deref(), &|e| p.event(e)).await;
         p.finish();
         let o = r?;
         if self.json {

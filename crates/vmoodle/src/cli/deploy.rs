@@ -3,20 +3,24 @@
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use vmoodle_ops::deploy::{self, DeployRequest, Method};
-use vmoodle_ops::{import, Home};
+use vmoodle_ops::import;
 
 use super::{exit, output, progress::Progress};
 
-/// Deploy new instances from a template. With the naming schema automated, a token is enough:
-/// host, database, user and dataroot come from the schema (`vmoodle schema expand TOKEN`).
-///
-/// Examples:
-///   vmoodle deploy --template base --token school1
-///   vmoodle deploy --template base --tokens school1,school2,school3 --parallel 3
-///   vmoodle deploy --template base --count 50 --token-pattern 'school{n}'
-///   vmoodle deploy --template base --csv nodelist.csv      (VMoodle's node list)
+const EXAMPLES: &str = "\
+With the naming schema automated, a token is enough: host, database, user and dataroot come from
+the schema (`vmoodle schema expand TOKEN` shows them). Each deploy is a job: a failure, Ctrl-C or
+a crash undoes it completely (`vmoodle jobs show ID`).
+
+Examples:
+  vmoodle deploy --template base --token school1
+  vmoodle deploy --template base --tokens school1,school2,school3 --parallel 3
+  vmoodle deploy --template base --count 50 --token-pattern 'school{N}'
+  vmoodle deploy --template base --csv nodelist.csv      (VMoodle's node list)";
+
+/// Deploy new instances from a template.
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES)]
 pub struct Cmd {
     /// The template to deploy from (a node list's vtemplate column overrides it per row).
     #[arg(long)]
@@ -30,7 +34,7 @@ pub struct Cmd {
     /// How many instances, named by --token-pattern.
     #[arg(long, requires = "token_pattern", conflicts_with = "csv")]
     count: Option<usize>,
-    /// A pattern with {n} for --count, e.g. school{n}.
+    /// A pattern for --count with {N} where the number goes, e.g. school{N}.
     #[arg(long)]
     token_pattern: Option<String>,
     /// First number for --count.
@@ -76,7 +80,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let admin_password = if self.admin_password_stdin {
             Some(vmoodle_ops::read_password_stdin()?)
         } else {
@@ -116,17 +120,21 @@ impl Cmd {
             }));
         } else if let Some(n) = self.count {
             let pattern = self.token_pattern.clone().unwrap_or_default();
-            if !pattern.contains("{n}") {
-                bail!("--token-pattern must hold {{n}}, e.g. school{{n}}");
+            if !pattern.contains("{n}") && !pattern.contains("{N}") {
+                bail!("--token-pattern `{pattern}` has no {{N}} where the number goes, e.g. school{{N}}");
             }
-            reqs.extend((self.start..self.start + n).map(|i| DeployRequest {
-                token: pattern.replace("{n}", &i.to_string()),
-                ..base.clone()
+            reqs.extend((self.start..self.start + n).map(|i| {
+                DeployRequest {
+                    token: pattern
+                        .replace("{n}", &i.to_string())
+                        .replace("{N}", &i.to_string()),
+                    ..base.clone()
+                }
             }));
         } else if let Some(csv) = &self.csv {
             reqs.extend(from_nodelist(csv, &base)?);
         } else {
-            bail!("say what to deploy: --token X, --tokens a,b,c, --count N --token-pattern 'x{{n}}', or --csv nodelist.csv");
+            bail!("say what to deploy: --token X, --tokens a,b,c, --count N --token-pattern 'x{{N}}', or --csv nodelist.csv");
         }
         if reqs.iter().any(|r| r.template.is_empty()) {
             bail!("missing --template (vmoodle template list shows them)");
@@ -140,13 +148,7 @@ impl Cmd {
             bail!("--name, --shortname, --host and --dataroot apply to a single --token deploy");
         }
         let progress = Progress::new(reqs.len() as u64);
-        let cb = |item: &str, n: usize, total: usize, what: &str| {
-            progress.step(item, n, total, what);
-            if n >= total {
-                progress.item_done(item);
-            }
-        };
-        let results = deploy::deploy_many(&home, reqs, self.parallel, &cb).await;
+        let results = deploy::deploy_many(&home, reqs, self.parallel, &|e| progress.event(e)).await;
         progress.finish();
         let failed = results.iter().filter(|r| !r.ok).count();
         if single && failed == 1 && !self.json {
@@ -179,6 +181,20 @@ impl Cmd {
                     })
                     .collect(),
             );
+            // What the fix-ups changed beyond db_replace() (the same for every deploy of one
+            // template, so said once).
+            if let Some(o) = results.iter().find_map(|r| r.outcome.as_ref()) {
+                let fx = &o.fixups;
+                if !fx.settings_rewritten.is_empty() {
+                    eprintln!(
+                        "settings that named the template's host now name the new one: {}",
+                        fx.settings_rewritten.join(", ")
+                    );
+                }
+                for s in &fx.settings_skipped {
+                    eprintln!("warning: setting not rewritten: {s}");
+                }
+            }
             if failed > 0 {
                 eprintln!(
                     "{failed} of {} deploy(s) failed; each failed one was undone completely",

@@ -40,7 +40,7 @@ impl Cmd {
                 print!("{}", hook::snippet(&home.hook_path()));
             }
             Cmd::Install { moodle_dir } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 vmoodle_ops::publish::publish_all(&home).await?;
                 match hook::install(&moodle_dir, &hook::snippet(&home.hook_path()))? {
                     InstallOutcome::Installed { config, backup } => {
@@ -63,7 +63,7 @@ impl Cmd {
                 }
             }
             Cmd::Publish { json } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = vmoodle_ops::publish::publish_all(&home).await?;
                 if json {
                     output::json(&r)?;

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use vmoodle_ops::import::{self, ImportReport};
-use vmoodle_ops::Home;
 
 use super::{exit, output};
 
@@ -42,7 +41,7 @@ pub enum Cmd {
 
 impl Cmd {
     pub async fn run(self, root: &Path) -> anyhow::Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let (report, json) = match self {
             Cmd::Vmoodle {
                 dbserver,

@@ -149,7 +149,7 @@ impl Cmd {
     pub async fn run(self, root: &Path) -> Result<u8> {
         match self {
             Cmd::Add(a) => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let inp = InstanceInput {
                     token: a.token,
                     wwwroot: a.wwwroot,
@@ -219,7 +219,7 @@ impl Cmd {
                 }
             }
             Cmd::Edit(a) => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let e = InstanceEdit {
                     wwwroot: a.wwwroot,
                     shortname: a.shortname,
@@ -252,7 +252,7 @@ impl Cmd {
                 }
             }
             Cmd::Enable { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, true).await?;
                 eprintln!(
                     "instance `{}` is enabled: {} is served",
@@ -260,7 +260,7 @@ impl Cmd {
                 );
             }
             Cmd::Disable { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::set_enabled(&home, &instance, false).await?;
                 eprintln!(
                     "instance `{}` is disabled: {} answers 503",
@@ -268,7 +268,7 @@ impl Cmd {
                 );
             }
             Cmd::Forget { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::forget(&home, &instance).await?;
                 eprintln!(
                     "instance `{}` is no longer registered; its database `{}` and dataroot {} were left untouched",

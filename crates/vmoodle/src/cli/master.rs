@@ -48,7 +48,7 @@ impl Cmd {
                 force_admin_account,
                 json,
             } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let i = instances::set_master(
                     &home,
                     &moodle_dir,

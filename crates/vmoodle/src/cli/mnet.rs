@@ -120,7 +120,7 @@ impl Cmd {
                 }
             }
             Cmd::Init { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let c = mnet::init(&home, &instance).await?;
                 eprintln!(
                     "new MNET key for `{instance}`: {} (expires {})",
@@ -132,7 +132,7 @@ impl Cmd {
                 instance,
                 subnetwork,
             } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let peers = mnet::bind(&home, &instance, subnetwork).await?;
                 eprintln!(
                     "`{instance}` is in subnetwork {subnetwork}; peers: {}",
@@ -144,7 +144,7 @@ impl Cmd {
                 );
             }
             Cmd::Unbind { instance } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let gone = mnet::unbind(&home, &instance).await?;
                 eprintln!(
                     "`{instance}` left its subnetwork; peerings removed: {}",
@@ -156,7 +156,7 @@ impl Cmd {
                 );
             }
             Cmd::Peer { a, b, all } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let others: Vec<String> = match b {
                     Some(b) => vec![b],
                     None => {
@@ -179,7 +179,7 @@ impl Cmd {
                 }
             }
             Cmd::Unpeer { a, b } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 mnet::unpeer(&home, &a, &b).await?;
                 eprintln!("`{a}` and `{b}` are no longer peers");
             }
@@ -195,7 +195,7 @@ impl Cmd {
                     (_, _, Some(x)) => RenewWhat::One(x),
                     _ => bail!("say what to renew: --due (for cron), --all, or an instance"),
                 };
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::renew(&home, what).await?;
                 if json {
                     output::json(&r)?;
@@ -260,7 +260,7 @@ impl Cmd {
                 }
             }
             Cmd::Repair { json } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let r = mnet::repair(&home).await?;
                 if json {
                     output::json(&r)?;

@@ -5,10 +5,12 @@
 mod dbserver;
 mod delete;
 mod deploy;
+mod doctor;
 mod hook;
 mod import;
 mod init;
 mod instance;
+mod jobs;
 mod master;
 mod mnet;
 mod output;
@@ -35,6 +37,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Done in part: some items were refused (import), or a check found a problem.
     pub const PARTIAL: u8 = 3;
+    /// Stopped by SIGINT/SIGTERM; what the job had done was undone.
+    pub const INTERRUPTED: u8 = 130;
+    /// Another vmoodle held the home's lock for longer than --lock-wait (EX_TEMPFAIL).
+    pub const LOCKED: u8 = 75;
 }
 
 const AFTER_HELP: &str = "\
@@ -46,7 +52,12 @@ Getting started:
   vmoodle hook install --moodle-dir /var/www/moodle
   vmoodle instance list
 
-Exit codes: 0 done, 1 failed, 2 bad command line, 3 done in part (see the report).";
+Every change is a job with a journal: `vmoodle jobs list` shows them, `vmoodle jobs show ID`
+what each did and undid. A job stopped by Ctrl-C or SIGTERM undoes itself at its next step
+boundary; one whose process died is undone by the next command (or `vmoodle jobs recover`).
+
+Exit codes: 0 done, 1 failed, 2 bad command line, 3 done in part (see the report),
+75 the home is busy (another vmoodle held its lock past --lock-wait), 130 stopped by a signal.";
 
 /// vmoodle turns one Moodle codebase into a fleet of virtual Moodle instances: a register of
 /// instances, a config hook that picks the instance from the request host without a database
@@ -57,6 +68,10 @@ pub struct Cli {
     /// The vmoodle home: settings, register, secret key, host files.
     #[arg(long, global = true, env = env::VMOODLE_HOME, default_value = "/var/lib/vmoodle", value_name = "DIR")]
     home: PathBuf,
+
+    /// Seconds to wait for another vmoodle that is changing the home before giving up.
+    #[arg(long, global = true, env = env::VMOODLE_LOCK_WAIT, default_value_t = 120, value_name = "SECONDS")]
+    lock_wait: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -104,6 +119,12 @@ enum Command {
     /// Moodle Network: keys, peers, subnetworks, renewal, status and repair.
     #[command(subcommand)]
     Mnet(mnet::Cmd),
+    /// Jobs: what every change did, step by step; recovery of interrupted ones.
+    #[command(subcommand)]
+    Jobs(jobs::Cmd),
+    /// Check everything a working fleet needs (php, extensions, RC4, hook, files, servers) and
+    /// print the fix for each failure; exit 3 when a check failed.
+    Doctor(doctor::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -121,13 +142,99 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
-    match rt.block_on(run(cli)) {
+    vmoodle_ops::home::set_lock_wait(cli.lock_wait);
+    match rt.block_on(async {
+        watch_signals();
+        run(cli).await
+    }) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report_error(&e);
-            ExitCode::from(exit::ERROR)
+            if e.downcast_ref::<vmoodle_ops::home::LockTimeout>().is_some() {
+                ExitCode::from(exit::LOCKED)
+            } else if vmoodle_ops::cancel::requested().is_some() {
+                ExitCode::from(exit::INTERRUPTED)
+            } else {
+                ExitCode::from(exit::ERROR)
+            }
         }
     }
+}
+
+/// SIGINT/SIGTERM: the first asks the running job to stop at its next step boundary and undo
+/// what it did; a second one exits at once (the next command recovers the job from its journal).
+fn watch_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, sig) in [
+        (
+            SignalKind::interrupt(),
+            vmoodle_ops::cancel::Signal::Interrupt,
+        ),
+        (
+            SignalKind::terminate(),
+            vmoodle_ops::cancel::Signal::Terminate,
+        ),
+    ] {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if vmoodle_ops::cancel::request(sig) {
+                    eprintln!("\nstopping at the next step boundary and undoing what this job did (signal again to stop at once; the next vmoodle command then undoes it)");
+                } else {
+                    eprintln!(
+                        "stopped at once; the next vmoodle command will undo the interrupted job"
+                    );
+                    std::process::exit(exit::INTERRUPTED.into());
+                }
+            }
+        });
+    }
+}
+
+/// Opens the home for a change (takes its lock) and tells what recovery of interrupted jobs did.
+pub async fn open_locked(root: &std::path::Path) -> anyhow::Result<vmoodle_ops::Home> {
+    let home = vmoodle_ops::Home::open_locked(root).await?;
+    for r in &home.recovered {
+        eprintln!(
+            "recovered job {} ({} `{}`, interrupted): {}{}",
+            r.id,
+            r.kind,
+            r.target,
+            r.state,
+            if r.undone.is_empty() {
+                String::new()
+            } else {
+                format!("; undone: {}", r.undone.join("; "))
+            }
+        );
+        for l in &r.left {
+            eprintln!("  NOT undone: {l}");
+        }
+    }
+    Ok(home)
+}
+
+/// Asks for confirmation of a destructive command: `--yes`, or the object's name typed on a
+/// terminal. Without a terminal and without --yes, it refuses.
+pub fn confirm(yes: bool, what: &str, name: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{what} needs confirmation: give --yes");
+    }
+    eprint!("{what}? Type `{name}` to confirm: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != name {
+        eprintln!("not confirmed; nothing changed");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -148,6 +255,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Delete(c) => c.run(&home).await,
         Command::Restore(c) => c.run(&home).await,
         Command::Mnet(c) => c.run(&home).await,
+        Command::Jobs(c) => c.run(&home).await,
+        Command::Doctor(c) => c.run(&home).await,
     }
 }
 

@@ -79,6 +79,47 @@ impl Progress {
         }
     }
 
+    /// Draws a job event: a bar per job (named by its target), plain lines without a terminal.
+    pub fn event(&self, e: &vmoodle_ops::journal::JobEvent) {
+        use vmoodle_ops::journal::JobEvent as E;
+        match e {
+            E::Step {
+                target,
+                n,
+                total,
+                name,
+                ..
+            } => self.step(target, *n - 1, *total, name),
+            E::Count {
+                target,
+                done,
+                total,
+                what,
+                ..
+            } => {
+                if self.multi.is_none() {
+                    eprintln!("{target}: {what} ({done}/{total})");
+                } else if let Some(b) = self.bars.lock().expect("progress lock").get(target) {
+                    b.set_message(format!("{what} ({done}/{total})"));
+                }
+            }
+            E::Undoing { target, what, .. } => {
+                if self.multi.is_none() {
+                    eprintln!("{target}: undoing: {what}");
+                } else if let Some(b) = self.bars.lock().expect("progress lock").get(target) {
+                    b.set_message(format!("undoing: {what}"));
+                }
+            }
+            E::Finished { target, state, .. } => {
+                if self.multi.is_none() && state != "done" {
+                    eprintln!("{target}: {state}");
+                }
+                self.item_done(target);
+            }
+            _ => {}
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(o) = &self.overall {
             o.finish_and_clear();

@@ -59,7 +59,7 @@ impl Cmd {
                 println!("{}", display(&home.settings.get(&key)?));
             }
             Cmd::Set { key, value, stdin } => {
-                let mut home = Home::open_locked(root).await?;
+                let mut home = super::open_locked(root).await?;
                 let is_secret = SECRET_KEYS.contains(&key.as_str());
                 let raw = match (value, stdin) {
                     (Some(_), _) if is_secret => {

@@ -1,7 +1,7 @@
 //! `vmoodle snapshot SOURCE --template NAME`.
 
 use std::path::Path;
-use vmoodle_ops::{templates, Home};
+use vmoodle_ops::templates;
 
 use super::{exit, output, progress::Progress};
 
@@ -18,10 +18,9 @@ pub struct Cmd {
 
 impl Cmd {
     pub async fn run(self, root: &Path) -> anyhow::Result<u8> {
-        let home = Home::open_locked(root).await?;
+        let home = super::open_locked(root).await?;
         let p = Progress::new(0);
-        let cb = |n: usize, total: usize, what: &str| p.step(&self.template, n, total, what);
-        let t = templates::snapshot(&home, &self.source, &self.template, &cb).await;
+        let t = templates::snapshot(&home, &self.source, &self.template, &|e| p.event(e)).await;
         p.finish();
         let t = t?;
         let (m, dir) = templates::open(&t)?;

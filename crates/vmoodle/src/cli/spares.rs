@@ -33,7 +33,7 @@ impl Cmd {
                 dbserver,
                 count,
             } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let made = spares::fill_spares(&home, &template, &dbserver, count).await?;
                 eprintln!(
                     "made {} warm spare(s) of `{template}` on `{dbserver}`",

@@ -25,7 +25,12 @@ pub enum Cmd {
         json: bool,
     },
     /// Delete a template: its files and its live databases on every server.
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Load the template as a live database on a server now (else the first deploy does it).
     Load {
         name: String,
@@ -133,13 +138,20 @@ impl Cmd {
                     return Ok(exit::PARTIAL);
                 }
             }
-            Cmd::Delete { name } => {
-                let home = Home::open_locked(root).await?;
+            Cmd::Delete { name, yes } => {
+                let home = super::open_locked(root).await?;
+                home.registry.template(&name).await?;
+                let what = format!(
+                    "Delete template `{name}`: its files and its live databases on every server"
+                );
+                if !super::confirm(yes, &what, &name)? {
+                    return Ok(exit::ERROR);
+                }
                 templates::delete(&home, &name).await?;
                 eprintln!("template `{name}` deleted (its files and live databases); instances deployed from it are untouched");
             }
             Cmd::Load { name, dbserver } => {
-                let home = Home::open_locked(root).await?;
+                let home = super::open_locked(root).await?;
                 let t = home.registry.template(&name).await?;
                 let s = home.registry.dbserver(&dbserver).await?;
                 let made = templates::ensure_live(&home, &t, &s).await?;

@@ -83,10 +83,10 @@ impl Drop for Cleanup {
 /// test's directory, and a source Moodle loaded from the fixtures (MariaDB and PostgreSQL).
 pub(crate) struct Setup {
     pub(crate) vm: Vm,
-    base: PathBuf,
-    _maria: MariaDb,
-    _pg: PgDb,
-    _data: TempDir,
+    pub(crate) base: PathBuf,
+    pub(crate) _maria: MariaDb,
+    pub(crate) _pg: PgDb,
+    pub(crate) _data: TempDir,
     pub(crate) clean: Cleanup,
 }
 
@@ -342,7 +342,7 @@ fn snapshot_deploy_delete_restore_mariadb() {
             .hosts_dir()
             .join(format!("{t}.moodle.example.org.php"))
             .is_file());
-        // db_replace() rules: text columns rewritten, the config table left alone.
+        // db_replace() rules for text columns; settings naming the template's wwwroot too.
         assert_eq!(
             my_value(&db, "SELECT summary FROM mdl_course WHERE id = 1"),
             format!("See http://{t}.moodle.example.org/mod/page/view.php?id=1")
@@ -352,7 +352,7 @@ fn snapshot_deploy_delete_restore_mariadb() {
                 &db,
                 "SELECT value FROM mdl_config WHERE name = 'vmt_probe_url'"
             ),
-            "http://master.moodle.test/x"
+            format!("http://{t}.moodle.example.org/x")
         );
         assert_eq!(
             my_value(&db, "SELECT COUNT(*) FROM mdl_logstore_standard_log"),
@@ -678,7 +678,7 @@ fn warm_spares_mariadb() {
         format!("http://{c}.csv.example.org")
     );
     // Deleting the template drops its live database and spares.
-    s.vm.ok(&["template", "delete", &tpl]);
+    s.vm.ok(&["template", "delete", &tpl, "--yes"]);
     assert_eq!(my_value("mysql", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'vm%\\_{tpl}%'")), "0");
 }
 

@@ -404,3 +404,50 @@ fn hook_check_reports_what_a_host_gets() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains("503"));
 }
+
+/// The master's cache, temp and request directories and session prefixes are never shared: an
+/// instance gets a directory of its own inside each the master sets, and its own prefixes;
+/// what the master leaves to Moodle goes under the instance's dataroot.
+#[test]
+fn instances_get_their_own_dirs_and_session_prefixes() {
+    let vm = Vm::new(Backend::Sqlite);
+    vm.add_local_servers();
+    let mut master: Vec<(&str, &str)> = MASTER.to_vec();
+    master.extend([
+        ("cachedir", "/var/cache/moodle"),
+        ("localrequestdir", "/tmp/mdlreq"),
+        ("session_redis_prefix", "sess_"),
+    ]);
+    let moodle = fake_moodle(vm.dir.path(), true, &master);
+    vm.ok(&["master", "set", "--moodle-dir", moodle.to_str().unwrap()]);
+    vm.ok_stdin(
+        &["instance", "add", "--token", "alpha", "--password-stdin"],
+        "alpha-pw",
+    );
+    vm.ok(&[
+        "hook",
+        "install",
+        "--moodle-dir",
+        moodle.join("public").to_str().unwrap(),
+    ]);
+    let a = cfg_of(&php_cli_config(&moodle, Some("alpha.moodle.example.org")));
+    let short = "alpha";
+    assert_eq!(a["cachedir"], format!("/var/cache/moodle/{short}"));
+    assert_eq!(a["localrequestdir"], format!("/tmp/mdlreq/{short}"));
+    assert_eq!(a["session_redis_prefix"], format!("sess_{short}_"));
+    assert_eq!(
+        a["session_memcached_prefix"],
+        format!("memc.sess.key.{short}_")
+    );
+    assert_eq!(a["localcachedir"], "/srv/moodledata/alpha/localcache");
+    assert_eq!(a["tempdir"], "/srv/moodledata/alpha/temp");
+    assert_eq!(a["backuptempdir"], "/srv/moodledata/alpha/temp/backup");
+    // The master keeps its own.
+    let m = cfg_of(&php_cli_config(&moodle, Some("master.moodle.test")));
+    assert_eq!(m["cachedir"], "/var/cache/moodle");
+    assert_eq!(m["session_redis_prefix"], "sess_");
+    // An instance's own value wins.
+    vm.ok(&["instance", "edit", "alpha", "--cfg", "cachedir=/fast/alpha"]);
+    let a = cfg_of(&php_cli_config(&moodle, Some("alpha.moodle.example.org")));
+    assert_eq!(a["cachedir"], "/fast/alpha");
+}

@@ -1,12 +1,15 @@
 //! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
+mod clone;
 mod common;
 mod dbserver;
 mod deploy;
+mod doctor;
 mod hook;
 mod hostile;
 mod import;
 mod init_settings;
 mod instances;
+mod jobs;
 mod master;
 mod mnet;
