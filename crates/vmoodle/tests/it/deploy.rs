@@ -987,11 +987,11 @@ fn spares_and_live_templates_are_matched_exactly() {
     for t in [&t, &t2, &t3] {
         s.vm.ok(&["delete", t, "--yes", "--no-archive"]);
     }
-    s.vm.ok(&["template", "delete", &tpl]);
+    s.vm.ok(&["template", "delete", &tpl, "--yes"]);
     assert!(!schema_exists(&live));
     assert!(schema_exists(&format!("vmtpl_{tplx}")));
     assert_eq!(spares_of(&s.vm, &tplx), xs);
-    s.vm.ok(&["template", "delete", &tplx]);
+    s.vm.ok(&["template", "delete", &tplx, "--yes"]);
     assert!(!schema_exists(&format!("vmtpl_{tplx}")));
     assert!(!schema_exists(&xs[0]));
 }
