@@ -14,8 +14,11 @@ as_root() {
 }
 
 # Debian packages vmoodle and its tests need; installed only when missing.
-PACKAGES=(php-cli php-mysql php-pgsql mariadb-server mariadb-client mariadb-backup postgresql postgresql-client
-          libssl-dev pkg-config gcc ca-certificates)
+# php-xml, -mbstring, -curl, -zip, -gd, -intl, -soap: what Moodle 5.1 itself needs (the MNET test
+# runs the real Moodle code); zstd unpacks that code for the tests.
+PACKAGES=(php-cli php-mysql php-pgsql php-xml php-mbstring php-curl php-zip php-gd php-intl php-soap
+          mariadb-server mariadb-client mariadb-backup postgresql postgresql-client
+          libssl-dev pkg-config gcc ca-certificates zstd)
 
 ensure_packages() {
     local missing=()

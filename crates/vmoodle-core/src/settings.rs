@@ -20,6 +20,17 @@ pub struct Settings {
     pub executables: Executables,
     pub web: WebSettings,
     pub mnet: MnetSettings,
+    pub moodle: MoodleSettings,
+}
+
+/// The Moodle code that serves every instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoodleSettings {
+    /// The directory holding config.php (for Moodle 5.x, the parent of public/); empty when
+    /// unknown. `master set --moodle-dir` records it. vmoodle runs Moodle's own PHP from it under
+    /// an instance's host, e.g. to invalidate Moodle's caches after it changed a site's keys.
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +78,7 @@ impl Default for Settings {
             executables: Executables::default(),
             web: WebSettings::default(),
             mnet: MnetSettings::default(),
+            moodle: MoodleSettings::default(),
         }
     }
 }
@@ -258,6 +270,9 @@ impl Settings {
                 self.mnet.key_lifetime_days.to_string(),
                 "days between 1 and 3650",
             ));
+        }
+        if !self.moodle.dir.is_empty() {
+            validate::abs_path("moodle.dir", &self.moodle.dir)?;
         }
         if self.web.retry_after == 0 || self.web.retry_after > 86_400 {
             return Err(ValidationError::new(
@@ -471,6 +486,14 @@ renew_time = "03:00"
 renew_window_minutes = 120
 # Lifetime of new keys in days (Moodle's $CFG->mnetkeylifetime, default 28).
 key_lifetime_days = 28
+
+# The Moodle code that serves every instance.
+[moodle]
+# The directory holding config.php (for Moodle 5.x, the parent of public/). `vmoodle master set
+# --moodle-dir` records it. vmoodle runs Moodle's own PHP from there under an instance's host
+# (as the web.user account when it runs as root) to invalidate Moodle's caches after it changed
+# a live site's keys or settings. Empty: unknown, and vmoodle prints the command to run instead.
+dir = ""
 "#,
         p = PLACEHOLDER
     )

@@ -76,6 +76,7 @@ pub struct Tool {
     timeout: Duration,
     stdin_file: Option<PathBuf>,
     stdout_file: Option<PathBuf>,
+    user: Option<(u32, u32)>,
 }
 
 impl Tool {
@@ -89,6 +90,7 @@ impl Tool {
             timeout: Duration::from_secs(600),
             stdin_file: None,
             stdout_file: None,
+            user: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -122,6 +124,11 @@ impl Tool {
         self.cwd = Some(dir.into());
         self
     }
+    /// Runs the child as this user and group (needs root; root's supplementary groups are dropped).
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -149,6 +156,10 @@ impl Tool {
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
+        }
+        if let Some((uid, gid)) = self.user {
+            // std's uid() also clears root's supplementary groups (setgroups(0)).
+            cmd.gid(gid).uid(uid);
         }
         let io_err = |p: &PathBuf, source| ExecError::Spawn {
             program: format!("{} ({})", name, p.display()),
@@ -247,6 +258,26 @@ fn tail(stderr: &[u8], stdout: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As root, `user` runs the child as that account, without root's groups; anyone else
+    /// cannot switch and gets an error, not a child running as themselves.
+    #[tokio::test]
+    async fn runs_as_another_user() {
+        let id = find_on_path(&["id"]).unwrap();
+        let me = Tool::new(&id).arg("-u").run().await.unwrap();
+        if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+            let r = Tool::new(&id).user(65534, 65534).run().await;
+            assert!(matches!(r, Err(ExecError::Spawn { .. })), "{r:?}");
+            return;
+        }
+        let out = Tool::new(&id).user(65534, 65534).run().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("uid=65534") && text.contains("gid=65534"),
+            "{text}"
+        );
+        assert!(!text.contains("(root)"), "root's groups stayed: {text}");
+    }
 
     #[tokio::test]
     async fn runs_and_reports_failures() {

@@ -299,15 +299,35 @@ pub async fn set_enabled(home: &Home, key: &str, enabled: bool) -> Result<Instan
 }
 
 /// Unregisters an instance and removes its host file; its database and dataroot are untouched.
-pub async fn forget(home: &Home, key: &str) -> Result<Instance> {
+/// The MNET peerings vmoodle made with it go first (its row in each peer's database), so no
+/// peer keeps trusting a site vmoodle no longer manages; if a peer cannot be reached, nothing is
+/// unregistered and the error says which.
+pub async fn forget(home: &Home, key: &str) -> Result<(Instance, Vec<String>)> {
     let i = home.registry.instance(key).await?;
+    let peers = crate::mnet::remove_peerings(home, &i).await?;
     home.registry.remove_instance(i.id).await?;
     if i.is_master {
         publish::write_hook(home, &home.registry.instances().await?)?;
     } else {
         publish::remove_host_file(home, &i.host)?;
     }
-    Ok(i)
+    Ok((i, peers))
+}
+
+/// Records the master's Moodle directory (`moodle.dir`), which vmoodle uses to run Moodle's own
+/// PHP under an instance (cache invalidation).
+pub fn remember_moodle_dir(home: &mut Home, moodle_dir: &Path) -> Result<()> {
+    let config = vmoodle_site::hook::locate_config(moodle_dir)?;
+    let dir = config
+        .parent()
+        .context("config.php has no directory")?
+        .canonicalize()
+        .with_context(|| format!("resolving {}", moodle_dir.display()))?;
+    let dir = dir
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", dir.display()))?;
+    let text = vmoodle_core::settings::set_in_document(&home.settings_text()?, "moodle.dir", dir)?;
+    home.save_settings(&text)
 }
 
 /// What `master set` was given.

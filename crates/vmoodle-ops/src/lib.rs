@@ -5,6 +5,7 @@
 //! followed by rewriting that host's file.
 
 pub mod archive;
+pub mod caches;
 pub mod cancel;
 pub mod dbservers;
 pub mod deploy;

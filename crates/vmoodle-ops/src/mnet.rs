@@ -2,6 +2,12 @@
 //! XML-RPC): key pairs in Moodle's own format, peers (each holding the other's `mnet_host` row
 //! and, where the SSO services exist, `mnet_host2service` rows both ways), subnetworks, renewal
 //! that updates every peer, and a status/repair pass that mends stale or missing peer rows.
+//!
+//! A peer row that a site's administrator deleted in Moodle (`mnet_host.deleted = 1`) stays
+//! deleted: renewal and repair never revive it (only an explicit `peer`/`bind` does). Renewal,
+//! status and repair work instance by instance: one unreachable database is reported and the rest
+//! of the fleet is still renewed and mended. After a site's key changed, its Moodle caches are
+//! invalidated through Moodle itself (crate::caches).
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -12,7 +18,25 @@ use vmoodle_registry::Instance;
 use vmoodle_site::fixups::set_setting;
 use vmoodle_site::mnet::{self, CertInfo, HistoryEntry, Keypair};
 
+use crate::caches::{self, CacheReport};
+use crate::journal::{self, Journal};
 use crate::{dbservers, Home};
+
+/// Something that failed for one instance while the others went on.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceError {
+    pub instance: String,
+    pub error: String,
+}
+
+impl InstanceError {
+    fn new(instance: &str, e: &anyhow::Error) -> Self {
+        Self {
+            instance: instance.to_string(),
+            error: format!("{e:#}"),
+        }
+    }
+}
 
 /// An instance's database, reached with its server's administrator account.
 struct Site {
@@ -275,15 +299,29 @@ async fn rotate(home: &Home, s: &Site, c: &mut Conn) -> Result<(Keypair, i64)> {
     Ok((kp, expires))
 }
 
-/// `vmoodle mnet init X`: a fresh key pair (and MNET on); its peers learn the new key.
-pub async fn init(home: &Home, key: &str) -> Result<CertInfo> {
+/// What `mnet init` did.
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub certificate: CertInfo,
+    pub repair: RepairReport,
+    pub caches: CacheReport,
+}
+
+/// `vmoodle mnet init X`: a fresh key pair (and MNET on); its peers learn the new key, and the
+/// site's Moodle caches are invalidated.
+pub async fn init(home: &Home, key: &str) -> Result<InitReport> {
     let s = site_by_key(home, key).await?;
     let mut c = s.conn().await?;
     let r = rotate(home, &s, &mut c).await;
     vmoodle_dbserver::close(c).await;
     let (kp, _) = r?;
-    repair_for(home, Some(s.inst.id)).await?;
-    Ok(mnet::cert_info(&kp.certificate)?)
+    let repair = repair_for(home, Some(s.inst.id)).await?;
+    let caches = caches::invalidate_config(home, std::slice::from_ref(&s.inst)).await;
+    Ok(InitReport {
+        certificate: mnet::cert_info(&kp.certificate)?,
+        repair,
+        caches,
+    })
 }
 
 /// A peer's view of another site: its current certificate and expiry.
@@ -305,28 +343,57 @@ async fn current(s: &Site, c: &mut Conn) -> Result<Option<Current>> {
     })
 }
 
+/// What writing a peer row did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerWrite {
+    Created,
+    Updated,
+    /// The site's administrator deleted that peer (deleted = 1); left as it is.
+    LeftDeleted,
+}
+
 /// Writes (or refreshes) `other`'s row in `s`'s mnet_host, and the SSO service rows where those
-/// services exist. Returns whether the row was created.
-async fn write_peer_row(s: &Site, c: &mut Conn, other: &Instance, cur: &Current) -> Result<bool> {
+/// services exist. A row the site's administrator deleted (deleted = 1) is brought back only
+/// when `revive` (an explicit `peer`/`bind`); otherwise it is left deleted and nothing is written.
+async fn write_peer_row(
+    s: &Site,
+    c: &mut Conn,
+    other: &Instance,
+    cur: &Current,
+    revive: bool,
+) -> Result<PeerWrite> {
     let rows = c
         .rows(
             &format!(
-                "SELECT {} FROM {} WHERE wwwroot = ?",
+                "SELECT {}, {} FROM {} WHERE wwwroot = ?",
                 s.cast("id"),
+                s.cast("deleted"),
                 s.t("mnet_host")
             ),
             &[other.wwwroot.as_str().into()],
         )
         .await?;
-    let ids: Vec<i64> = rows
+    let all: Vec<(i64, bool)> = rows
         .iter()
-        .filter_map(|r| r[0].as_deref().and_then(|v| v.parse().ok()))
+        .filter_map(|r| {
+            let id = r[0].as_deref()?.parse().ok()?;
+            Some((id, r[1].as_deref().is_some_and(|d| d != "0")))
+        })
         .collect();
-    let (id, created) = match ids.first() {
+    let live: Vec<i64> = all.iter().filter(|(_, d)| !d).map(|(id, _)| *id).collect();
+    if live.is_empty() && !all.is_empty() && !revive {
+        return Ok(PeerWrite::LeftDeleted);
+    }
+    let (id, created) = match live.first().or(all.first().map(|(id, _)| id)) {
         Some(&id) => {
-            // Every row for that wwwroot (an administrator may have made more than one).
+            // Every live row for that wwwroot (an administrator may have made more than one);
+            // with `revive`, deleted ones too.
             c.exec(
-                &format!("UPDATE {} SET public_key = ?, public_key_expires = ?, deleted = 0, name = ? WHERE wwwroot = ?", s.t("mnet_host")),
+                &format!(
+                    "UPDATE {} SET public_key = ?, public_key_expires = ?, deleted = 0, name = ? WHERE wwwroot = ?{}",
+                    s.t("mnet_host"),
+                    if revive { "" } else { " AND deleted = 0" }
+                ),
                 &[
                     cur.certificate.as_str().into(),
                     cur.expires.into(),
@@ -445,23 +512,32 @@ async fn write_peer_row(s: &Site, c: &mut Conn, other: &Instance, cur: &Current)
             }
         }
     }
-    Ok(created)
-}
-
-/// Makes sure a site has a key (making one if it has none); returns its current key.
-async fn ensure_key(home: &Home, s: &Site, c: &mut Conn) -> Result<Current> {
-    if let Some(cur) = current(s, c).await? {
-        return Ok(cur);
-    }
-    let (kp, expires) = rotate(home, s, c).await?;
-    Ok(Current {
-        certificate: kp.certificate,
-        expires,
+    Ok(if created {
+        PeerWrite::Created
+    } else {
+        PeerWrite::Updated
     })
 }
 
-/// `vmoodle mnet peer X Y`: each holds the other's row (and SSO service rows).
-pub async fn peer(home: &Home, x: &str, y: &str) -> Result<()> {
+/// Makes sure a site has a key (making one if it has none); returns its current key and
+/// whether it was just made.
+async fn ensure_key(home: &Home, s: &Site, c: &mut Conn) -> Result<(Current, bool)> {
+    if let Some(cur) = current(s, c).await? {
+        return Ok((cur, false));
+    }
+    let (kp, expires) = rotate(home, s, c).await?;
+    Ok((
+        Current {
+            certificate: kp.certificate,
+            expires,
+        },
+        true,
+    ))
+}
+
+/// `vmoodle mnet peer X Y`: each holds the other's row (and SSO service rows). Returns the
+/// instances that got their first key (their Moodle caches need invalidating).
+pub async fn peer(home: &Home, x: &str, y: &str) -> Result<Vec<Instance>> {
     let a = site_by_key(home, x).await?;
     let b = site_by_key(home, y).await?;
     if a.inst.id == b.inst.id {
@@ -470,18 +546,50 @@ pub async fn peer(home: &Home, x: &str, y: &str) -> Result<()> {
     peer_sites(home, &a, &b).await
 }
 
-async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<()> {
+/// Whether `s` has a peer row (live or deleted) for `wwwroot`.
+async fn has_peer_row(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<bool> {
+    let ids = c
+        .column(
+            &format!(
+                "SELECT {} FROM {} WHERE wwwroot = ?",
+                s.cast("id"),
+                s.t("mnet_host")
+            ),
+            &[wwwroot.into()],
+        )
+        .await?;
+    Ok(!ids.is_empty())
+}
+
+async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<Vec<Instance>> {
     let mut ca = a.conn().await?;
     let mut cb = b.conn().await?;
     let r = async {
-        let ka = ensure_key(home, a, &mut ca).await?;
-        let kb = ensure_key(home, b, &mut cb).await?;
-        let a_made = write_peer_row(a, &mut ca, &b.inst, &kb).await?;
-        let b_made = write_peer_row(b, &mut cb, &a.inst, &ka).await?;
+        let (ka, a_new) = ensure_key(home, a, &mut ca).await?;
+        let (kb, b_new) = ensure_key(home, b, &mut cb).await?;
+        // The register learns which rows vmoodle is about to create before it writes them, so
+        // a crash in between never leaves a row in a peer's database that nobody can find (the
+        // deploy's undo and `forget` remove what the link says vmoodle made).
+        let a_will = !has_peer_row(a, &mut ca, &b.inst.wwwroot).await?;
+        let b_will = !has_peer_row(b, &mut cb, &a.inst.wwwroot).await?;
         home.registry
-            .add_mnet_link(a.inst.id, b.inst.id, a_made, b_made)
+            .add_mnet_link(a.inst.id, b.inst.id, a_will, b_will)
             .await?;
-        anyhow::Ok(())
+        let a_made = write_peer_row(a, &mut ca, &b.inst, &kb, true).await? == PeerWrite::Created;
+        let b_made = write_peer_row(b, &mut cb, &a.inst, &ka, true).await? == PeerWrite::Created;
+        if (a_made, b_made) != (a_will, b_will) {
+            home.registry
+                .add_mnet_link(a.inst.id, b.inst.id, a_made, b_made)
+                .await?;
+        }
+        let mut keyed = Vec::new();
+        if a_new {
+            keyed.push(a.inst.clone());
+        }
+        if b_new {
+            keyed.push(b.inst.clone());
+        }
+        anyhow::Ok(keyed)
     }
     .await;
     vmoodle_dbserver::close(ca).await;
@@ -518,35 +626,7 @@ async fn unpeer_sites(home: &Home, a: &Site, b: &Site) -> Result<()> {
             continue;
         }
         let mut c = side.conn().await?;
-        let r = async {
-            let ids = c
-                .column(
-                    &format!(
-                        "SELECT {} FROM {} WHERE wwwroot = ?",
-                        side.cast("id"),
-                        side.t("mnet_host")
-                    ),
-                    &[other.inst.wwwroot.as_str().into()],
-                )
-                .await?;
-            for id in ids.iter().filter_map(|v| v.parse::<i64>().ok()) {
-                c.exec(
-                    &format!(
-                        "DELETE FROM {} WHERE hostid = ?",
-                        side.t("mnet_host2service")
-                    ),
-                    &[id.into()],
-                )
-                .await?;
-                c.exec(
-                    &format!("DELETE FROM {} WHERE id = ?", side.t("mnet_host")),
-                    &[id.into()],
-                )
-                .await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
+        let r = delete_peer_rows(side, &mut c, &other.inst.wwwroot).await;
         vmoodle_dbserver::close(c).await;
         r?;
     }
@@ -554,8 +634,16 @@ async fn unpeer_sites(home: &Home, a: &Site, b: &Site) -> Result<()> {
     Ok(())
 }
 
+/// What `bind` did.
+#[derive(Debug, Default)]
+pub struct BindReport {
+    pub peers: Vec<String>,
+    /// Instances that got their first key (their Moodle caches need invalidating).
+    pub keyed: Vec<Instance>,
+}
+
 /// `vmoodle mnet bind X --subnetwork N`: X joins subnetwork N and peers with every member.
-pub async fn bind(home: &Home, x: &str, n: i64) -> Result<Vec<String>> {
+pub async fn bind(home: &Home, x: &str, n: i64) -> Result<BindReport> {
     if n < 1 {
         bail!("a subnetwork is a number from 1 (use `vmoodle mnet unbind` to leave one)");
     }
@@ -565,22 +653,24 @@ pub async fn bind(home: &Home, x: &str, n: i64) -> Result<Vec<String>> {
     }
     home.registry.set_mnet(s.inst.id, n).await?;
     let s = site_by_key(home, x).await?;
-    let mut peers = Vec::new();
+    let mut report = BindReport::default();
     for other in home.registry.instances().await? {
         if other.id != s.inst.id && other.mnet == n {
             let o = site(home, other).await?;
-            peer_sites(home, &s, &o).await?;
-            peers.push(o.inst.shortname.clone());
+            report.keyed.extend(peer_sites(home, &s, &o).await?);
+            report.peers.push(o.inst.shortname.clone());
         }
     }
-    if peers.is_empty() {
+    if report.peers.is_empty() {
         // Alone in its subnetwork for now: it still gets its key.
         let mut c = s.conn().await?;
         let r = ensure_key(home, &s, &mut c).await;
         vmoodle_dbserver::close(c).await;
-        r?;
+        if r?.1 {
+            report.keyed.push(s.inst.clone());
+        }
     }
-    Ok(peers)
+    Ok(report)
 }
 
 /// Leaves the subnetwork: the peerings with its members go (rows vmoodle made), MNET stays on.
@@ -623,65 +713,120 @@ pub struct PairStatus {
     pub b: String,
     pub a_holds_b: bool,
     pub b_holds_a: bool,
+    /// a's administrator deleted b's peer row in Moodle (vmoodle leaves it deleted).
+    pub a_deleted_b: bool,
+    pub b_deleted_a: bool,
+}
+
+impl PairStatus {
+    /// Each side holds the other's current key, or deliberately does not (deleted by its admin).
+    pub fn ok(&self) -> bool {
+        (self.a_holds_b || self.a_deleted_b) && (self.b_holds_a || self.b_deleted_a)
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub instances: Vec<InstanceStatus>,
     pub pairs: Vec<PairStatus>,
+    /// Instances whose database could not be read.
+    pub errors: Vec<InstanceError>,
 }
 
-/// What every instance's database says: its own key, and the peer rows it holds.
+/// What every reachable instance's database says: its own key, and the peer rows it holds.
 struct Snapshot {
     sites: Vec<Site>,
     keys: HashMap<i64, Current>,
-    /// instance id -> (peer wwwroot -> public_key)
+    /// instance id -> (peer wwwroot -> public_key), live rows (deleted = 0)
     rows: HashMap<i64, HashMap<String, String>>,
+    /// instance id -> peer wwwroots whose every row its administrator deleted (deleted = 1)
+    deleted: HashMap<i64, std::collections::HashSet<String>>,
+    /// Instances that could not be read; they are left out of `sites`.
+    errors: Vec<InstanceError>,
 }
 
 async fn read_network(home: &Home, only: Option<&[i64]>) -> Result<Snapshot> {
     let links = home.registry.mnet_links().await?;
     let mut sites = Vec::new();
+    let mut errors = Vec::new();
     for inst in home.registry.instances().await? {
         let involved =
             inst.mnet >= 0 || links.iter().any(|l| l.a_id == inst.id || l.b_id == inst.id);
         if involved && only.is_none_or(|o| o.contains(&inst.id)) {
-            sites.push(site(home, inst).await?);
+            let name = inst.shortname.clone();
+            match site(home, inst).await {
+                Ok(s) => sites.push(s),
+                Err(e) => errors.push(InstanceError::new(&name, &e)),
+            }
         }
     }
     let mut keys = HashMap::new();
     let mut rows = HashMap::new();
-    for s in &sites {
-        let mut c = s.conn().await?;
+    let mut deleted = HashMap::new();
+    let mut readable = Vec::new();
+    for s in sites {
         let r = async {
-            if let Some(cur) = current(s, &mut c).await? {
-                keys.insert(s.inst.id, cur);
+            let mut c = s.conn().await?;
+            let r = async {
+                let cur = current(&s, &mut c).await?;
+                let local = s.local_id(&mut c).await?;
+                let all = c
+                    .rows(
+                        &format!(
+                            "SELECT {}, {}, {} FROM {} WHERE id <> ?",
+                            s.cast("wwwroot"),
+                            s.cast("public_key"),
+                            s.cast("deleted"),
+                            s.t("mnet_host")
+                        ),
+                        &[local.into()],
+                    )
+                    .await?;
+                anyhow::Ok((cur, all))
             }
-            let local = s.local_id(&mut c).await?;
-            let all = c
-                .rows(
-                    &format!(
-                        "SELECT {}, {} FROM {} WHERE id <> ? AND deleted = 0",
-                        s.cast("wwwroot"),
-                        s.cast("public_key"),
-                        s.t("mnet_host")
-                    ),
-                    &[local.into()],
-                )
-                .await?;
-            rows.insert(
-                s.inst.id,
-                all.into_iter()
-                    .filter_map(|r| Some((r[0].clone()?, r[1].clone().unwrap_or_default())))
-                    .collect(),
-            );
-            anyhow::Ok(())
+            .await;
+            vmoodle_dbserver::close(c).await;
+            r
         }
-        .await;
-        vmoodle_dbserver::close(c).await;
-        r.with_context(|| format!("reading MNET state of `{}`", s.inst.shortname))?;
+        .await
+        .with_context(|| format!("reading the MNET state of `{}`", s.inst.shortname));
+        match r {
+            Ok((cur, all)) => {
+                if let Some(cur) = cur {
+                    keys.insert(s.inst.id, cur);
+                }
+                let mut live: HashMap<String, String> = HashMap::new();
+                let mut gone = std::collections::HashSet::new();
+                for r in all {
+                    let Some(www) = r[0].clone() else { continue };
+                    if r[2].as_deref().is_some_and(|d| d != "0") {
+                        gone.insert(www);
+                    } else {
+                        live.insert(www, r[1].clone().unwrap_or_default());
+                    }
+                }
+                gone.retain(|w| !live.contains_key(w));
+                rows.insert(s.inst.id, live);
+                deleted.insert(s.inst.id, gone);
+                readable.push(s);
+            }
+            Err(e) => errors.push(InstanceError::new(&s.inst.shortname, &e)),
+        }
     }
-    Ok(Snapshot { sites, keys, rows })
+    Ok(Snapshot {
+        sites: readable,
+        keys,
+        rows,
+        deleted,
+        errors,
+    })
+}
+
+impl Snapshot {
+    /// Whether x's administrator deleted y's peer row.
+    fn deleted_by_admin(&self, x: i64, y_wwwroot: &str) -> bool {
+        self.deleted.get(&x).is_some_and(|d| d.contains(y_wwwroot))
+    }
 }
 
 pub async fn status(home: &Home) -> Result<Status> {
@@ -723,14 +868,24 @@ pub async fn status(home: &Home) -> Result<Status> {
             b: by_id[&l.b_id].inst.shortname.clone(),
             a_holds_b: holds(l.a_id, l.b_id),
             b_holds_a: holds(l.b_id, l.a_id),
+            a_deleted_b: net.deleted_by_admin(l.a_id, &by_id[&l.b_id].inst.wwwroot),
+            b_deleted_a: net.deleted_by_admin(l.b_id, &by_id[&l.a_id].inst.wwwroot),
         })
         .collect();
-    Ok(Status { instances, pairs })
+    Ok(Status {
+        instances,
+        pairs,
+        errors: net.errors,
+    })
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct RepairReport {
     pub mended: Vec<String>,
+    /// Peer rows a site's administrator deleted; left deleted.
+    pub left_deleted: Vec<String>,
+    /// Instances that could not be read or mended; the others were.
+    pub errors: Vec<InstanceError>,
 }
 
 /// Mends every stale or missing peer row (of peerings vmoodle made), optionally only those
@@ -755,14 +910,23 @@ async fn repair_for(home: &Home, only: Option<i64>) -> Result<RepairReport> {
     ids.sort();
     ids.dedup();
     let net = read_network(home, Some(&ids)).await?;
+    report.errors.extend(net.errors.iter().cloned());
     let by_id: HashMap<i64, &Site> = net.sites.iter().map(|s| (s.inst.id, s)).collect();
     // Group the fixes by the database they go to, so each gets one connection.
     let mut fixes: HashMap<i64, Vec<i64>> = HashMap::new();
     for l in &links {
         for (x, y) in [(l.a_id, l.b_id), (l.b_id, l.a_id)] {
-            let (Some(ys), Some(k)) = (by_id.get(&y), net.keys.get(&y)) else {
+            let (Some(xs), Some(ys), Some(k)) = (by_id.get(&x), by_id.get(&y), net.keys.get(&y))
+            else {
                 continue;
             };
+            if net.deleted_by_admin(x, &ys.inst.wwwroot) {
+                report.left_deleted.push(format!(
+                    "{} deleted its peer {} (left deleted)",
+                    xs.inst.shortname, ys.inst.shortname
+                ));
+                continue;
+            }
             let ok = net
                 .rows
                 .get(&x)
@@ -773,25 +937,37 @@ async fn repair_for(home: &Home, only: Option<i64>) -> Result<RepairReport> {
             }
         }
     }
+    let mut fixes: Vec<_> = fixes.into_iter().collect();
+    fixes.sort();
     for (x, ys) in fixes {
         let Some(s) = by_id.get(&x) else { continue };
-        let mut c = s.conn().await?;
         let r = async {
-            for y in ys {
-                let (Some(o), Some(k)) = (by_id.get(&y), net.keys.get(&y)) else {
-                    continue;
-                };
-                write_peer_row(s, &mut c, &o.inst, k).await?;
-                report.mended.push(format!(
-                    "{} now holds the current key of {}",
-                    s.inst.shortname, o.inst.shortname
-                ));
+            let mut c = s.conn().await?;
+            let r = async {
+                for y in ys {
+                    let (Some(o), Some(k)) = (by_id.get(&y), net.keys.get(&y)) else {
+                        continue;
+                    };
+                    let what = write_peer_row(s, &mut c, &o.inst, k, false).await?;
+                    report.mended.push(format!(
+                        "{} now holds the current key of {}",
+                        s.inst.shortname, o.inst.shortname
+                    ));
+                    debug_assert_ne!(what, PeerWrite::LeftDeleted);
+                }
+                anyhow::Ok(())
             }
-            anyhow::Ok(())
+            .await;
+            vmoodle_dbserver::close(c).await;
+            r
         }
         .await;
-        vmoodle_dbserver::close(c).await;
-        r?;
+        if let Err(e) = r {
+            report.errors.push(InstanceError::new(
+                &s.inst.shortname,
+                &e.context("mending its peer rows"),
+            ));
+        }
     }
     Ok(report)
 }
@@ -809,14 +985,99 @@ pub enum RenewWhat {
 pub struct RenewReport {
     pub renewed: Vec<String>,
     pub mended: Vec<String>,
+    /// Peer rows a site's administrator deleted; left deleted.
+    pub left_deleted: Vec<String>,
     pub skipped: Option<String>,
+    /// Instances that could not be renewed, read or mended; the others were.
+    pub errors: Vec<InstanceError>,
+    /// The Moodle caches of the renewed instances.
+    pub caches: CacheReport,
+}
+
+impl RenewReport {
+    /// Everything that was asked for was done.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.caches.ok()
+    }
 }
 
 pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     let mut report = RenewReport::default();
+    let targets = renew_targets(home, &what, &mut report).await?;
+    if targets.is_empty() {
+        // Nothing to rotate (the usual cron run): only the repair pass, which changes nothing
+        // when nothing is stale; not worth a job.
+        finish_peers(home, &mut report, &[]).await?;
+        return Ok(report);
+    }
+    // Rotating keys cannot be undone (a peer may already use the new key): the job goes
+    // forward from the start, and one found interrupted is finished by `jobs recover`
+    // (repair, then the caches of every instance it was renewing).
+    let names: Vec<String> = targets.iter().map(|i| i.shortname.clone()).collect();
+    let label = match &what {
+        RenewWhat::One(x) => x.clone(),
+        RenewWhat::All => "all".into(),
+        RenewWhat::Due => "due".into(),
+    };
+    let mut j = Journal::start(home, "mnet renew", &label, 2, &journal::no_events).await?;
+    let r = async {
+        j.go_forward(&names).await?;
+        j.step("rotate keys").await?;
+        let rotated = rotate_all(home, targets, &mut report).await;
+        j.step("update peers and caches").await?;
+        finish_peers(home, &mut report, &rotated).await
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            j.finish().await;
+            Ok(report)
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
+}
+
+/// Finishes a `mnet renew` job found interrupted: every peer learns the current keys, and the
+/// caches of the instances it was renewing are invalidated.
+pub async fn finish_renew(home: &Home, j: Journal<'_>) -> Result<()> {
+    let names: Vec<String> = j.forward_plan().unwrap_or_default();
+    let all = home.registry.instances().await?;
+    let targets: Vec<Instance> = all
+        .into_iter()
+        .filter(|i| names.contains(&i.shortname))
+        .collect();
+    let mut report = RenewReport::default();
+    match finish_peers(home, &mut report, &targets).await {
+        Ok(()) if report.ok() => {
+            j.finish().await;
+            Ok(())
+        }
+        Ok(()) => {
+            let msg = format!(
+                "{} instance(s) could not be mended or had their caches invalidated",
+                report.errors.len() + usize::from(!report.caches.ok())
+            );
+            j.fail(&msg).await;
+            bail!(msg)
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
+}
+
+async fn renew_targets(
+    home: &Home,
+    what: &RenewWhat,
+    report: &mut RenewReport,
+) -> Result<Vec<Instance>> {
     let now = now_unix();
     let m = &home.settings.mnet;
-    let targets: Vec<Instance> = match &what {
+    let targets: Vec<Instance> = match what {
         RenewWhat::One(x) => vec![home.registry.instance(x).await?],
         RenewWhat::All => home
             .registry
@@ -852,18 +1113,55 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
             }
         }
     };
+    Ok(targets)
+}
+
+/// New keys for `targets`, one instance at a time; one that fails is reported and the others
+/// go on. Returns the instances whose key was rotated.
+async fn rotate_all(
+    home: &Home,
+    targets: Vec<Instance>,
+    report: &mut RenewReport,
+) -> Vec<Instance> {
+    let mut rotated = Vec::new();
     for inst in targets {
-        let s = site(home, inst).await?;
-        let mut c = s.conn().await?;
-        let r = rotate(home, &s, &mut c).await;
-        vmoodle_dbserver::close(c).await;
-        r.with_context(|| format!("renewing the key of `{}`", s.inst.shortname))?;
-        report.renewed.push(s.inst.shortname.clone());
+        let name = inst.shortname.clone();
+        let r = async {
+            let s = site(home, inst).await?;
+            let mut c = s.conn().await?;
+            let r = rotate(home, &s, &mut c).await;
+            vmoodle_dbserver::close(c).await;
+            r?;
+            anyhow::Ok(s.inst)
+        }
+        .await
+        .with_context(|| format!("renewing the key of `{name}`"));
+        match r {
+            Ok(i) => {
+                report.renewed.push(name);
+                rotated.push(i);
+            }
+            Err(e) => report.errors.push(InstanceError::new(&name, &e)),
+        }
     }
-    // Every peer learns the new keys; this also finishes a run that was interrupted between an
-    // instance and its peers.
-    report.mended = repair(home).await?.mended;
-    Ok(report)
+    rotated
+}
+
+/// Every peer learns the current keys (this also finishes a run that was interrupted between
+/// an instance and its peers; an instance that failed before is reported only once), then the
+/// Moodle caches of the `rotated` instances are invalidated.
+async fn finish_peers(home: &Home, report: &mut RenewReport, rotated: &[Instance]) -> Result<()> {
+    let rep = repair(home).await?;
+    report.mended = rep.mended;
+    report.left_deleted = rep.left_deleted;
+    for e in rep.errors {
+        if !report.errors.iter().any(|x| x.instance == e.instance) {
+            report.errors.push(e);
+        }
+    }
+    // The renewed sites' Moodle caches still hold their old keys.
+    report.caches = caches::invalidate_config(home, rotated).await;
+    Ok(())
 }
 
 /// MNET changes touch several instances' databases (a new key, then rows in every peer).
@@ -881,6 +1179,8 @@ pub async fn setup_new(home: &Home, key: &str) -> Result<()> {
     }
     // The fix-ups removed the template's key; the instance has none unless a sibling of the
     // same bulk run, binding first, already gave it its own.
+    // Its Moodle caches are empty (a deploy leaves the template's cache out), and its peers
+    // already have keys, so no cache needs invalidating here.
     let mut c = s.conn().await?;
     let r = ensure_key(home, &s, &mut c).await;
     vmoodle_dbserver::close(c).await;
@@ -891,18 +1191,99 @@ pub async fn setup_new(home: &Home, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes every peering vmoodle made for an instance (the rows it wrote in its peers'
-/// databases and in the instance's own), leaving rows an administrator made alone.
+/// Removes every peering vmoodle made with `inst`: in each peer's database, the row (and SSO
+/// service rows) for `inst` that vmoodle created, then the register's record of the peering.
+/// `inst`'s own database is left alone (`instance forget` keeps it; `delete` drops it). Peers
+/// that cannot be reached keep their record, and the error names them, so a second run finishes.
+/// Returns the shortnames of the peers it was removed from.
+pub async fn remove_peerings(home: &Home, inst: &Instance) -> Result<Vec<String>> {
+    let links: Vec<_> = home
+        .registry
+        .mnet_links()
+        .await?
+        .into_iter()
+        .filter(|l| l.a_id == inst.id || l.b_id == inst.id)
+        .collect();
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for l in links {
+        // The other side, and whether vmoodle made its row for `inst`.
+        let (other_id, made) = if l.a_id == inst.id {
+            (l.b_id, l.b_made)
+        } else {
+            (l.a_id, l.a_made)
+        };
+        let Some(other) = home
+            .registry
+            .instances()
+            .await?
+            .into_iter()
+            .find(|i| i.id == other_id)
+        else {
+            home.registry.remove_mnet_link(inst.id, other_id).await?;
+            continue;
+        };
+        let name = other.shortname.clone();
+        let r = async {
+            if made {
+                let o = site(home, other).await?;
+                let mut c = o.conn().await?;
+                let r = delete_peer_rows(&o, &mut c, &inst.wwwroot).await;
+                vmoodle_dbserver::close(c).await;
+                r?;
+            }
+            home.registry.remove_mnet_link(inst.id, other_id).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => done.push(name),
+            Err(e) => failed.push(format!("`{name}`: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the MNET peer rows for `{}` could not be removed from {}\nhint: make those databases reachable and run the command again",
+            inst.shortname,
+            failed.join("; ")
+        );
+    }
+    Ok(done)
+}
+
+/// Deletes the peer rows for `wwwroot` in `s`'s database, with their SSO service rows.
+async fn delete_peer_rows(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<()> {
+    let ids = c
+        .column(
+            &format!(
+                "SELECT {} FROM {} WHERE wwwroot = ?",
+                s.cast("id"),
+                s.t("mnet_host")
+            ),
+            &[wwwroot.into()],
+        )
+        .await?;
+    for id in ids.iter().filter_map(|v| v.parse::<i64>().ok()) {
+        c.exec(
+            &format!("DELETE FROM {} WHERE hostid = ?", s.t("mnet_host2service")),
+            &[id.into()],
+        )
+        .await?;
+        c.exec(
+            &format!("DELETE FROM {} WHERE id = ?", s.t("mnet_host")),
+            &[id.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `remove_peerings` by instance id (for job undo records): nothing to do once the instance
+/// is gone from the register (its peerings went with it).
 pub async fn remove_peerings_of(home: &Home, instance_id: i64) -> Result<()> {
     let all = home.registry.instances().await?;
-    let name = |id: i64| all.iter().find(|i| i.id == id).map(|i| i.shortname.clone());
-    for l in home.registry.mnet_links().await? {
-        if l.a_id != instance_id && l.b_id != instance_id {
-            continue;
-        }
-        if let (Some(a), Some(b)) = (name(l.a_id), name(l.b_id)) {
-            unpeer(home, &a, &b).await?;
-        }
+    if let Some(inst) = all.into_iter().find(|i| i.id == instance_id) {
+        remove_peerings(home, &inst).await?;
     }
     Ok(())
 }

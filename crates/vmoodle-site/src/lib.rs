@@ -3,6 +3,7 @@
 //! config.php (4.x and 5.x layouts), and how to read a config.php's `$CFG` without running
 //! Moodle's setup.
 
+pub mod caches;
 pub mod config_php;
 pub mod dataroot;
 pub mod files;

@@ -416,3 +416,93 @@ pub fn local_server_args() -> [(Vec<String>, String); 2] {
         (args("pg", "pgsql", pg_user()), pg_password()),
     ]
 }
+
+/// The real Moodle 5.1 code (../shared/moodle/moodle-5.1.tar.zst), unpacked once per test run
+/// into the workspace's target/moodle/ and shared by every test: a lock file serializes the
+/// unpack and a marker (named after the tarball's size and time) says it is complete. Returns the
+/// `moodle51` directory (config.php goes at its top, the web root is its public/). Treat it as
+/// read-only: a test that needs its own config.php uses [`moodle_copy`].
+pub fn moodle_code() -> PathBuf {
+    let tarball =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/moodle/moodle-5.1.tar.zst");
+    let tarball = tarball
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("the Moodle code {} is missing: {e}", tarball.display()));
+    let meta = std::fs::metadata(&tarball).expect("tarball metadata");
+    let stamp = format!(
+        ".unpacked-{}-{}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/moodle");
+    std::fs::create_dir_all(&target).expect("target/moodle");
+    let target = target.canonicalize().expect("target/moodle");
+    let code = target.join("moodle51");
+    let marker = target.join(&stamp);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target.join(".lock"))
+        .expect("target/moodle/.lock");
+    lock.lock().expect("locking target/moodle/.lock");
+    if !marker.is_file() {
+        // A partial or older unpack goes first.
+        if code.exists() {
+            std::fs::remove_dir_all(&code).expect("removing an old target/moodle/moodle51");
+        }
+        for e in std::fs::read_dir(&target).expect("target/moodle").flatten() {
+            if e.file_name().to_string_lossy().starts_with(".unpacked-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        // zstd -dc moodle-5.1.tar.zst | tar -x -C target/moodle
+        let mut zstd = Command::new("zstd")
+            .arg("-dc")
+            .arg(&tarball)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("zstd (apt-get install zstd)");
+        let tar = Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(&target)
+            .stdin(zstd.stdout.take().expect("piped"))
+            .status()
+            .expect("tar");
+        assert!(
+            zstd.wait().expect("zstd").success() && tar.success(),
+            "unpacking {} failed",
+            tarball.display()
+        );
+        assert!(
+            code.join("public/lib/setup.php").is_file() || code.join("lib/setup.php").is_file(),
+            "{} has no Moodle code",
+            code.display()
+        );
+        std::fs::write(&marker, b"").expect("marker");
+    }
+    drop(lock);
+    code
+}
+
+/// A private copy of the Moodle code for one test (hard links into [`moodle_code`], made in a
+/// second or two), so the test can write its own config.php; removed with `dir`. Files Moodle
+/// reads are shared; a test must replace a file (write a new one), never modify it in place.
+pub fn moodle_copy(dir: &Path) -> PathBuf {
+    let code = moodle_code();
+    let dest = dir.join("moodle");
+    // cp -al moodle51 DIR/moodle
+    let ok = Command::new("cp")
+        .arg("-al")
+        .arg(&code)
+        .arg(&dest)
+        .status()
+        .expect("cp");
+    assert!(ok.success(), "copying {} failed", code.display());
+    dest
+}

@@ -269,7 +269,10 @@ impl Cmd {
             }
             Cmd::Forget { instance } => {
                 let home = super::open_locked(root).await?;
-                let i = instances::forget(&home, &instance).await?;
+                let (i, peers) = instances::forget(&home, &instance).await?;
+                if !peers.is_empty() {
+                    eprintln!("MNET: its peer rows were removed from {}", peers.join(", "));
+                }
                 eprintln!(
                     "instance `{}` is no longer registered; its database `{}` and dataroot {} were left untouched",
                     i.shortname, i.dbname, i.dataroot

@@ -48,7 +48,7 @@ impl Cmd {
                 force_admin_account,
                 json,
             } => {
-                let home = super::open_locked(root).await?;
+                let mut home = super::open_locked(root).await?;
                 let i = instances::set_master(
                     &home,
                     &moodle_dir,
@@ -60,6 +60,7 @@ impl Cmd {
                     },
                 )
                 .await?;
+                instances::remember_moodle_dir(&mut home, &moodle_dir)?;
                 if json {
                     output::json(&i)?;
                 } else {

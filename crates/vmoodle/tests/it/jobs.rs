@@ -431,3 +431,119 @@ fn deploy_help_shows_the_number_placeholder() {
     assert!(help.contains("with {N} where the number goes"), "{help}");
     assert!(help.contains("--token-pattern 'school{N}'"), "{help}");
 }
+
+/// The MNET rows a deploy wrote into its peers' databases are removed when the deploy is
+/// undone (here: killed after its MNET step, before it was marked done).
+#[test]
+fn crash_after_mnet_step_removes_rows_in_peers() {
+    let mut s = setup();
+    let tpl = token("tn");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (a, b) = (token("na"), token("nb"));
+    s.clean.tokens.extend([a.clone(), b.clone()]);
+    s.vm.ok(&[
+        "deploy",
+        "--template",
+        &tpl,
+        "--token",
+        &a,
+        "--dbserver",
+        "pg",
+        "--mnet",
+        "1",
+    ]);
+    let b_www = format!("http://{b}.moodle.example.org");
+    let rows_for_b = || {
+        pg_value(
+            &format!("vmt_{a}"),
+            &format!("SELECT COUNT(*) FROM mdl_mnet_host WHERE wwwroot = '{b_www}'"),
+        )
+    };
+    let (child, _) = start_paused(
+        &s.vm,
+        &[
+            "deploy",
+            "--template",
+            &tpl,
+            "--token",
+            &b,
+            "--dbserver",
+            "pg",
+            "--mnet",
+            "1",
+        ],
+        "deploy:MNET key and peers:made",
+    );
+    assert_eq!(rows_for_b(), "1", "the peer row was written");
+    kill9(child);
+    let r = s.vm.json(&["jobs", "recover", "--json"]);
+    assert_eq!(r[0]["state"], "rolled back", "{r}");
+    assert_eq!(
+        rows_for_b(),
+        "0",
+        "the row in the peer's database was removed"
+    );
+    nothing_left(&s, &b, false);
+    // The surviving instance's own MNET is intact.
+    let a_www = format!("http://{a}.moodle.example.org");
+    assert_eq!(
+        pg_value(
+            &format!("vmt_{a}"),
+            &format!(
+                "SELECT COUNT(*) FROM mdl_mnet_host WHERE wwwroot = '{a_www}' AND public_key <> ''"
+            ),
+        ),
+        "1"
+    );
+}
+
+/// `mnet renew` killed between rotating keys and updating the peers is finished by recovery:
+/// every peer then holds the new keys.
+#[test]
+fn crash_during_mnet_renew_is_finished() {
+    let mut s = setup();
+    let tpl = token("tr");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (a, b) = (token("ra"), token("rb"));
+    s.clean.tokens.extend([a.clone(), b.clone()]);
+    s.vm.ok(&[
+        "deploy",
+        "--template",
+        &tpl,
+        "--tokens",
+        &format!("{a},{b}"),
+        "--dbserver",
+        "pg",
+        "--mnet",
+        "1",
+    ]);
+    let (child, _) = start_paused(
+        &s.vm,
+        &["mnet", "renew", "--all"],
+        "mnet renew:update peers and caches:start",
+    );
+    kill9(child);
+    // The peers still hold the old keys: stale.
+    assert_eq!(s.vm.run(&["mnet", "status"]).status.code(), Some(3));
+    let out = s.vm.run(&["jobs", "recover", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r[0]["kind"], "mnet renew", "{r}");
+    assert_eq!(
+        out.status.code(),
+        Some(if r[0]["state"] == "done" { 0 } else { 3 }),
+        "{r}"
+    );
+    // Without moodle.dir the caches cannot be purged through Moodle: the job says so and stays
+    // incomplete; the keys and peers are done.
+    assert!(
+        r[0]["state"] == "done" || r[0]["state"] == "incomplete",
+        "{r}"
+    );
+    let st = s.vm.json(&["mnet", "status", "--json"]);
+    for p in st["pairs"].as_array().unwrap() {
+        assert_eq!(p["a_holds_b"], true, "{p}");
+        assert_eq!(p["b_holds_a"], true, "{p}");
+    }
+}

@@ -13,3 +13,4 @@ mod instances;
 mod jobs;
 mod master;
 mod mnet;
+mod mnet_live;

@@ -50,6 +50,13 @@ fn master_from_mariadb_fixture() {
         "--json",
     ]);
     assert_eq!(again["id"], m["id"]);
+    // The Moodle directory is remembered, for running Moodle's own PHP (cache invalidation).
+    assert_eq!(
+        vm.ok(&["settings", "get", "moodle.dir"])
+            .trim()
+            .trim_matches('"'),
+        moodle.canonicalize().unwrap().to_str().unwrap()
+    );
     assert_eq!(
         vm.json(&["instance", "list", "--json"])
             .as_array()

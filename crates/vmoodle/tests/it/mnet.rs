@@ -148,7 +148,15 @@ fn network(server: &str, in1: usize, in2: usize) {
         &db(&one[0]),
         "SELECT public_key FROM mdl_mnet_host WHERE id = 1",
     );
-    s.vm.ok(&["mnet", "renew", "--all"]);
+    // No Moodle code is known here (moodle.dir): vmoodle cannot invalidate the sites' caches, so
+    // it says what to run for each renewed site and exits 3 (mnet_live shows the real thing).
+    let err = s.vm.fails(&["mnet", "renew", "--all"], 3);
+    assert!(err.contains("moodle.dir"), "{err}");
+    assert_eq!(
+        err.matches("admin/cli/purge_caches.php --muc").count(),
+        in1 + in2,
+        "{err}"
+    );
     let after = value(
         server,
         &db(&one[0]),
@@ -267,4 +275,153 @@ fn mnet_network_postgres() {
 #[test]
 fn mnet_network_mariadb() {
     network("maria", 3, 2);
+}
+
+fn out_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A peer row a site's administrator deleted stays deleted through renewal and repair; one
+/// unreachable instance does not stop renewal, status or repair for the others (reported, exit
+/// 3); `instance forget` removes the peer rows vmoodle made in the other instances.
+#[test]
+fn mnet_deleted_peers_unreachable_instances_and_forget() {
+    let mut s = setup();
+    let tpl = token("td");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    let (a, b, c) = (token("da"), token("db"), token("dc"));
+    s.clean.tokens.extend([a.clone(), b.clone(), c.clone()]);
+    let r = deploy_json(
+        &s.vm,
+        &[
+            "--template",
+            &tpl,
+            "--tokens",
+            &format!("{a},{b},{c}"),
+            "--mnet",
+            "1",
+            "--dbserver",
+            "maria",
+        ],
+    );
+    assert!(r.as_array().unwrap().iter().all(|i| i["ok"] == true), "{r}");
+    let www = |t: &str| format!("http://{t}.moodle.example.org");
+    let db = |t: &str| format!("vmt_{t}");
+    let key_of = |t: &str| {
+        value(
+            "maria",
+            &db(t),
+            "SELECT h.public_key FROM mdl_mnet_host h JOIN mdl_config c ON c.name = 'mnet_localhost_id' AND h.id = c.value",
+        )
+    };
+    let row = |in_: &str, of: &str, col: &str| {
+        value(
+            "maria",
+            &db(in_),
+            &format!(
+                "SELECT {col} FROM mdl_mnet_host WHERE wwwroot = '{}'",
+                www(of)
+            ),
+        )
+    };
+
+    // a's administrator deletes the peer b in Moodle (Moodle marks the row deleted).
+    exec(
+        "maria",
+        &db(&a),
+        &format!(
+            "UPDATE mdl_mnet_host SET deleted = 1 WHERE wwwroot = '{}'",
+            www(&b)
+        ),
+    );
+    let b_old = key_of(&b);
+    let st = s.vm.json(&["mnet", "status", "--json"]);
+    assert!(
+        st["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["a_deleted_b"] == true || p["b_deleted_a"] == true),
+        "{st}"
+    );
+    // Renewal renews every key and leaves the deleted row deleted (exit 3 only because no Moodle
+    // code is known to invalidate caches with).
+    let out = s.vm.run(&["mnet", "renew", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let r = out_json(&out);
+    assert_eq!(r["renewed"].as_array().unwrap().len(), 3, "{r}");
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(r["left_deleted"].as_array().unwrap().len(), 1, "{r}");
+    assert_ne!(key_of(&b), b_old);
+    assert_eq!(
+        row(&a, &b, "deleted"),
+        "1",
+        "renewal revived a deleted peer"
+    );
+    assert_eq!(row(&a, &b, "public_key"), b_old);
+    assert_eq!(
+        row(&c, &b, "public_key"),
+        key_of(&b),
+        "c learnt b's new key"
+    );
+    let r = s.vm.json(&["mnet", "repair", "--json"]);
+    assert!(r["mended"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(row(&a, &b, "deleted"), "1", "repair revived a deleted peer");
+    s.vm.ok(&["mnet", "status"]);
+
+    // c becomes unreachable (its database is gone): a and b are still renewed and mended.
+    vmoodle_test::mariadb_sql(None, &format!("DROP DATABASE `{}`", db(&c)));
+    let a_old = key_of(&a);
+    let out = s.vm.run(&["mnet", "renew", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let r = out_json(&out);
+    let errors = r["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{r}");
+    assert_eq!(errors[0]["instance"], c.as_str(), "{r}");
+    let mut renewed: Vec<String> = r["renewed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    renewed.sort();
+    let mut ab = vec![a.clone(), b.clone()];
+    ab.sort();
+    assert_eq!(renewed, ab, "{r}");
+    assert_ne!(key_of(&a), a_old);
+    assert_eq!(
+        row(&b, &a, "public_key"),
+        key_of(&a),
+        "b learnt a's new key"
+    );
+    let err = s.vm.fails(&["mnet", "status"], 3);
+    assert!(err.contains(&c), "{err}");
+    let err = s.vm.fails(&["mnet", "repair"], 3);
+    assert!(err.contains(&c), "{err}");
+
+    // Forgetting b: its peer c cannot be reached, so nothing is forgotten and the error says why.
+    let err = s.vm.fails(&["instance", "forget", &b], 1);
+    assert!(err.contains(&c), "{err}");
+    s.vm.ok(&["instance", "show", &b]);
+    // Forgetting c (its own database is gone) removes its rows from a and b; then b goes too.
+    s.vm.ok(&["instance", "forget", &c]);
+    assert_eq!(row(&a, &c, "COUNT(*)"), "0");
+    assert_eq!(row(&b, &c, "COUNT(*)"), "0");
+    s.vm.ok(&["instance", "forget", &b]);
+    assert_eq!(
+        row(&a, &b, "COUNT(*)"),
+        "0",
+        "the row vmoodle made in a for b"
+    );
+    let st = s.vm.json(&["mnet", "status", "--json"]);
+    assert!(st["pairs"].as_array().unwrap().is_empty(), "{st}");
+    // b's own database is left as it was (forget does not touch it).
+    assert_eq!(row(&b, &a, "COUNT(*)"), "1");
 }
