@@ -66,11 +66,12 @@ ensure_services() {
 }
 
 # Runs SQL on the local MariaDB as its administrator (root over the socket, as Debian sets it up).
+# The SQL goes in on stdin, never on argv: it may hold a password (ps and /proc show argv).
 mariadb_admin_sql() {
     if mariadb --protocol=socket -uroot -e 'SELECT 1' >/dev/null 2>&1; then
-        mariadb --protocol=socket -uroot -e "$1"
+        printf '%s\n' "$1" | mariadb --protocol=socket -uroot
     else
-        mariadb -h 127.0.0.1 -uroot -e "$1"
+        printf '%s\n' "$1" | mariadb -h 127.0.0.1 -uroot
     fi
 }
 

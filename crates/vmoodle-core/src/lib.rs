@@ -11,7 +11,7 @@ pub mod settings;
 pub mod validate;
 
 pub use model::{DbKind, MnetMode};
-pub use secret::{Secret, SecretBox};
+pub use secret::{Binding, Secret, SecretBox};
 pub use validate::ValidationError;
 
 /// Current time as seconds since the Unix epoch (what the register stores).

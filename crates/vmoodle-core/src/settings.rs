@@ -193,7 +193,7 @@ impl Settings {
         if r != "sqlite" && !(r.starts_with("postgres://") || r.starts_with("postgresql://")) {
             return Err(ValidationError::new(
                 "registry",
-                r,
+                redact_url(r),
                 "`sqlite` (registry.sqlite in the home) or a postgres:// URL",
             ));
         }
@@ -218,7 +218,10 @@ impl Settings {
             field: "schema.prefix".into(),
             ..e
         })?;
-        if !s.db_password.is_empty() && !s.db_password.starts_with("v1:") {
+        if !(s.db_password.is_empty()
+            || s.db_password.starts_with("v1:")
+            || s.db_password.starts_with("v2:"))
+        {
             return Err(ValidationError::new(
                 "schema.db_password",
                 "****",
@@ -303,6 +306,13 @@ impl Settings {
         for (k, v) in &mut out {
             if SECRET_KEYS.contains(&k.as_str()) && v.as_str().is_some_and(|s| !s.is_empty()) {
                 *v = serde_json::Value::String("****".into());
+            }
+            // A register URL written with its password (homes made before
+            // --registry-password-file) never prints it.
+            if k == "registry" {
+                if let Some(s) = v.as_str() {
+                    *v = serde_json::Value::String(redact_url(s));
+                }
             }
         }
         out
@@ -556,5 +566,63 @@ mod tests {
         ));
         let e = set_in_document(&text, "web.retry_after", "abc").unwrap_err();
         assert!(e.to_string().contains("whole number"));
+    }
+}
+
+/// The user-info part of a URL (`scheme://USERINFO@host...`), if any.
+fn url_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some((scheme, &rest[..at], &rest[at + 1..]))
+}
+
+/// Whether a URL carries a password (`scheme://user:password@host`).
+pub fn url_has_password(url: &str) -> bool {
+    url_userinfo(url).is_some_and(|(_, u, _)| u.contains(':'))
+}
+
+/// A URL with its password shown as `****`.
+pub fn redact_url(url: &str) -> String {
+    match url_userinfo(url) {
+        Some((scheme, userinfo, tail)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The URL with `password` put in (percent-encoded); None if the URL names no user.
+pub fn url_with_password(url: &str, password: &str) -> Option<String> {
+    let (scheme, userinfo, tail) = url_userinfo(url)?;
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let mut enc = String::with_capacity(password.len() * 3);
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Some(format!("{scheme}://{user}:{enc}@{tail}"))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn register_urls() {
+        let u = "postgres://vm:p@ss:w%2Frd@db.example.org:5432/reg";
+        assert!(url_has_password(u));
+        assert_eq!(redact_url(u), "postgres://vm:****@db.example.org:5432/reg");
+        assert!(!url_has_password("postgres://vm@db/reg"));
+        assert!(!url_has_password("postgres://db/reg?x=a@b"));
+        assert_eq!(
+            url_with_password("postgres://vm@db:5432/reg", "a b@:/%").unwrap(),
+            "postgres://vm:a%20b%40%3A%2F%25@db:5432/reg"
+        );
+        assert_eq!(url_with_password("postgres://db/reg", "x"), None);
     }
 }

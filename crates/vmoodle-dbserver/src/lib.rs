@@ -36,6 +36,8 @@ pub enum DbError {
         context: String,
         source: sqlx::Error,
     },
+    #[error("{0}")]
+    Invalid(String),
     #[error("table `{table}` was not found in database `{database}` on server `{server}`")]
     NoTable {
         server: String,
@@ -161,13 +163,23 @@ pub struct CheckReport {
     pub can_create_databases: bool,
     pub can_create_users: bool,
     pub can_grant: bool,
+    /// Whether the account can read other accounts and their privileges (MariaDB/MySQL:
+    /// SELECT on mysql.user; PostgreSQL's pg_roles is readable by every role). Deploys check
+    /// that a user name is free, and `instance add` that an account has no server-wide powers.
+    pub can_read_accounts: bool,
     pub superuser: bool,
+    /// MariaDB/MySQL: the database name patterns (`vm%`) on which the account may create
+    /// databases and grant rights, when it may not everywhere. Empty otherwise.
+    pub only_databases: Vec<String>,
 }
 
 impl CheckReport {
     /// Whether the account can do what deploys need (create databases and dedicated users).
     pub fn can_deploy(&self) -> bool {
-        self.can_create_databases && self.can_create_users && self.can_grant
+        self.can_create_databases
+            && self.can_create_users
+            && self.can_grant
+            && self.can_read_accounts
     }
 }
 
@@ -191,7 +203,9 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
         can_create_databases: false,
         can_create_users: false,
         can_grant: false,
+        can_read_accounts: false,
         superuser: false,
+        only_databases: Vec::new(),
     };
     match &mut conn {
         Conn::My(c) => {
@@ -225,6 +239,50 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
                     r.can_grant = true;
                 }
             }
+            // Rights on database name patterns (`GRANT ALL ON `vm%`.* ... WITH GRANT OPTION`).
+            if !r.can_create_databases || !r.can_grant {
+                let rows = sqlx::query(
+                    "SELECT CAST(TABLE_SCHEMA AS CHAR), CAST(PRIVILEGE_TYPE AS CHAR), CAST(IS_GRANTABLE AS CHAR) FROM information_schema.SCHEMA_PRIVILEGES \
+                     WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+                     SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+                )
+                .fetch_all(&mut *c)
+                .await
+                .map_err(qerr("reading the account's database privileges"))?;
+                let mut create = Vec::new();
+                let mut grant = Vec::new();
+                for row in rows {
+                    let db: String = row
+                        .try_get(0)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    let p: String = row
+                        .try_get(1)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    let g: String = row
+                        .try_get(2)
+                        .map_err(qerr("reading the account's database privileges"))?;
+                    if p == "CREATE" {
+                        create.push(db.clone());
+                    }
+                    if g == "YES" {
+                        grant.push(db);
+                    }
+                }
+                let both: Vec<String> = create
+                    .iter()
+                    .filter(|d| grant.contains(d))
+                    .cloned()
+                    .collect();
+                if !r.can_create_databases && !both.is_empty() {
+                    r.can_create_databases = true;
+                    r.can_grant = true;
+                    r.only_databases = both;
+                }
+            }
+            r.can_read_accounts = sqlx::query("SELECT User FROM mysql.user LIMIT 1")
+                .fetch_optional(&mut *c)
+                .await
+                .is_ok();
         }
         Conn::Pg(c) => {
             r.version = sqlx::query_scalar::<_, String>("SHOW server_version")
@@ -248,6 +306,7 @@ pub async fn check(spec: &ConnSpec) -> Result<CheckReport, DbError> {
                     .map_err(qerr("reading the account's attributes"))?;
             // A role that creates roles can grant them rights on databases it owns.
             r.can_grant = r.can_create_users;
+            r.can_read_accounts = true;
         }
     }
     close(conn).await;
@@ -519,6 +578,161 @@ pub fn quote_literal(kind: DbKind, s: &str) -> String {
     }
 }
 
+/// A MariaDB/MySQL `GRANT ... ON db.*` database name: `_` and `%` are wildcards there (a grant
+/// on `school_1` would also cover `school11`), so they and the escape character are escaped.
+pub fn grant_database(db: &str) -> String {
+    let mut escaped = String::with_capacity(db.len() + 4);
+    for c in db.chars() {
+        if matches!(c, '\\' | '_' | '%') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    quote_ident(DbKind::Mariadb, &escaped)
+}
+
+/// MariaDB/MySQL `mysql_native_password` hash: `*` + upper hex SHA1(SHA1(password)).
+pub fn mysql_native_hash(password: &Secret) -> String {
+    use openssl::sha::sha1;
+    let h = sha1(&sha1(password.expose().as_bytes()));
+    let mut out = String::with_capacity(41);
+    out.push('*');
+    for b in h {
+        out.push_str(&format!("{b:02X}"));
+    }
+    out
+}
+
+/// PostgreSQL SCRAM-SHA-256 verifier computed here (RFC 5802/7677, PostgreSQL's
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`), so the password itself never
+/// reaches the server, its logs or `pg_stat_activity`. PostgreSQL SASLprep-normalises passwords;
+/// for printable ASCII that is the identity, and other passwords are refused here.
+pub fn scram_sha256_verifier(
+    password: &Secret,
+    salt: &[u8],
+    iterations: usize,
+) -> Result<String, String> {
+    use openssl::base64::encode_block;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+    if !password.expose().bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("a PostgreSQL password vmoodle sets must be printable ASCII (the SCRAM verifier is computed by vmoodle, and PostgreSQL normalises other characters with SASLprep)".into());
+    }
+    let err = |e: openssl::error::ErrorStack| format!("computing a SCRAM verifier: {e}");
+    let mut salted = [0u8; 32];
+    openssl::pkcs5::pbkdf2_hmac(
+        password.expose().as_bytes(),
+        salt,
+        iterations,
+        MessageDigest::sha256(),
+        &mut salted,
+    )
+    .map_err(err)?;
+    let key = PKey::hmac(&salted).map_err(err)?;
+    let hmac = |msg: &[u8]| -> Result<Vec<u8>, String> {
+        let mut s = Signer::new(MessageDigest::sha256(), &key).map_err(err)?;
+        s.update(msg).map_err(err)?;
+        s.sign_to_vec().map_err(err)
+    };
+    let client_key = hmac(b"Client Key")?;
+    let stored_key = openssl::sha::sha256(&client_key);
+    let server_key = hmac(b"Server Key")?;
+    Ok(format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        encode_block(salt),
+        encode_block(&stored_key),
+        encode_block(&server_key)
+    ))
+}
+
+/// The statements that create a login `user` (with all rights on `database` if given, and
+/// nothing else). The password is sent only as a hash: MariaDB's mysql_native_password hash,
+/// PostgreSQL's SCRAM-SHA-256 verifier, so statement logs never hold it in clear.
+pub fn create_user_statements(
+    kind: DbKind,
+    user: &str,
+    password: &Secret,
+    database: Option<&str>,
+) -> Result<Vec<String>, String> {
+    if kind.is_mysql_family() {
+        let u = format!("{}@'%'", quote_literal(kind, user));
+        let mut v = vec![format!(
+            "CREATE USER {u} IDENTIFIED WITH mysql_native_password AS {}",
+            quote_literal(kind, &mysql_native_hash(password))
+        )];
+        if let Some(db) = database {
+            v.push(format!(
+                "GRANT ALL PRIVILEGES ON {}.* TO {u}",
+                grant_database(db)
+            ));
+        }
+        Ok(v)
+    } else {
+        let mut salt = [0u8; 16];
+        openssl::rand::rand_bytes(&mut salt).map_err(|e| format!("random salt: {e}"))?;
+        let verifier = scram_sha256_verifier(password, &salt, 4096)?;
+        let u = quote_ident(kind, user);
+        let mut v = vec![format!(
+            "CREATE ROLE {u} LOGIN PASSWORD {}",
+            quote_literal(kind, &verifier)
+        )];
+        if let Some(db) = database {
+            let d = quote_ident(kind, db);
+            v.push(format!("REVOKE ALL ON DATABASE {d} FROM PUBLIC"));
+            v.push(format!("GRANT ALL ON DATABASE {d} TO {u}"));
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_database_escapes_wildcards() {
+        assert_eq!(grant_database("vmt_x_1"), "`vmt\\_x\\_1`");
+        assert_eq!(grant_database("a%b\\c"), "`a\\%b\\\\c`");
+        assert_eq!(grant_database("plain"), "`plain`");
+    }
+
+    #[test]
+    fn native_hash_matches_mariadb() {
+        // SELECT PASSWORD('secret') on MariaDB.
+        assert_eq!(
+            mysql_native_hash(&Secret::new("secret")),
+            "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+        );
+    }
+
+    #[test]
+    fn scram_verifier_rfc7677_vector() {
+        // RFC 7677 section 3: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, i=4096.
+        let salt = openssl::base64::decode_block("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let v = scram_sha256_verifier(&Secret::new("pencil"), &salt, 4096).unwrap();
+        assert_eq!(
+            v,
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+        );
+        assert!(scram_sha256_verifier(&Secret::new("pâss"), &salt, 4096).is_err());
+    }
+
+    #[test]
+    fn create_user_statements_hold_no_clear_password() {
+        let pw = Secret::new("Sup3rSecretPw0rd");
+        for kind in [DbKind::Mariadb, DbKind::Pgsql] {
+            let stmts = create_user_statements(kind, "vmt_a_1", &pw, Some("vmt_a_1")).unwrap();
+            assert!(stmts.len() >= 2, "{stmts:?}");
+            for s in &stmts {
+                assert!(!s.contains(pw.expose()), "{kind}: {s}");
+            }
+        }
+        let my = create_user_statements(DbKind::Mariadb, "u", &pw, Some("vmt_a_1")).unwrap();
+        assert!(my[1].contains("`vmt\\_a\\_1`.*"), "{}", my[1]);
+    }
+}
+
 /// Administrative operations on a server with its administrator account.
 pub mod admin {
     use super::*;
@@ -603,37 +817,33 @@ pub mod admin {
         run(spec, None, &format!("dropping database `{name}`"), &[sql]).await
     }
 
-    /// A login with all rights on `database` and nothing else.
+    /// A login with all rights on `database` and nothing else. No statement holds the password
+    /// in clear (see [`create_user_statements`]).
     pub async fn create_user(
         spec: &ConnSpec,
         user: &str,
         password: &Secret,
         database: &str,
     ) -> Result<(), DbError> {
-        let pw = quote_literal(spec.kind, password.expose());
-        let stmts = if spec.kind.is_mysql_family() {
-            let u = format!("{}@'%'", quote_literal(spec.kind, user));
-            vec![
-                format!("CREATE USER {u} IDENTIFIED BY {pw}"),
-                format!(
-                    "GRANT ALL PRIVILEGES ON {}.* TO {u}",
-                    quote_ident(spec.kind, database)
-                ),
-            ]
-        } else {
-            let u = quote_ident(spec.kind, user);
-            vec![
-                format!("CREATE ROLE {u} LOGIN PASSWORD {pw}"),
-                format!(
-                    "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-                    quote_ident(spec.kind, database)
-                ),
-                format!(
-                    "GRANT ALL ON DATABASE {} TO {u}",
-                    quote_ident(spec.kind, database)
-                ),
-            ]
-        };
+        let stmts = create_user_statements(spec.kind, user, password, Some(database))
+            .map_err(|e| DbError::Invalid(e.to_string()))?;
+        run(
+            spec,
+            None,
+            &format!("creating database user `{user}`"),
+            &stmts,
+        )
+        .await
+    }
+
+    /// A PostgreSQL login role with no rights yet (deploys hand it its database afterwards).
+    pub async fn create_role(
+        spec: &ConnSpec,
+        user: &str,
+        password: &Secret,
+    ) -> Result<(), DbError> {
+        let stmts = create_user_statements(spec.kind, user, password, None)
+            .map_err(|e| DbError::Invalid(e.to_string()))?;
         run(
             spec,
             None,
@@ -656,6 +866,89 @@ pub mod admin {
             &[sql],
         )
         .await
+    }
+
+    /// What makes `user` more than a one-database account, read with the administrator
+    /// account: on MariaDB/MySQL its global privileges (anything beyond USAGE) and GRANT OPTION,
+    /// on any of its hosts; on PostgreSQL superuser, CREATEROLE, CREATEDB, REPLICATION and
+    /// BYPASSRLS. Empty for an account that does not exist (yet).
+    pub async fn account_powers(spec: &ConnSpec, user: &str) -> Result<Vec<String>, DbError> {
+        let mut c = connect(spec, None).await?;
+        let ctx = || format!("reading the privileges of `{user}`");
+        let mut powers = Vec::new();
+        if spec.kind.is_mysql_family() {
+            let rows = c
+                .rows(
+                    "SELECT CAST(GRANTEE AS CHAR), CAST(PRIVILEGE_TYPE AS CHAR), CAST(IS_GRANTABLE AS CHAR) FROM information_schema.USER_PRIVILEGES",
+                    &[],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            let exists = c
+                .column(
+                    "SELECT CAST(User AS CHAR) FROM mysql.user WHERE User = ?",
+                    &[user.into()],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            close(c).await;
+            let (rows, exists) = (rows?, !exists?.is_empty());
+            let visible = rows.iter().any(|r| {
+                r[0].as_deref()
+                    .and_then(|g| g.strip_prefix('\''))
+                    .and_then(|g| g.rsplit_once("'@'"))
+                    .is_some_and(|(u, _)| u.replace("''", "'") == user)
+            });
+            // Every account has at least a USAGE row; none means the administrator may not see
+            // other accounts' privileges, and nothing could be concluded.
+            if exists && !visible {
+                return Err(DbError::Invalid(format!(
+                    "the administrator account `{}` of server `{}` cannot see the privileges of `{user}`\nhint: grant it SELECT ON mysql.* (see the README, least privileges)",
+                    spec.user, spec.server
+                )));
+            }
+            for r in rows {
+                let grantee = r[0].clone().unwrap_or_default();
+                // GRANTEE is 'user'@'host' (a quote in the name is doubled).
+                let name = grantee
+                    .strip_prefix('\'')
+                    .and_then(|g| g.rsplit_once("'@'"))
+                    .map(|(u, _)| u.replace("''", "'"));
+                if name.as_deref() != Some(user) {
+                    continue;
+                }
+                let p = r[1].clone().unwrap_or_default();
+                if p != "USAGE" && !powers.contains(&p) {
+                    powers.push(p);
+                }
+                if r[2].as_deref() == Some("YES") && !powers.iter().any(|p| p == "GRANT OPTION") {
+                    powers.push("GRANT OPTION".into());
+                }
+            }
+        } else {
+            let rows = c
+                .rows(
+                    "SELECT rolsuper::text, rolcreaterole::text, rolcreatedb::text, rolreplication::text, rolbypassrls::text FROM pg_roles WHERE rolname = ?",
+                    &[user.into()],
+                )
+                .await
+                .map_err(qerr(spec, ctx()));
+            close(c).await;
+            if let Some(r) = rows?.into_iter().next() {
+                for (v, name) in r.iter().zip([
+                    "SUPERUSER",
+                    "CREATEROLE",
+                    "CREATEDB",
+                    "REPLICATION",
+                    "BYPASSRLS",
+                ]) {
+                    if v.as_deref() == Some("true") {
+                        powers.push(name.to_string());
+                    }
+                }
+            }
+        }
+        Ok(powers)
     }
 
     /// Tables of `database` whose names start with `prefix`.

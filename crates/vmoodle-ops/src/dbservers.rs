@@ -43,7 +43,9 @@ pub async fn add(home: &Home, a: AddDbServer) -> Result<(DbServer, Option<CheckR
         port: a.port.unwrap_or(a.kind.default_port()),
         socket,
         admin_user: a.user.clone(),
-        admin_password_sealed: home.secrets.seal(&a.password)?,
+        admin_password_sealed: home
+            .secrets
+            .seal(&a.password, &vmoodle_core::Binding::dbserver_admin(&a.name))?,
     };
     let report = if a.check {
         let spec = ConnSpec {
@@ -77,7 +79,10 @@ pub fn admin_spec(home: &Home, s: &DbServer) -> Result<ConnSpec> {
         user: s.admin_user.clone(),
         password: home
             .secrets
-            .open(&s.admin_password_sealed)
+            .open(
+                &s.admin_password_sealed,
+                &vmoodle_core::Binding::dbserver_admin(&s.name),
+            )
             .with_context(|| {
                 format!("the administrator password of database server `{}`", s.name)
             })?,
@@ -103,4 +108,52 @@ pub async fn find_matching(
             && validate::same_db_host(&s.host, host)
             && s.port == port
     }))
+}
+
+/// Refuses to give an instance a database account that is the server's registered
+/// administrator or that holds server-wide powers: its password would sit in a host file the web
+/// server reads, so one compromised site would own every database on the server. `force`
+/// (`--force-admin-account`) accepts it anyway, with a warning. The server is asked with the
+/// administrator account; if it cannot be asked, the account is refused too.
+pub async fn refuse_privileged_account(
+    home: &Home,
+    server: &DbServer,
+    user: &str,
+    force: bool,
+) -> Result<()> {
+    let why = if user == server.admin_user {
+        Some(format!(
+            "it is the administrator account registered for database server `{}`",
+            server.name
+        ))
+    } else {
+        let spec = admin_spec(home, server)?;
+        match vmoodle_dbserver::admin::account_powers(&spec, user).await {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => Some(format!(
+                "it holds server-wide powers on `{}`: {}",
+                server.name,
+                p.join(", ")
+            )),
+            Err(e) if force => {
+                tracing::warn!("could not check the powers of database account `{user}`: {e}");
+                None
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "could not check that database account `{user}` has no server-wide powers\nhint: start the server, or give --force-admin-account to skip the check"
+                )))
+            }
+        }
+    };
+    match why {
+        None => Ok(()),
+        Some(why) if force => {
+            tracing::warn!("database account `{user}` is used by an instance although {why} (--force-admin-account)");
+            Ok(())
+        }
+        Some(why) => bail!(
+            "database account `{user}` must not be an instance's: {why}, and its password would be written into a host file that the web server reads (any PHP code of that site could then read or drop every database on the server)\nhint: give the instance its own account with rights on its database only, e.g. MariaDB `CREATE USER 'u'@'%' ...; GRANT ALL ON `db`.* TO 'u'@'%'`, PostgreSQL `CREATE ROLE u LOGIN ...; ALTER DATABASE db OWNER TO u`; or give --force-admin-account if you accept the risk"
+        ),
+    }
 }

@@ -271,6 +271,13 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
             );
         }
     }
+    // A deploy makes the instance its own account; never the server's administrator.
+    if dbuser == server.admin_user {
+        bail!(
+            "the new instance's database user `{dbuser}` is the administrator account of server `{}`: a deploy creates a dedicated account with rights on its database only, and the administrator's password must never reach a host file the web server reads\nhint: set another `schema.db_login` or give --dbuser",
+            server.name
+        );
+    }
     // Free on the server? (This also tells whether the server is up.)
     let spec = dbservers::admin_spec(home, &server)?;
     if admin::database_exists(&spec, &dbname).await? {
@@ -296,7 +303,10 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
     let password = if home.settings.schema.db_password.is_empty() {
         Secret::random_password()
     } else {
-        home.secrets.open(&home.settings.schema.db_password)?
+        home.secrets.open(
+            &home.settings.schema.db_password,
+            &vmoodle_core::Binding::setting("schema.db_password"),
+        )?
     };
     Ok(Plan {
         req: req.clone(),
@@ -412,17 +422,7 @@ async fn run_steps(
             if kind.is_mysql_family() {
                 admin::create_user(spec, &f.dbuser, &plan.password, &f.dbname).await
             } else {
-                admin::run(
-                    spec,
-                    None,
-                    &format!("creating database user `{}`", f.dbuser),
-                    &[format!(
-                        "CREATE ROLE {} LOGIN PASSWORD {}",
-                        quote_ident(kind, &f.dbuser),
-                        quote_literal(kind, plan.password.expose())
-                    )],
-                )
-                .await
+                admin::create_role(spec, &f.dbuser, &plan.password).await
             }
         },
     )
@@ -433,9 +433,9 @@ async fn run_steps(
     j.step(current).await?;
     if kind.is_mysql_family() {
         if plan.req.method == Method::Auto
-            && take_spare(
+            && crate::spares::take_spare(
                 spec,
-                &plan.template.name,
+                &plan.template,
                 plan.manifest.tables,
                 &f.dbname,
                 &tpl_prefix,
@@ -562,7 +562,10 @@ async fn run_steps(
     *current = "register and publish";
     j.step(current).await?;
     let mut fields = f.clone();
-    fields.dbpass_sealed = home.secrets.seal(&plan.password)?;
+    fields.dbpass_sealed = home.secrets.seal(
+        &plan.password,
+        &vmoodle_core::Binding::instance_dbpass(&fields.shortname),
+    )?;
     j.intend(Undo::Unregister {
         shortname: f.shortname.clone(),
         host: f.host.clone(),
@@ -710,7 +713,7 @@ pub async fn copy_tables(
                 r[1].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
             ))
         })
-        .filter(|(t, _)| t.starts_with(from_prefix))
+        .filter(|(t, _)| t.starts_with(from_prefix) && !crate::spares::is_bookkeeping(t))
         .collect();
     if tables.is_empty() {
         bail!("the live template `{from_db}` has no `{from_prefix}` tables");
@@ -786,134 +789,6 @@ async fn rename_prefix(spec: &ConnSpec, db: &str, from: &str, to: &str) -> Resul
     )
     .await?;
     Ok(())
-}
-
-/// MariaDB warm spares of a template on a server.
-pub async fn spare_databases(spec: &ConnSpec, template: &str) -> Result<Vec<String>> {
-    let mut c = vmoodle_dbserver::connect(spec, None).await?;
-    let like = format!("vmspare\\_{}\\_%", template.replace('_', "\\_"));
-    let r = c
-        .column("SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ? ORDER BY SCHEMA_NAME", &[like.into()])
-        .await;
-    vmoodle_dbserver::close(c).await;
-    Ok(r?)
-}
-
-/// Claims a warm spare: a named lock (GET_LOCK) makes the claim exclusive, a spare whose
-/// table count is not the template's (a claim interrupted half-way) is passed over, and the
-/// tables move into `to_db` with RENAME TABLE on several connections at once (InnoDB commits
-/// each renamed table; parallel statements share those commits).
-async fn take_spare(
-    spec: &ConnSpec,
-    template: &str,
-    expected_tables: u64,
-    to_db: &str,
-    from_prefix: &str,
-    to_prefix: &str,
-) -> Result<bool> {
-    let k = spec.kind;
-    for spare in spare_databases(spec, template).await? {
-        let mut lock = vmoodle_dbserver::connect(spec, None).await?;
-        let got = lock
-            .column(
-                "SELECT CAST(GET_LOCK(?, 0) AS CHAR)",
-                &[spare.as_str().into()],
-            )
-            .await?;
-        if got.first().map(String::as_str) != Some("1") {
-            vmoodle_dbserver::close(lock).await;
-            continue;
-        }
-        let tables = admin::tables(spec, &spare, from_prefix).await?;
-        if tables.len() as u64 != expected_tables {
-            vmoodle_dbserver::close(lock).await;
-            continue;
-        }
-        const WORKERS: usize = 4;
-        let mut buckets: Vec<Vec<String>> = vec![Vec::new(); WORKERS];
-        for (n, t) in tables.iter().enumerate() {
-            buckets[n % WORKERS].push(format!(
-                "{}.{} TO {}.{}",
-                quote_ident(k, &spare),
-                quote_ident(k, t),
-                quote_ident(k, to_db),
-                quote_ident(k, &format!("{to_prefix}{}", &t[from_prefix.len()..]))
-            ));
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for b in buckets.into_iter().filter(|b| !b.is_empty()) {
-            let spec = spec.clone();
-            set.spawn(async move {
-                admin::run(
-                    &spec,
-                    None,
-                    "taking a warm spare",
-                    &[format!("RENAME TABLE {}", b.join(", "))],
-                )
-                .await
-            });
-        }
-        let mut failed = None;
-        while let Some(r) = set.join_next().await {
-            if let Err(e) = r
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r.map_err(anyhow::Error::from))
-            {
-                failed = Some(e);
-            }
-        }
-        vmoodle_dbserver::close(lock).await;
-        if let Some(e) = failed {
-            // Some tables may have moved: the new database is dropped by the deploy's undo; the
-            // broken spare is dropped here.
-            let _ = admin::drop_database(spec, &spare).await;
-            return Err(e.context("taking a warm spare"));
-        }
-        admin::drop_database(spec, &spare).await?;
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-/// Fills `count` warm spares of a template on a MariaDB server; returns their names.
-pub async fn fill_spares(
-    home: &Home,
-    template: &str,
-    server: &str,
-    count: usize,
-) -> Result<Vec<String>> {
-    let t = home.registry.template(template).await?;
-    let s = home.registry.dbserver(server).await?;
-    if !s.kind.is_mysql_family() {
-        bail!("warm spares are for MariaDB/MySQL; PostgreSQL deploys already clone a live template database in one statement");
-    }
-    let (m, _) = templates::open(&t)?;
-    templates::ensure_live(home, &t, &s).await?;
-    let spec = dbservers::admin_spec(home, &s)?;
-    let mut made = Vec::new();
-    for _ in 0..count {
-        let mut r = [0u8; 4];
-        openssl::rand::rand_bytes(&mut r)?;
-        let name = format!(
-            "vmspare_{template}_{:02x}{:02x}{:02x}{:02x}",
-            r[0], r[1], r[2], r[3]
-        );
-        admin::create_database(&spec, &name).await?;
-        if let Err(e) = copy_tables(
-            &spec,
-            &templates::live_db_name(template),
-            &name,
-            &m.source.prefix,
-            &m.source.prefix,
-        )
-        .await
-        {
-            let _ = admin::drop_database(&spec, &name).await;
-            return Err(e.context("filling a warm spare"));
-        }
-        made.push(name);
-    }
-    Ok(made)
 }
 
 /// PostgreSQL: the new database as a copy of the live template (retrying while another clone of

@@ -16,6 +16,8 @@ pub const REGISTRY_FILE: &str = "registry.sqlite";
 pub const KEY_FILE: &str = "secret.key";
 pub const HOOK_FILE: &str = "hook.php";
 pub const HOSTS_DIR: &str = "hosts";
+/// The PostgreSQL register's password, sealed with the secret key (0600); never in the URL.
+pub const REGISTRY_PASSWORD_FILE: &str = "registry.pw";
 const LOCK_FILE: &str = ".lock";
 
 /// An open home.
@@ -68,7 +70,11 @@ impl Home {
     }
 
     /// Creates the home (or completes a partial one); existing files are kept as they are.
-    pub async fn init(root: &Path, registry: Option<&str>) -> Result<InitReport> {
+    pub async fn init(
+        root: &Path,
+        registry: Option<&str>,
+        registry_password: Option<&vmoodle_core::Secret>,
+    ) -> Result<InitReport> {
         let root = absolute(root)?;
         let mut created = Vec::new();
         let mut kept = Vec::new();
@@ -101,6 +107,8 @@ impl Home {
                 None,
             )?;
             created.push(KEY_FILE.into());
+            // A new key has sealed nothing yet: nothing to upgrade.
+            crate::sealing::mark_upgraded(&root)?;
         }
         let sp = Self::settings_path(&root);
         if sp.exists() {
@@ -112,6 +120,21 @@ impl Home {
             }
             files::write_atomic(&sp, text.as_bytes(), 0o600, None)?;
             created.push(SETTINGS_FILE.into());
+        }
+        if let Some(pw) = registry_password {
+            let url = registry.unwrap_or_default();
+            if vmoodle_core::settings::url_with_password(url, "").is_none() {
+                bail!("a register password needs a postgres:// register URL that names its user, e.g. postgres://vmoodle@db.example.org/vmoodle");
+            }
+            let key = SecretBox::from_hex(&fs_err::read_to_string(root.join(KEY_FILE))?)?;
+            let sealed = key.seal(pw, &registry_password_binding())?;
+            files::write_atomic(
+                &root.join(REGISTRY_PASSWORD_FILE),
+                format!("{sealed}\n").as_bytes(),
+                0o600,
+                None,
+            )?;
+            created.push(REGISTRY_PASSWORD_FILE.into());
         }
         if let (Some(url), true) = (registry, kept.iter().any(|k| k == SETTINGS_FILE)) {
             let text = fs_err::read_to_string(&sp)?;
@@ -171,12 +194,13 @@ impl Home {
         let settings = Settings::parse(&text).with_context(|| format!("in {}", sp.display()))?;
         let key = root.join(KEY_FILE);
         check_key_mode(&key)?;
-        let secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?)
+        let mut secrets = SecretBox::from_hex(&fs_err::read_to_string(&key)?)
             .with_context(|| format!("in {}", key.display()))?;
+        secrets.accept_unbound(!crate::sealing::upgraded(&root));
         let registry = if settings.registry == "sqlite" {
             Registry::open_sqlite(&root.join(REGISTRY_FILE)).await?
         } else {
-            Registry::open_postgres(&settings.registry).await?
+            Registry::open_postgres(&registry_url(&root, &settings.registry, &secrets)?).await?
         };
         Ok(Self {
             root,
@@ -198,6 +222,7 @@ impl Home {
         let lock = take_lock(&root).await?;
         let mut home = Self::open(&root).await?;
         home._lock = Some(lock);
+        crate::sealing::upgrade(&mut home).await?;
         // A job whose process died (kill -9, a crash, a reboot) is undone, or finished where it
         // had passed its point of no return, before anything else changes.
         home.recovered = crate::jobs::recover(&home, false).await?;
@@ -330,5 +355,32 @@ fn absolute(p: &Path) -> Result<PathBuf> {
         p.to_path_buf()
     } else {
         std::env::current_dir()?.join(p)
+    })
+}
+
+fn registry_password_binding() -> vmoodle_core::Binding<'static> {
+    vmoodle_core::Binding::setting("registry.password")
+}
+
+/// The register URL to connect with: the settings' URL, with the password from
+/// `registry.pw` put in when there is one (a URL that already holds one is used as it is).
+fn registry_url(root: &Path, url: &str, secrets: &SecretBox) -> Result<String> {
+    let pw_file = root.join(REGISTRY_PASSWORD_FILE);
+    if vmoodle_core::settings::url_has_password(url) || !pw_file.exists() {
+        return Ok(url.to_string());
+    }
+    check_key_mode(&pw_file)?;
+    let pw = secrets
+        .open(
+            fs_err::read_to_string(&pw_file)?.trim(),
+            &registry_password_binding(),
+        )
+        .with_context(|| format!("in {}", pw_file.display()))?;
+    vmoodle_core::settings::url_with_password(url, pw.expose()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the register URL `{}` names no user for the password in {}",
+            vmoodle_core::settings::redact_url(url),
+            pw_file.display()
+        )
     })
 }

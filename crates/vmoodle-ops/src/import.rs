@@ -69,6 +69,7 @@ pub async fn from_vmoodle_table(
     dbserver: &str,
     database: &str,
     prefix: &str,
+    force_admin_account: bool,
 ) -> Result<ImportReport> {
     validate::prefix(prefix)?;
     validate::db_name(database)?;
@@ -102,14 +103,22 @@ pub async fn from_vmoodle_table(
             Some(id) => format!("id {id}"),
             None => format!("row {}", n + 1),
         };
-        import_row(home, &label, row, Some(&server), &mut report).await;
+        import_row(
+            home,
+            &label,
+            row,
+            Some(&server),
+            force_admin_account,
+            &mut report,
+        )
+        .await;
     }
     Ok(report)
 }
 
 /// Imports VMoodle's node list (semicolon-separated, header line first; lines starting with
 /// `#`, `/`, `(`, `[` or `-` are comments).
-pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
+pub async fn from_csv(home: &Home, path: &Path, force_admin_account: bool) -> Result<ImportReport> {
     let (headers, records) = read_nodelist(path, CSV_REQUIRED)?;
     let mut report = ImportReport::default();
     let deploy_only: Vec<&String> = headers
@@ -146,7 +155,7 @@ pub async fn from_csv(home: &Home, path: &Path) -> Result<ImportReport> {
             row.insert("mnet".into(), Some(next_subnet.to_string()));
             next_subnet += 1;
         }
-        import_row(home, &line, &row, None, &mut report).await;
+        import_row(home, &line, &row, None, force_admin_account, &mut report).await;
     }
     Ok(report)
 }
@@ -234,9 +243,10 @@ async fn import_row(
     label: &str,
     row: &RowMap,
     source: Option<&vmoodle_registry::DbServer>,
+    force_admin_account: bool,
     report: &mut ImportReport,
 ) {
-    match row_fields(home, row, source).await {
+    match row_fields(home, row, source, force_admin_account).await {
         Ok(f) => match instances::add(home, &f).await {
             Ok(i) => report.taken.push(Taken {
                 row: label.into(),
@@ -259,6 +269,7 @@ async fn row_fields(
     home: &Home,
     row: &RowMap,
     source: Option<&vmoodle_registry::DbServer>,
+    force_admin_account: bool,
 ) -> Result<InstanceFields> {
     let get = |k: &str| row.get(k).cloned().flatten().unwrap_or_default();
     let need = |k: &str| {
@@ -326,6 +337,10 @@ async fn row_fields(
     } else {
         server.kind.moodle_dbtype().into()
     };
+    let dbpass_sealed = home.secrets.seal(
+        &Secret::new(get("vdbpass")),
+        &vmoodle_core::Binding::instance_dbpass(&shortname),
+    )?;
     let mut f = InstanceFields {
         name: Some(get("name"))
             .filter(|n| !n.trim().is_empty())
@@ -340,7 +355,7 @@ async fn row_fields(
         dbtype,
         dbname: need("vdbname")?,
         dbuser: need("vdblogin")?,
-        dbpass_sealed: home.secrets.seal(&Secret::new(get("vdbpass")))?,
+        dbpass_sealed,
         prefix: Some(get("vdbprefix"))
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "mdl_".into()),
@@ -351,5 +366,6 @@ async fn row_fields(
         config: BTreeMap::new(),
     };
     instances::check_fields(&mut f)?;
+    dbservers::refuse_privileged_account(home, &server, &f.dbuser, force_admin_account).await?;
     Ok(f)
 }

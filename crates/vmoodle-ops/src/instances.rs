@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use vmoodle_core::{schema, validate, DbKind, MnetMode, Secret};
+use vmoodle_core::{schema, validate, Binding, DbKind, MnetMode, Secret};
 use vmoodle_registry::{DbServer, Instance, InstanceFields};
 
 use crate::{dbservers, publish, Home};
@@ -28,6 +28,9 @@ pub struct InstanceInput {
     pub persist: Option<bool>,
     pub enabled: Option<bool>,
     pub config: Vec<(String, String)>,
+    /// Accept a database account with server-wide powers (see
+    /// `dbservers::refuse_privileged_account`).
+    pub force_admin_account: bool,
 }
 
 /// Resolves and validates the fields of a new instance.
@@ -89,13 +92,19 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
     let password = match &inp.password {
         Some(p) => p.clone(),
         None if !home.settings.schema.db_password.is_empty() && exp.is_some() => {
-            home.secrets.open(&home.settings.schema.db_password)?
+            home.secrets.open(
+                &home.settings.schema.db_password,
+                &Binding::setting("schema.db_password"),
+            )?
         }
         None => {
             bail!("missing the database password: give --password-file FILE or --password-stdin")
         }
     };
     let name = inp.name.clone().unwrap_or_else(|| shortname.clone());
+    let dbpass_sealed = home
+        .secrets
+        .seal(&password, &Binding::instance_dbpass(&shortname))?;
     let mut f = InstanceFields {
         shortname,
         host: www.host,
@@ -108,7 +117,7 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
         dbtype: server.kind.moodle_dbtype().into(),
         dbname,
         dbuser,
-        dbpass_sealed: home.secrets.seal(&password)?,
+        dbpass_sealed,
         prefix,
         dbpersist: inp
             .persist
@@ -121,6 +130,7 @@ pub async fn resolve_new(home: &Home, inp: &InstanceInput) -> Result<InstanceFie
     };
     apply_config(&mut f.config, &inp.config, &[])?;
     check_fields(&mut f)?;
+    dbservers::refuse_privileged_account(home, &server, &f.dbuser, inp.force_admin_account).await?;
     Ok(f)
 }
 
@@ -193,6 +203,8 @@ pub struct InstanceEdit {
     pub persist: Option<bool>,
     pub set_config: Vec<(String, String)>,
     pub unset_config: Vec<String>,
+    /// Accept a database account with server-wide powers.
+    pub force_admin_account: bool,
 }
 
 pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> {
@@ -240,10 +252,29 @@ pub async fn edit(home: &Home, key: &str, e: &InstanceEdit) -> Result<Instance> 
         f.dbpersist = p;
     }
     if let Some(p) = &e.password {
-        f.dbpass_sealed = home.secrets.seal(p)?;
+        f.dbpass_sealed = home
+            .secrets
+            .seal(p, &Binding::instance_dbpass(&f.shortname))?;
+    } else if f.shortname != old.shortname {
+        // The sealed password is bound to the shortname: re-seal it for the new one.
+        let p = home
+            .secrets
+            .open(
+                &old.dbpass_sealed,
+                &Binding::instance_dbpass(&old.shortname),
+            )
+            .with_context(|| format!("the database password of instance `{}`", old.shortname))?;
+        f.dbpass_sealed = home
+            .secrets
+            .seal(&p, &Binding::instance_dbpass(&f.shortname))?;
     }
     apply_config(&mut f.config, &e.set_config, &e.unset_config)?;
     check_fields(&mut f)?;
+    if e.dbuser.is_some() || e.dbserver.is_some() || e.password.is_some() {
+        let server = home.registry.dbserver_by_id(f.dbserver_id).await?;
+        dbservers::refuse_privileged_account(home, &server, &f.dbuser, e.force_admin_account)
+            .await?;
+    }
     let new = home.registry.update_instance(old.id, &f).await?;
     if new.host != old.host {
         publish::remove_host_file(home, &old.host)?;
@@ -305,6 +336,8 @@ pub struct MasterInput {
     pub dbserver: Option<String>,
     pub shortname: Option<String>,
     pub name: Option<String>,
+    /// Accept a database account with server-wide powers.
+    pub force_admin_account: bool,
 }
 
 /// Reads the master's config.php (without running Moodle) and records it as the master.
@@ -350,6 +383,9 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         }
     };
     let shortname = inp.shortname.clone().unwrap_or_else(|| "master".into());
+    let dbpass_sealed = home
+        .secrets
+        .seal(&cfg.dbpass, &Binding::instance_dbpass(&shortname))?;
     let name = match &inp.name {
         Some(n) => n.clone(),
         None => site_name(home, &server, &cfg)
@@ -368,7 +404,7 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         dbtype: cfg.dbtype.clone(),
         dbname: cfg.dbname.clone(),
         dbuser: cfg.dbuser.clone(),
-        dbpass_sealed: home.secrets.seal(&cfg.dbpass)?,
+        dbpass_sealed,
         prefix: cfg.prefix.clone(),
         dbpersist: cfg.dbpersist,
         dataroot: cfg.dataroot.clone(),
@@ -379,6 +415,9 @@ pub async fn set_master(home: &Home, moodle_dir: &Path, inp: &MasterInput) -> Re
         config: cfg.layout.clone(),
     };
     check_fields(&mut f).with_context(|| format!("in {}", config.display()))?;
+    dbservers::refuse_privileged_account(home, &server, &f.dbuser, inp.force_admin_account)
+        .await
+        .with_context(|| format!("$CFG->dbuser in {}", config.display()))?;
     let i = match home.registry.master().await? {
         Some(old) => home.registry.update_instance(old.id, &f).await?,
         None => home.registry.add_instance(&f).await?,

@@ -168,6 +168,10 @@ async fn finish_forward(home: &Home, j: Journal<'_>, why: &str) -> (String, Vec<
             Ok(()) => ("done".into(), Vec::new()),
             Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
         },
+        "mnet renew" => match crate::mnet::finish_renew(home, j).await {
+            Ok(()) => ("done".into(), Vec::new()),
+            Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
+        },
         other => {
             let msg = format!("vmoodle does not know how to finish a `{other}` job ({why})");
             let left = j.fail(&msg).await;

@@ -17,6 +17,8 @@ pub mod jobs;
 pub mod journal;
 pub mod mnet;
 pub mod publish;
+pub mod sealing;
+pub mod spares;
 pub mod templates;
 
 pub use home::Home;

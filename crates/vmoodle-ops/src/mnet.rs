@@ -19,6 +19,7 @@ use vmoodle_site::fixups::set_setting;
 use vmoodle_site::mnet::{self, CertInfo, HistoryEntry, Keypair};
 
 use crate::caches::{self, CacheReport};
+use crate::journal::{self, Journal};
 use crate::{dbservers, Home};
 
 /// Something that failed for one instance while the others went on.
@@ -1002,9 +1003,81 @@ impl RenewReport {
 
 pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     let mut report = RenewReport::default();
+    let targets = renew_targets(home, &what, &mut report).await?;
+    if targets.is_empty() {
+        // Nothing to rotate (the usual cron run): only the repair pass, which changes nothing
+        // when nothing is stale; not worth a job.
+        finish_peers(home, &mut report, &[]).await?;
+        return Ok(report);
+    }
+    // Rotating keys cannot be undone (a peer may already use the new key): the job goes
+    // forward from the start, and one found interrupted is finished by `jobs recover`
+    // (repair, then the caches of every instance it was renewing).
+    let names: Vec<String> = targets.iter().map(|i| i.shortname.clone()).collect();
+    let label = match &what {
+        RenewWhat::One(x) => x.clone(),
+        RenewWhat::All => "all".into(),
+        RenewWhat::Due => "due".into(),
+    };
+    let mut j = Journal::start(home, "mnet renew", &label, 2, &journal::no_events).await?;
+    let r = async {
+        j.go_forward(&names).await?;
+        j.step("rotate keys").await?;
+        let rotated = rotate_all(home, targets, &mut report).await;
+        j.step("update peers and caches").await?;
+        finish_peers(home, &mut report, &rotated).await
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            j.finish().await;
+            Ok(report)
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
+}
+
+/// Finishes a `mnet renew` job found interrupted: every peer learns the current keys, and the
+/// caches of the instances it was renewing are invalidated.
+pub async fn finish_renew(home: &Home, j: Journal<'_>) -> Result<()> {
+    let names: Vec<String> = j.forward_plan().unwrap_or_default();
+    let all = home.registry.instances().await?;
+    let targets: Vec<Instance> = all
+        .into_iter()
+        .filter(|i| names.contains(&i.shortname))
+        .collect();
+    let mut report = RenewReport::default();
+    match finish_peers(home, &mut report, &targets).await {
+        Ok(()) if report.ok() => {
+            j.finish().await;
+            Ok(())
+        }
+        Ok(()) => {
+            let msg = format!(
+                "{} instance(s) could not be mended or had their caches invalidated",
+                report.errors.len() + usize::from(!report.caches.ok())
+            );
+            j.fail(&msg).await;
+            bail!(msg)
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
+}
+
+async fn renew_targets(
+    home: &Home,
+    what: &RenewWhat,
+    report: &mut RenewReport,
+) -> Result<Vec<Instance>> {
     let now = now_unix();
     let m = &home.settings.mnet;
-    let targets: Vec<Instance> = match &what {
+    let targets: Vec<Instance> = match what {
         RenewWhat::One(x) => vec![home.registry.instance(x).await?],
         RenewWhat::All => home
             .registry
@@ -1040,7 +1113,16 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
             }
         }
     };
-    // One instance at a time; one that fails is reported and the others go on.
+    Ok(targets)
+}
+
+/// New keys for `targets`, one instance at a time; one that fails is reported and the others
+/// go on. Returns the instances whose key was rotated.
+async fn rotate_all(
+    home: &Home,
+    targets: Vec<Instance>,
+    report: &mut RenewReport,
+) -> Vec<Instance> {
     let mut rotated = Vec::new();
     for inst in targets {
         let name = inst.shortname.clone();
@@ -1062,8 +1144,13 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
             Err(e) => report.errors.push(InstanceError::new(&name, &e)),
         }
     }
-    // Every peer learns the new keys; this also finishes a run that was interrupted between an
-    // instance and its peers. An instance that failed above is reported again only once.
+    rotated
+}
+
+/// Every peer learns the current keys (this also finishes a run that was interrupted between
+/// an instance and its peers; an instance that failed before is reported only once), then the
+/// Moodle caches of the `rotated` instances are invalidated.
+async fn finish_peers(home: &Home, report: &mut RenewReport, rotated: &[Instance]) -> Result<()> {
     let rep = repair(home).await?;
     report.mended = rep.mended;
     report.left_deleted = rep.left_deleted;
@@ -1073,8 +1160,8 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
         }
     }
     // The renewed sites' Moodle caches still hold their old keys.
-    report.caches = caches::invalidate_config(home, &rotated).await;
-    Ok(report)
+    report.caches = caches::invalidate_config(home, rotated).await;
+    Ok(())
 }
 
 /// MNET changes touch several instances' databases (a new key, then rows in every peer).

@@ -76,7 +76,10 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
     let server = home.registry.dbserver_by_id(i.dbserver_id).await?;
     let dbpass = home
         .secrets
-        .open(&i.dbpass_sealed)
+        .open(
+            &i.dbpass_sealed,
+            &vmoodle_core::Binding::instance_dbpass(&i.shortname),
+        )
         .with_context(|| format!("the database password of instance `{}`", i.shortname))?;
     let mut hf = HostFile {
         shortname: i.shortname.clone(),

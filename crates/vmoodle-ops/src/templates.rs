@@ -398,7 +398,7 @@ async fn drop_live_databases(home: &Home, name: &str) -> Result<()> {
             ),
         }
         if s.kind.is_mysql_family() {
-            for spare in crate::deploy::spare_databases(&spec, name)
+            for spare in crate::spares::spare_databases(&spec, name)
                 .await
                 .unwrap_or_default()
             {
@@ -409,27 +409,28 @@ async fn drop_live_databases(home: &Home, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The mark of a complete live template: a table in MariaDB (never copied: it has no Moodle
-/// prefix), a database comment in PostgreSQL (read without connecting to the template, which
-/// would block its clones).
-const READY_TABLE: &str = "vmoodle_template_ready";
-const READY_COMMENT: &str = "vmoodle live template: complete";
+/// The mark of a complete live template, and of which version of the template it holds: the
+/// checksum of its manifest (`spares::template_stamp`), in a table without the Moodle prefix in
+/// MariaDB (never copied), in the database comment in PostgreSQL (read without connecting to
+/// the template, which would block its clones). A live database whose stamp is not the
+/// template's (a template of the same name snapshotted again) is rebuilt.
+const READY_COMMENT: &str = "vmoodle live template";
 
-async fn live_is_ready(spec: &ConnSpec, db: &str) -> Result<bool> {
+fn ready_comment(stamp: &str) -> String {
+    format!("{READY_COMMENT} {stamp}")
+}
+
+async fn live_is_ready(spec: &ConnSpec, db: &str, stamp: &str) -> Result<bool> {
+    if spec.kind.is_mysql_family() {
+        return Ok(crate::spares::read_stamp(spec, db).await?.as_deref() == Some(stamp));
+    }
     let mut c = vmoodle_dbserver::connect(spec, None).await?;
-    let r = if spec.kind.is_mysql_family() {
-        c.column(
-            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-            &[db.into(), READY_TABLE.into()],
+    let r = c
+        .column(
+            "SELECT datname::text FROM pg_database WHERE datname = ? AND shobj_description(oid, 'pg_database') = ?",
+            &[db.into(), ready_comment(stamp).into()],
         )
-        .await
-    } else {
-        c.column(
-            "SELECT shobj_description(oid, 'pg_database')::text FROM pg_database WHERE datname = ? AND shobj_description(oid, 'pg_database') = ?",
-            &[db.into(), READY_COMMENT.into()],
-        )
-        .await
-    };
+        .await;
     vmoodle_dbserver::close(c).await;
     Ok(!r?.is_empty())
 }
@@ -452,8 +453,9 @@ pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result
     let spec = dbservers::admin_spec(home, server)?;
     let db = live_db_name(&t.name);
     let k = server.kind;
-    // Fast path: complete already.
-    if live_is_ready(&spec, &db).await? {
+    let stamp = crate::spares::template_stamp(t);
+    // Fast path: complete already, and of this version of the template.
+    if live_is_ready(&spec, &db, &stamp).await? {
         return Ok(false);
     }
     let mut lock = vmoodle_dbserver::connect(&spec, None).await?;
@@ -482,7 +484,7 @@ pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result
         );
     }
     let r = async {
-        if live_is_ready(&spec, &db).await? {
+        if live_is_ready(&spec, &db, &stamp).await? {
             return anyhow::Ok(false);
         }
         admin::drop_database(&spec, &db).await?;
@@ -490,13 +492,7 @@ pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result
         tools::load(&clients(home)?, &spec, &db, &dir.join(&m.database.file)).await?;
         let qdb = vmoodle_dbserver::quote_ident(k, &db);
         if k.is_mysql_family() {
-            admin::run(
-                &spec,
-                Some(&db),
-                "marking the live template complete",
-                &[format!("CREATE TABLE {READY_TABLE} (id INT)")],
-            )
-            .await?;
+            crate::spares::write_stamp(&spec, &db, &stamp).await?;
         } else {
             admin::run(
                 &spec,
@@ -504,7 +500,10 @@ pub async fn ensure_live(home: &Home, t: &Template, server: &DbServer) -> Result
                 "marking the live template complete",
                 &[
                     format!("REVOKE ALL ON DATABASE {qdb} FROM PUBLIC"),
-                    format!("COMMENT ON DATABASE {qdb} IS '{READY_COMMENT}'"),
+                    format!(
+                        "COMMENT ON DATABASE {qdb} IS {}",
+                        vmoodle_dbserver::quote_literal(k, &ready_comment(&stamp))
+                    ),
                 ],
             )
             .await?;

@@ -324,6 +324,18 @@ impl Registry {
         Ok(())
     }
 
+    /// Replaces the sealed administrator password of a server (re-sealing; no other change).
+    pub async fn set_dbserver_admin_password(&self, id: i64, sealed: &str) -> Result<()> {
+        sqlx::query("UPDATE db_servers SET admin_password = $1, updated_at = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("storing a database server's password"))?;
+        Ok(())
+    }
+
     // ---- instances ----------------------------------------------------------------------------
 
     pub async fn add_instance(&self, f: &InstanceFields) -> Result<Instance> {

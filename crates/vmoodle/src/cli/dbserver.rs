@@ -176,8 +176,18 @@ fn print_check(r: &vmoodle_dbserver::CheckReport) {
         ("create databases", yes(r.can_create_databases)),
         ("create users", yes(r.can_create_users)),
         ("grant rights", yes(r.can_grant)),
+        ("read accounts", yes(r.can_read_accounts)),
+        ("superuser", yes(r.superuser)),
+        (
+            "databases",
+            if r.only_databases.is_empty() {
+                "any name".to_string()
+            } else {
+                format!("only names like {}", r.only_databases.join(", "))
+            },
+        ),
     ]);
     if !r.can_deploy() {
-        eprintln!("warning: this account cannot create databases and users with rights, so deploys to this server will fail");
+        eprintln!("warning: this account cannot create databases and users with rights, or cannot read other accounts, so deploys to this server will fail (see the README: least privileges of the administrator account)");
     }
 }

@@ -18,6 +18,10 @@ pub enum Cmd {
         database: String,
         #[arg(long, default_value = "mdl_")]
         prefix: String,
+        /// Accept a database account that is the server's administrator or has server-wide
+        /// privileges (refused by default: its password would sit in a host file the web server reads).
+        #[arg(long)]
+        force_admin_account: bool,
         #[arg(long)]
         json: bool,
     },
@@ -26,6 +30,10 @@ pub enum Cmd {
     /// vdbhost;vdbprefix;vdbpersist;enabled;mnet).
     Csv {
         file: PathBuf,
+        /// Accept a database account that is the server's administrator or has server-wide
+        /// privileges (refused by default: its password would sit in a host file the web server reads).
+        #[arg(long)]
+        force_admin_account: bool,
         #[arg(long)]
         json: bool,
     },
@@ -39,12 +47,27 @@ impl Cmd {
                 dbserver,
                 database,
                 prefix,
+                force_admin_account,
                 json,
             } => (
-                import::from_vmoodle_table(&home, &dbserver, &database, &prefix).await?,
+                import::from_vmoodle_table(
+                    &home,
+                    &dbserver,
+                    &database,
+                    &prefix,
+                    force_admin_account,
+                )
+                .await?,
                 json,
             ),
-            Cmd::Csv { file, json } => (import::from_csv(&home, &file).await?, json),
+            Cmd::Csv {
+                file,
+                force_admin_account,
+                json,
+            } => (
+                import::from_csv(&home, &file, force_admin_account).await?,
+                json,
+            ),
         };
         print(&report, json)?;
         Ok(if report.refused.is_empty() {

@@ -88,6 +88,10 @@ pub struct AddArgs {
     /// Extra $CFG value for this instance, NAME=VALUE (repeatable).
     #[arg(long = "cfg", value_name = "NAME=VALUE", value_parser = parse_kv)]
     cfg: Vec<(String, String)>,
+    /// Accept a database account that is the server's administrator or has server-wide
+    /// privileges (refused by default: its password would sit in a host file the web server reads).
+    #[arg(long)]
+    force_admin_account: bool,
     #[arg(long)]
     json: bool,
 }
@@ -127,6 +131,10 @@ pub struct EditArgs {
     /// Remove an extra $CFG value (repeatable).
     #[arg(long = "unset-cfg", value_name = "NAME")]
     unset_cfg: Vec<String>,
+    /// Accept a database account that is the server's administrator or has server-wide
+    /// privileges (refused by default: its password would sit in a host file the web server reads).
+    #[arg(long)]
+    force_admin_account: bool,
     #[arg(long)]
     json: bool,
 }
@@ -158,6 +166,7 @@ impl Cmd {
                     persist: a.persist,
                     enabled: Some(!a.disabled),
                     config: a.cfg,
+                    force_admin_account: a.force_admin_account,
                 };
                 let f = instances::resolve_new(&home, &inp).await?;
                 let i = instances::add(&home, &f).await?;
@@ -226,10 +235,15 @@ impl Cmd {
                     persist: a.persist,
                     set_config: a.cfg,
                     unset_config: a.unset_cfg,
+                    force_admin_account: false,
                 };
                 if e == InstanceEdit::default() {
                     bail!("nothing to change: give at least one option (see `vmoodle instance edit --help`)");
                 }
+                let e = InstanceEdit {
+                    force_admin_account: a.force_admin_account,
+                    ..e
+                };
                 let i = instances::edit(&home, &a.instance, &e).await?;
                 if a.json {
                     output::json(&i)?;

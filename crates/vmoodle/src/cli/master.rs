@@ -23,6 +23,10 @@ pub enum Cmd {
         /// Default: the site's full name from its database.
         #[arg(long)]
         name: Option<String>,
+        /// Accept a database account that is the server's administrator or has server-wide
+        /// privileges (refused by default: its password would sit in a host file the web server reads).
+        #[arg(long)]
+        force_admin_account: bool,
         #[arg(long)]
         json: bool,
     },
@@ -41,6 +45,7 @@ impl Cmd {
                 dbserver,
                 shortname,
                 name,
+                force_admin_account,
                 json,
             } => {
                 let mut home = super::open_locked(root).await?;
@@ -51,6 +56,7 @@ impl Cmd {
                         dbserver,
                         shortname,
                         name,
+                        force_admin_account,
                     },
                 )
                 .await?;

@@ -67,12 +67,17 @@ impl Cmd {
                             vmoodle_core::settings::SettingsError::SecretOnCommandLine(key).into(),
                         )
                     }
+                    (Some(v), _) if key == "registry" && vmoodle_core::settings::url_has_password(&v) => bail!(
+                        "the register URL `{}` holds a password, which would show on the command line and in vmoodle.toml\nhint: `vmoodle init --registry URL --registry-password-stdin` keeps the password sealed in the home",
+                        vmoodle_core::settings::redact_url(&v)
+                    ),
                     (Some(v), _) => v,
                     (None, true) => vmoodle_ops::read_password_stdin()?.expose().to_string(),
                     (None, false) => bail!("give the new value of `{key}` (or --stdin)"),
                 };
                 let stored = if is_secret && !raw.is_empty() {
-                    home.secrets.seal(&Secret::new(raw))?
+                    home.secrets
+                        .seal(&Secret::new(raw), &vmoodle_core::Binding::setting(&key))?
                 } else {
                     raw
                 };

@@ -1,7 +1,7 @@
 //! `vmoodle spares fill|list`.
 
 use std::path::Path;
-use vmoodle_ops::{dbservers, deploy, Home};
+use vmoodle_ops::{dbservers, spares, Home};
 
 use super::{exit, output};
 
@@ -34,7 +34,7 @@ impl Cmd {
                 count,
             } => {
                 let home = super::open_locked(root).await?;
-                let made = deploy::fill_spares(&home, &template, &dbserver, count).await?;
+                let made = spares::fill_spares(&home, &template, &dbserver, count).await?;
                 eprintln!(
                     "made {} warm spare(s) of `{template}` on `{dbserver}`",
                     made.len()
@@ -46,7 +46,7 @@ impl Cmd {
                 let spec = dbservers::admin_spec(&home, &s)?;
                 let mut rows = Vec::new();
                 for t in home.registry.templates().await? {
-                    for spare in deploy::spare_databases(&spec, &t.name)
+                    for spare in spares::spare_databases(&spec, &t.name)
                         .await
                         .unwrap_or_default()
                     {

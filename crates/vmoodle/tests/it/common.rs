@@ -27,8 +27,16 @@ impl Vm {
             Backend::Sqlite => (None, vec![]),
             Backend::Postgres => {
                 let db = PgDb::create("reg");
-                let url = db.url();
-                (Some(db), vec!["--registry".into(), url])
+                // The URL without its password; the password on stdin.
+                let url = format!(
+                    "postgres://{}@127.0.0.1:5432/{}",
+                    vmoodle_test::pg_user(),
+                    db.name
+                );
+                (
+                    Some(db),
+                    vec!["--registry".into(), url, "--registry-password-stdin".into()],
+                )
             }
         };
         let vm = Self {
@@ -38,7 +46,10 @@ impl Vm {
         };
         let mut a = vec!["init".to_string()];
         a.extend(args);
-        vm.ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        vm.ok_stdin(
+            &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            &vmoodle_test::pg_password(),
+        );
         vm
     }
 

@@ -297,9 +297,11 @@ fn snapshot_deploy_delete_restore_mariadb() {
         );
         // Its own user, rights on its own database only.
         let grants = mariadb_sql(None, &format!("SHOW GRANTS FOR 'vmt_{t}'@'%'"));
+        // The database name is escaped in the grant (`_` is a wildcard there).
+        let escaped = format!("vmt_{t}").replace('_', "\\_");
         assert!(
-            grants.contains(&format!("`vmt_{t}`.*")) && !grants.contains("ON *.* TO")
-                || grants.contains("USAGE ON *.*"),
+            grants.contains(&format!("ALL PRIVILEGES ON `{escaped}`.*"))
+                && !grants.contains("ALL PRIVILEGES ON *.*"),
             "{grants}"
         );
         let pw = host_file_password(&s.vm, &format!("{t}.moodle.example.org"));
@@ -515,6 +517,22 @@ fn deploy_postgres_with_prefix_and_bulk() {
         dumped
     );
     assert_eq!(pg_value(&ddb, &format!("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'vmt_{dumped}'")), "489");
+    // The live template carries its manifest's checksum; one stamped by another version of the
+    // template is rebuilt before the next clone (a new database, stamped right again).
+    let live = format!("vmtpl_{tpl}");
+    let stamp_sql = format!(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{live}'"
+    );
+    let oid_sql = format!("SELECT oid FROM pg_database WHERE datname = '{live}'");
+    let good = pg_value("postgres", &stamp_sql);
+    assert!(good.starts_with("vmoodle live template sha256:"), "{good}");
+    let old_oid = pg_value("postgres", &oid_sql);
+    pg_sql(
+        "postgres",
+        &format!(
+            "COMMENT ON DATABASE \"{live}\" IS 'vmoodle live template sha256:another-version'"
+        ),
+    );
     // Bulk: a pattern, several at once.
     let before: Vec<String> = (1..=6).map(|n| format!("{one}b{n}")).collect();
     s.clean.tokens.extend(before.clone());
@@ -552,6 +570,12 @@ fn deploy_postgres_with_prefix_and_bulk() {
             *t
         );
     }
+    assert_eq!(pg_value("postgres", &stamp_sql), good);
+    assert_ne!(
+        pg_value("postgres", &oid_sql),
+        old_oid,
+        "the stale live template was rebuilt"
+    );
 }
 
 #[test]
@@ -848,4 +872,125 @@ fn deploy_refuses_bad_input_before_creating_anything() {
         "0"
     );
     assert!(!s.base.join(&t).exists());
+}
+
+/// Names of the warm spares of exactly `template` on the local MariaDB.
+fn spares_of(vm: &Vm, template: &str) -> Vec<String> {
+    vm.json(&["spares", "list", "--dbserver", "maria", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["template"] == template)
+        .map(|x| x["database"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn schema_exists(db: &str) -> bool {
+    my_value(
+        "mysql",
+        &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{db}'"),
+    ) == "1"
+}
+
+/// Templates `T` and `T_x` side by side: a deploy of `T` never takes a spare of `T_x` (the old
+/// LIKE pattern matched them), a spare or live template stamped by another version of the
+/// template is passed over (spare dropped, live database rebuilt), and deleting `T` leaves
+/// every database of `T_x`.
+#[test]
+fn spares_and_live_templates_are_matched_exactly() {
+    let mut s = setup();
+    let tpl = token("tb");
+    let tplx = format!("{tpl}_x");
+    s.clean.templates.push(tpl.clone());
+    s.clean.templates.push(tplx.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tplx]);
+    s.vm.ok(&[
+        "spares",
+        "fill",
+        "--template",
+        &tplx,
+        "--dbserver",
+        "maria",
+        "--count",
+        "2",
+    ]);
+    let xs = spares_of(&s.vm, &tplx);
+    assert_eq!(xs.len(), 2, "{xs:?}");
+    assert!(spares_of(&s.vm, &tpl).is_empty());
+    // A deploy of `T` has no spare of its own: it copies from its live template.
+    let t = token("e");
+    s.clean.tokens.push(t.clone());
+    let r = deploy_json(
+        &s.vm,
+        &["--template", &tpl, "--token", &t, "--dbserver", "maria"],
+    );
+    assert_eq!(r[0]["outcome"]["method"], "server-side copy", "{r}");
+    assert_eq!(spares_of(&s.vm, &tplx), xs);
+    // A spare of `T` stamped by another version of `T` is dropped, not taken; the live template
+    // stamped by another version is rebuilt (its stamp is the template's again afterwards).
+    s.vm.ok(&[
+        "spares",
+        "fill",
+        "--template",
+        &tpl,
+        "--dbserver",
+        "maria",
+        "--count",
+        "1",
+    ]);
+    let stale = spares_of(&s.vm, &tpl).remove(0);
+    let live = format!("vmtpl_{tpl}");
+    let good_stamp = my_value(&live, "SELECT checksum FROM vmoodle_stamp");
+    assert!(good_stamp.starts_with("sha256:"), "{good_stamp}");
+    assert_eq!(
+        my_value(&stale, "SELECT checksum FROM vmoodle_stamp"),
+        good_stamp
+    );
+    for db in [&stale, &live] {
+        mariadb_sql(
+            Some(db),
+            "UPDATE vmoodle_stamp SET checksum = 'sha256:another-version'",
+        );
+    }
+    let t2 = token("e");
+    s.clean.tokens.push(t2.clone());
+    let r = deploy_json(
+        &s.vm,
+        &["--template", &tpl, "--token", &t2, "--dbserver", "maria"],
+    );
+    assert_eq!(r[0]["outcome"]["method"], "server-side copy", "{r}");
+    assert!(!schema_exists(&stale), "the stale spare {stale} was kept");
+    assert_eq!(
+        my_value(&live, "SELECT checksum FROM vmoodle_stamp"),
+        good_stamp
+    );
+    assert_eq!(
+        my_value(
+            &format!("vmt_{t2}"),
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vmoodle_stamp'"
+        ),
+        "0"
+    );
+    // A spare of `T_x` is taken by a deploy of `T_x`.
+    let t3 = token("e");
+    s.clean.tokens.push(t3.clone());
+    let r = deploy_json(
+        &s.vm,
+        &["--template", &tplx, "--token", &t3, "--dbserver", "maria"],
+    );
+    assert_eq!(r[0]["outcome"]["method"], "warm spare", "{r}");
+    let xs = spares_of(&s.vm, &tplx);
+    assert_eq!(xs.len(), 1, "{xs:?}");
+    // Deleting `T` leaves `T_x`'s live database and spare.
+    for t in [&t, &t2, &t3] {
+        s.vm.ok(&["delete", t, "--yes", "--no-archive"]);
+    }
+    s.vm.ok(&["template", "delete", &tpl, "--yes"]);
+    assert!(!schema_exists(&live));
+    assert!(schema_exists(&format!("vmtpl_{tplx}")));
+    assert_eq!(spares_of(&s.vm, &tplx), xs);
+    s.vm.ok(&["template", "delete", &tplx, "--yes"]);
+    assert!(!schema_exists(&format!("vmtpl_{tplx}")));
+    assert!(!schema_exists(&xs[0]));
 }

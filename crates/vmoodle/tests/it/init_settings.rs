@@ -133,7 +133,7 @@ fn settings_show_get_set_validate() {
         "S3cret-Preset\n",
     );
     let toml = std::fs::read_to_string(vm.home.join("vmoodle.toml")).unwrap();
-    assert!(toml.contains("db_password = \"v1:") && !toml.contains("S3cret-Preset"));
+    assert!(toml.contains("db_password = \"v2:") && !toml.contains("S3cret-Preset"));
     assert_eq!(
         vm.ok(&["settings", "get", "schema.db_password"]).trim(),
         "****"

@@ -497,3 +497,53 @@ fn crash_after_mnet_step_removes_rows_in_peers() {
         "1"
     );
 }
+
+/// `mnet renew` killed between rotating keys and updating the peers is finished by recovery:
+/// every peer then holds the new keys.
+#[test]
+fn crash_during_mnet_renew_is_finished() {
+    let mut s = setup();
+    let tpl = token("tr");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (a, b) = (token("ra"), token("rb"));
+    s.clean.tokens.extend([a.clone(), b.clone()]);
+    s.vm.ok(&[
+        "deploy",
+        "--template",
+        &tpl,
+        "--tokens",
+        &format!("{a},{b}"),
+        "--dbserver",
+        "pg",
+        "--mnet",
+        "1",
+    ]);
+    let (child, _) = start_paused(
+        &s.vm,
+        &["mnet", "renew", "--all"],
+        "mnet renew:update peers and caches:start",
+    );
+    kill9(child);
+    // The peers still hold the old keys: stale.
+    assert_eq!(s.vm.run(&["mnet", "status"]).status.code(), Some(3));
+    let out = s.vm.run(&["jobs", "recover", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r[0]["kind"], "mnet renew", "{r}");
+    assert_eq!(
+        out.status.code(),
+        Some(if r[0]["state"] == "done" { 0 } else { 3 }),
+        "{r}"
+    );
+    // Without moodle.dir the caches cannot be purged through Moodle: the job says so and stays
+    // incomplete; the keys and peers are done.
+    assert!(
+        r[0]["state"] == "done" || r[0]["state"] == "incomplete",
+        "{r}"
+    );
+    let st = s.vm.json(&["mnet", "status", "--json"]);
+    for p in st["pairs"].as_array().unwrap() {
+        assert_eq!(p["a_holds_b"], true, "{p}");
+        assert_eq!(p["b_holds_a"], true, "{p}");
+    }
+}

@@ -7,6 +7,7 @@ mod deploy;
 mod doctor;
 mod fs_safety;
 mod hook;
+mod hostile;
 mod import;
 mod init_settings;
 mod instances;
