@@ -496,6 +496,22 @@ fn crash_after_mnet_step_removes_rows_in_peers() {
         ),
         "1"
     );
+    // The same deploy now works, and `delete` removes the peer row it made in A.
+    s.vm.ok(&[
+        "deploy",
+        "--template",
+        &tpl,
+        "--token",
+        &b,
+        "--dbserver",
+        "pg",
+        "--mnet",
+        "1",
+    ]);
+    assert_eq!(rows_for_b(), "1");
+    s.vm.ok(&["delete", &b, "--yes", "--no-archive"]);
+    assert_eq!(rows_for_b(), "0", "delete removed the peering vmoodle made");
+    nothing_left(&s, &b, false);
 }
 
 /// `mnet renew` killed between rotating keys and updating the peers is finished by recovery:
