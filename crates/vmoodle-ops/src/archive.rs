@@ -287,6 +287,17 @@ pub async fn delete(
     let total = DELETE_STEPS.len() + 1 + usize::from(archive);
     let mut j = Journal::start(home, "delete", &inst.shortname, total, events).await?;
     let r = async {
+        // The site stops being served (503) first: the archive then holds everything its users
+        // wrote, and it stays registered until everything is removed, so a failure leaves
+        // nothing that nobody can find.
+        j.step("take offline").await?;
+        j.intend(Undo::SetEnabled {
+            instance_id: inst.id,
+            enabled: inst.enabled,
+        })
+        .await?;
+        instances::set_enabled(home, &inst.shortname, false).await?;
+        j.made().await?;
         if archive {
             j.step("archive").await?;
             let dir = home.root.join("archives").join(format!(
@@ -318,23 +329,13 @@ pub async fn delete(
             j.made().await?;
             plan.archive = Some(dir.display().to_string());
         }
-        // The site stops being served (503) before its data goes; it stays registered until
-        // everything is removed, so a failure leaves nothing that nobody can find.
-        j.step("take offline").await?;
-        j.intend(Undo::SetEnabled {
-            instance_id: inst.id,
-            enabled: inst.enabled,
-        })
-        .await?;
-        instances::set_enabled(home, &inst.shortname, false).await?;
-        j.made().await?;
         j.go_forward(&plan).await?;
         delete_forward(home, &mut j, &plan).await
     }
     .await;
     match r {
         Ok(()) => {
-            j.finish().await;
+            j.finish().await?;
             Ok(report_of(&plan))
         }
         Err(e) => {
@@ -408,7 +409,7 @@ pub async fn finish_delete(home: &Home, mut j: Journal<'_>) -> Result<()> {
     };
     match delete_forward(home, &mut j, &plan).await {
         Ok(()) => {
-            j.finish().await;
+            j.finish().await?;
             Ok(())
         }
         Err(e) => {

@@ -338,7 +338,10 @@ pub async fn execute(home: &Home, plan: Plan, events: Events<'_>) -> Result<Outc
     match r {
         Ok(()) => {
             let ms = j.elapsed_ms();
-            let steps = j.finish().await;
+            let steps = j
+                .finish()
+                .await
+                .with_context(|| format!("deploy of `{}`", plan.fields.shortname))?;
             Ok(Outcome {
                 shortname: plan.fields.shortname.clone(),
                 wwwroot: plan.fields.wwwroot.clone(),
@@ -357,8 +360,13 @@ pub async fn execute(home: &Home, plan: Plan, events: Events<'_>) -> Result<Outc
             let id = j.id;
             let left = j.fail(&msg).await;
             let mut err = e.context(format!(
-                "deploy of `{}` failed at step \"{current}\"; everything done before it was undone (job {id})",
-                plan.fields.shortname
+                "deploy of `{}` failed at step \"{current}\"; {} (job {id})",
+                plan.fields.shortname,
+                if left.is_empty() {
+                    "everything done before it was undone"
+                } else {
+                    "what it did was undone, except what is listed"
+                }
             ));
             if !left.is_empty() {
                 err = err.context(format!(
@@ -464,14 +472,25 @@ async fn run_steps(
         if plan.req.method == Method::Auto {
             templates::ensure_live(home, &plan.template, &plan.server).await?;
             j.intend(drop_db()).await?;
-            pg_clone(
+            match pg_clone(
                 spec,
                 &templates::live_db_name(&plan.template.name),
                 &f.dbname,
                 &f.dbuser,
             )
-            .await?;
-            j.made().await?;
+            .await
+            {
+                Ok(()) => j.made().await?,
+                Err(e)
+                    if e.downcast_ref::<vmoodle_dbserver::DbError>()
+                        .is_some_and(|d| d.already_exists()) =>
+                {
+                    // Someone else's database of that name appeared meanwhile.
+                    j.cancel_intent().await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
             *method = "database template".into();
         } else {
             create(j, drop_db(), admin::create_database(spec, &f.dbname)).await?;

@@ -288,11 +288,14 @@ async fn take_lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
     let mut told = false;
     loop {
+        use std::os::unix::fs::OpenOptionsExt;
+        // 0600: the lock file names the holder's command line.
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {

@@ -79,7 +79,9 @@ pub struct Recovered {
 pub async fn recover(home: &Home, retry_incomplete: bool) -> Result<Vec<Recovered>> {
     let mut states = vec!["running".to_string(), "recovering".to_string()];
     if retry_incomplete {
+        // Jobs left incomplete (to finish) or failed (some undo did not work): tried again.
         states.push("incomplete".into());
+        states.push("failed".into());
     }
     let candidates = home
         .registry
@@ -91,7 +93,7 @@ pub async fn recover(home: &Home, retry_incomplete: bool) -> Result<Vec<Recovere
     let me = journal::this_owner();
     let mut out = Vec::new();
     for job in candidates.iter().rev() {
-        let incomplete = job.state == "incomplete";
+        let incomplete = job.state == "incomplete" || job.state == "failed";
         if job.owner == me || (!incomplete && journal::owner_alive(&job.owner)) {
             continue;
         }

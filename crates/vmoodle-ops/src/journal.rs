@@ -327,7 +327,11 @@ impl<'h> Journal<'h> {
             state: EntryState::Intended,
             undo,
         });
-        self.save("running", None).await?;
+        if let Err(e) = self.save("running", None).await {
+            // Not recorded, so not acted on: nothing to undo either.
+            self.undo.pop();
+            return Err(e);
+        }
         pause_point(&format!("{}:{}:intended", self.kind, self.step_name())).await;
         Ok(())
     }
@@ -400,24 +404,54 @@ impl<'h> Journal<'h> {
         Ok(())
     }
 
-    /// The job succeeded.
-    pub async fn finish(mut self) -> Vec<StepRecord> {
+    /// The job succeeded: records it done. A job the register cannot mark done would be taken
+    /// for an interrupted one and undone later, after the command said it worked; so the
+    /// write is retried, and if the register stays unwritable the job is undone now and the
+    /// error says so.
+    pub async fn finish(mut self) -> Result<Vec<StepRecord>> {
         self.close_step();
-        if let Err(e) = self.save("done", None).await {
-            tracing::warn!("job {}: cannot record its end: {e:#}", self.id);
+        let mut last = None;
+        for attempt in 0..10 {
+            match self.save("done", None).await {
+                Ok(()) => {
+                    (self.events)(&JobEvent::Finished {
+                        job: self.id,
+                        target: self.target.clone(),
+                        state: "done".into(),
+                    });
+                    return Ok(self.steps);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "job {}: cannot record its end (try {}): {e:#}",
+                        self.id,
+                        attempt + 1
+                    );
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
         }
-        (self.events)(&JobEvent::Finished {
-            job: self.id,
-            target: self.target.clone(),
-            state: "done".into(),
-        });
-        self.steps
+        let e = last.unwrap_or_else(|| anyhow!("the register did not answer"));
+        let msg = format!("the register could not record the job as done: {e:#}");
+        let left = self.fail(&msg).await;
+        let mut err = e.context(format!(
+            "the job could not be recorded as done in the register, so it was undone{}",
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" except: {}", left.join("; "))
+            }
+        ));
+        err = err.context("the register is not writable");
+        Err(err)
     }
 
     /// The job failed: undoes every record newest first (a job past its point of no return is
     /// left `incomplete` for `jobs recover` to finish instead). Returns what could not be undone.
     pub async fn fail(mut self, error: &str) -> Vec<String> {
-        self.close_step();
+        // The step that failed is not done: a job finished forward runs it again.
+        self.current = None;
         if self.forward.is_some() {
             let _ = self.save("incomplete", Some(error)).await;
             (self.events)(&JobEvent::Finished {
@@ -447,12 +481,29 @@ impl<'h> Journal<'h> {
         left
     }
 
-    /// Undoes every record that is not cancelled or undone, newest first; saves after each.
+    /// Undoes every record that is not cancelled or undone (a failed undo is tried again),
+    /// newest first; saves after each.
     async fn undo_all(&mut self) -> Vec<String> {
         let mut left = Vec::new();
+        let mut peerings_kept = false;
         for i in (0..self.undo.len()).rev() {
             let e = &self.undo[i];
-            if !matches!(e.state, EntryState::Intended | EntryState::Made) {
+            if !matches!(
+                e.state,
+                EntryState::Intended | EntryState::Made | EntryState::UndoFailed
+            ) {
+                continue;
+            }
+            if peerings_kept && matches!(e.undo, Undo::Unregister { .. }) {
+                // Unregistering would drop the register's record of the peer rows still to
+                // remove (mnet_links go with the instance): keep it for the next try.
+                let msg = format!(
+                    "{}: kept, so that its MNET peerings can still be removed (`vmoodle jobs recover` tries again)",
+                    e.undo
+                );
+                self.undo[i].state = EntryState::UndoFailed;
+                self.undone.push(format!("NOT DONE: {msg}"));
+                left.push(msg);
                 continue;
             }
             let what = e.undo.to_string();
@@ -467,6 +518,9 @@ impl<'h> Journal<'h> {
                     self.undone.push(what);
                 }
                 Err(err) => {
+                    if matches!(self.undo[i].undo, Undo::RemovePeerings { .. }) {
+                        peerings_kept = true;
+                    }
                     self.undo[i].state = EntryState::UndoFailed;
                     let msg = format!("{what}: {err:#}").replace('\n', " ");
                     self.undone.push(format!("NOT DONE: {msg}"));

@@ -949,6 +949,12 @@ async fn repair_for(home: &Home, only: Option<i64>) -> Result<RepairReport> {
                         continue;
                     };
                     let what = write_peer_row(s, &mut c, &o.inst, k, false).await?;
+                    if what == PeerWrite::Created {
+                        // A row vmoodle made: recorded, so forget, delete and undo find it.
+                        home.registry
+                            .add_mnet_link(s.inst.id, o.inst.id, true, false)
+                            .await?;
+                    }
                     report.mended.push(format!(
                         "{} now holds the current key of {}",
                         s.inst.shortname, o.inst.shortname
@@ -1021,8 +1027,8 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     };
     let mut j = Journal::start(home, "mnet renew", &label, 2, &journal::no_events).await?;
     let r = async {
-        j.go_forward(&names).await?;
         j.step("rotate keys").await?;
+        j.go_forward(&names).await?;
         let rotated = rotate_all(home, targets, &mut report).await;
         j.step("update peers and caches").await?;
         finish_peers(home, &mut report, &rotated).await
@@ -1030,7 +1036,7 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     .await;
     match r {
         Ok(()) => {
-            j.finish().await;
+            j.finish().await?;
             Ok(report)
         }
         Err(e) => {
@@ -1052,7 +1058,7 @@ pub async fn finish_renew(home: &Home, j: Journal<'_>) -> Result<()> {
     let mut report = RenewReport::default();
     match finish_peers(home, &mut report, &targets).await {
         Ok(()) if report.ok() => {
-            j.finish().await;
+            j.finish().await?;
             Ok(())
         }
         Ok(()) => {

@@ -166,7 +166,7 @@ pub async fn snapshot(
     .await;
     match r {
         Ok(t) => {
-            j.finish().await;
+            j.finish().await?;
             Ok(t)
         }
         Err(e) => {

@@ -637,7 +637,7 @@ impl Registry {
     pub async fn claim_job(&self, id: i64, old_owner: &str, new_owner: &str) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE jobs SET owner = $1, state = 'recovering', updated_at = $2 \
-             WHERE id = $3 AND owner = $4 AND state IN ('running', 'recovering', 'incomplete')",
+             WHERE id = $3 AND owner = $4 AND state IN ('running', 'recovering', 'incomplete', 'failed')",
         )
         .bind(new_owner)
         .bind(now_unix())

@@ -197,7 +197,7 @@ impl Cmd {
             }
             if failed > 0 {
                 eprintln!(
-                    "{failed} of {} deploy(s) failed; each failed one was undone completely",
+                    "{failed} of {} deploy(s) failed; each failed one was undone (its error lists anything that could not be; `vmoodle jobs list --state failed`)",
                     results.len()
                 );
             }
