@@ -86,6 +86,9 @@ pub enum EntryState {
     Cancelled,
     /// Taken back.
     Undone,
+    /// Part of a job that is complete by itself (one warm spare of several): kept even if a
+    /// later part fails.
+    Kept,
     /// Taking it back failed (see the job's `undone` list).
     UndoFailed,
 }
@@ -360,6 +363,14 @@ impl<'h> Journal<'h> {
         {
             e.state = state;
         }
+    }
+
+    /// Everything made so far is complete by itself and is kept whatever happens next.
+    pub async fn keep_made(&mut self) -> Result<()> {
+        for e in self.undo.iter_mut().filter(|e| e.state == EntryState::Made) {
+            e.state = EntryState::Kept;
+        }
+        self.save("running", None).await
     }
 
     /// From here on the job cannot be undone: `plan` (JSON) is what finishing it needs.

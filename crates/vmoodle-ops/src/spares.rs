@@ -12,11 +12,12 @@
 //! carry theirs in `COMMENT ON DATABASE` (see templates.rs), readable without connecting to the
 //! template, which would block its clones.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use vmoodle_dbserver::{admin, quote_ident, quote_literal, ConnSpec};
 use vmoodle_registry::Template;
 
 use crate::deploy::copy_tables;
+use crate::journal::{Journal, Undo};
 use crate::templates;
 use crate::{dbservers, Home};
 
@@ -233,15 +234,36 @@ pub async fn fill_spares(
     let spec = dbservers::admin_spec(home, &s)?;
     let stamp = template_stamp(&t);
     let mut made = Vec::new();
-    for _ in 0..count {
-        let mut r = [0u8; 4];
-        openssl::rand::rand_bytes(&mut r)?;
-        let name = format!(
-            "vmspare_{template}_{:02x}{:02x}{:02x}{:02x}",
-            r[0], r[1], r[2], r[3]
-        );
-        admin::create_database(&spec, &name).await?;
-        let filled = async {
+    // A job: each spare's database is recorded before it is created, so one interrupted
+    // half-way is dropped by recovery; each finished spare is kept.
+    let mut j = Journal::start(
+        home,
+        "spares fill",
+        &format!("{template}@{server}"),
+        count,
+        &crate::journal::no_events,
+    )
+    .await?;
+    let r = async {
+        for k in 0..count {
+            j.step(&format!("spare {}", k + 1)).await?;
+            let mut r = [0u8; 4];
+            openssl::rand::rand_bytes(&mut r)?;
+            let name = format!(
+                "vmspare_{template}_{:02x}{:02x}{:02x}{:02x}",
+                r[0], r[1], r[2], r[3]
+            );
+            j.intend(Undo::DropDatabase {
+                server_id: s.id,
+                database: name.clone(),
+            })
+            .await?;
+            if let Err(e) = admin::create_database(&spec, &name).await {
+                if e.already_exists() {
+                    j.cancel_intent().await?;
+                }
+                return Err(anyhow::Error::from(e));
+            }
             copy_tables(
                 &spec,
                 &templates::live_db_name(template),
@@ -249,17 +271,33 @@ pub async fn fill_spares(
                 &m.source.prefix,
                 &m.source.prefix,
             )
-            .await?;
-            write_stamp(&spec, &name, &stamp).await
+            .await
+            .context("filling a warm spare")?;
+            write_stamp(&spec, &name, &stamp).await?;
+            j.made().await?;
+            j.keep_made().await?;
+            made.push(name);
         }
-        .await;
-        if let Err(e) = filled {
-            let _ = admin::drop_database(&spec, &name).await;
-            return Err(e.context("filling a warm spare"));
-        }
-        made.push(name);
+        anyhow::Ok(())
     }
-    Ok(made)
+    .await;
+    match r {
+        Ok(()) => {
+            j.finish().await?;
+            Ok(made)
+        }
+        Err(e) => {
+            let left = j.fail(&format!("{e:#}")).await;
+            let mut err = e.context(format!(
+                "filling spares stopped after {} of {count}; the one being filled was dropped",
+                made.len()
+            ));
+            if !left.is_empty() {
+                err = err.context(left.join("; "));
+            }
+            Err(err)
+        }
+    }
 }
 
 #[cfg(test)]

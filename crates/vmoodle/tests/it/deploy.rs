@@ -875,7 +875,7 @@ fn deploy_refuses_bad_input_before_creating_anything() {
 }
 
 /// Names of the warm spares of exactly `template` on the local MariaDB.
-fn spares_of(vm: &Vm, template: &str) -> Vec<String> {
+pub(crate) fn spares_of(vm: &Vm, template: &str) -> Vec<String> {
     vm.json(&["spares", "list", "--dbserver", "maria", "--json"])
         .as_array()
         .unwrap()

@@ -563,3 +563,36 @@ fn crash_during_mnet_renew_is_finished() {
         assert_eq!(p["b_holds_a"], true, "{p}");
     }
 }
+
+/// `spares fill` is a job: killed while making its second spare, recovery drops that one and
+/// keeps the first, complete one.
+#[test]
+fn crash_during_spares_fill_keeps_finished_spares() {
+    let mut s = setup();
+    let tpl = token("tq");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    let (child, _) = start_paused(
+        &s.vm,
+        &[
+            "spares",
+            "fill",
+            "--template",
+            &tpl,
+            "--dbserver",
+            "maria",
+            "--count",
+            "3",
+        ],
+        "spares fill:spare 2:made",
+    );
+    let before = crate::deploy::spares_of(&s.vm, &tpl);
+    assert_eq!(before.len(), 2, "{before:?}");
+    kill9(child);
+    let r = s.vm.json(&["jobs", "recover", "--json"]);
+    assert_eq!(r[0]["kind"], "spares fill", "{r}");
+    assert_eq!(r[0]["state"], "rolled back", "{r}");
+    let after = crate::deploy::spares_of(&s.vm, &tpl);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(before.contains(&after[0]));
+}
