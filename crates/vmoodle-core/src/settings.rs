@@ -580,17 +580,44 @@ fn url_userinfo(url: &str) -> Option<(&str, &str, &str)> {
 /// Whether a URL carries a password (`scheme://user:password@host`).
 pub fn url_has_password(url: &str) -> bool {
     url_userinfo(url).is_some_and(|(_, u, _)| u.contains(':'))
+        || query_params(url).any(|(k, _)| k.eq_ignore_ascii_case("password"))
+}
+
+/// The `key=value` pairs of a URL's query string.
+fn query_params(url: &str) -> impl Iterator<Item = (&str, &str)> {
+    url.split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The query string's `password=` values shown as `****`.
+fn redact_query(url: &str) -> String {
+    let Some((head, q)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let pairs: Vec<String> = q
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", pairs.join("&"))
 }
 
 /// A URL with its password shown as `****`.
 pub fn redact_url(url: &str) -> String {
-    match url_userinfo(url) {
+    let url = match url_userinfo(url) {
         Some((scheme, userinfo, tail)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:****@{tail}"),
             None => url.to_string(),
         },
         None => url.to_string(),
-    }
+    };
+    redact_query(&url)
 }
 
 /// The URL with `password` put in (percent-encoded); None if the URL names no user.
@@ -624,5 +651,12 @@ mod url_tests {
             "postgres://vm:a%20b%40%3A%2F%25@db:5432/reg"
         );
         assert_eq!(url_with_password("postgres://db/reg", "x"), None);
+        // libpq also takes the password as a query parameter.
+        let q = "postgres://vm@db/reg?sslmode=require&password=s3cret";
+        assert!(url_has_password(q));
+        assert_eq!(
+            redact_url(q),
+            "postgres://vm@db/reg?sslmode=require&password=****"
+        );
     }
 }

@@ -933,8 +933,14 @@ pub mod admin {
                 )
                 .await
                 .map_err(qerr(spec, ctx()));
-            close(c).await;
-            if let Some(r) = rows?.into_iter().next() {
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    close(c).await;
+                    return Err(e);
+                }
+            };
+            if let Some(r) = rows.into_iter().next() {
                 for (v, name) in r.iter().zip([
                     "SUPERUSER",
                     "CREATEROLE",
@@ -946,6 +952,35 @@ pub mod admin {
                         powers.push(name.to_string());
                     }
                 }
+                // Powers inherited from roles it is a member of, and the predefined roles that
+                // reach the server's files and programs or every database's data.
+                let member_of = c
+                    .rows(
+                        "SELECT r.rolname::text, (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls)::text \
+                         FROM pg_roles r WHERE r.rolname <> ? AND pg_has_role(?, r.oid, 'MEMBER')",
+                        &[user.into(), user.into()],
+                    )
+                    .await
+                    .map_err(qerr(spec, ctx()));
+                close(c).await;
+                for m in member_of? {
+                    let role = m[0].clone().unwrap_or_default();
+                    let strong = m[1].as_deref() == Some("true");
+                    if strong
+                        || matches!(
+                            role.as_str(),
+                            "pg_execute_server_program"
+                                | "pg_write_server_files"
+                                | "pg_read_server_files"
+                                | "pg_read_all_data"
+                                | "pg_write_all_data"
+                        )
+                    {
+                        powers.push(format!("member of {role}"));
+                    }
+                }
+            } else {
+                close(c).await;
             }
         }
         Ok(powers)

@@ -827,14 +827,7 @@ fn abbreviate(items: &[String], max: usize) -> String {
 
 /// A PostgreSQL URL with any password replaced by `****`, for messages.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((auth, tail)) = rest.split_once('@') {
-            if let Some((user, _)) = auth.split_once(':') {
-                return format!("{scheme}://{user}:****@{tail}");
-            }
-        }
-    }
-    url.to_string()
+    vmoodle_core::settings::redact_url(url)
 }
 
 fn dbserver_from_row(r: &AnyRow) -> Result<DbServer> {

@@ -191,6 +191,12 @@ fn privileged_database_accounts_are_refused() {
     );
     let pu = vmoodle_test::unique_name("pp");
     vmoodle_test::pg_sql("postgres", &format!("CREATE ROLE \"{pu}\" LOGIN CREATEDB"));
+    // A role with no attributes of its own that can run programs on the server.
+    let pm = vmoodle_test::unique_name("pm");
+    vmoodle_test::pg_sql(
+        "postgres",
+        &format!("CREATE ROLE \"{pm}\" LOGIN; GRANT pg_execute_server_program TO \"{pm}\""),
+    );
     let r = std::panic::catch_unwind(|| {
         let err = vm.fails_stdin(&strs(&add_args("b", "maria", &mu)), "pw", 1);
         assert!(
@@ -201,6 +207,8 @@ fn privileged_database_accounts_are_refused() {
         );
         let err = vm.fails_stdin(&strs(&add_args("c", "pg", &pu)), "pw", 1);
         assert!(err.contains("CREATEDB"), "{err}");
+        let err = vm.fails_stdin(&strs(&add_args("cm", "pg", &pm)), "pw", 1);
+        assert!(err.contains("member of pg_execute_server_program"), "{err}");
         // An ordinary account is taken; editing it to the administrator is refused.
         vm.ok_stdin(&strs(&add_args("d", "maria", "vm_d")), "pw");
         let err = vm.fails(&["instance", "edit", "d", "--dbuser", &my_admin], 1);
@@ -256,6 +264,7 @@ fn privileged_database_accounts_are_refused() {
     });
     vmoodle_test::mariadb_sql(None, &format!("DROP USER IF EXISTS '{mu}'@'%'"));
     vmoodle_test::pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"{pu}\""));
+    vmoodle_test::pg_sql("postgres", &format!("DROP ROLE IF EXISTS \"{pm}\""));
     if let Err(e) = r {
         std::panic::resume_unwind(e);
     }
