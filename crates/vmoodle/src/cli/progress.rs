@@ -89,7 +89,15 @@ impl Progress {
                 total,
                 name,
                 ..
-            } => self.step(target, *n - 1, *total, name),
+            } => {
+                if self.multi.is_none() {
+                    // Plain lines: which step is starting.
+                    eprintln!("{target}: [{n}/{total}] {name}");
+                } else {
+                    // A bar: how many steps are done.
+                    self.step(target, *n - 1, *total, name);
+                }
+            }
             E::Count {
                 target,
                 done,
