@@ -170,7 +170,7 @@ async fn finish_forward(home: &Home, j: Journal<'_>, why: &str) -> (String, Vec<
             Ok(()) => ("done".into(), Vec::new()),
             Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
         },
-        "mnet renew" => match crate::mnet::finish_renew(home, j).await {
+        k if k.starts_with("mnet ") => match crate::mnet::finish_renew(home, j).await {
             Ok(()) => ("done".into(), Vec::new()),
             Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
         },

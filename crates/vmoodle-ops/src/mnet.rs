@@ -1046,7 +1046,37 @@ pub async fn renew(home: &Home, what: RenewWhat) -> Result<RenewReport> {
     }
 }
 
-/// Finishes a `mnet renew` job found interrupted: every peer learns the current keys, and the
+/// Runs an MNET change (`kind`, e.g. "mnet bind") as a job that goes forward: what it writes
+/// into live sites (keys, peer rows) cannot be taken back once a peer may use it, so a job
+/// found interrupted is finished by a repair pass and by invalidating the caches of the
+/// `instances` it was changing (`jobs recover`, or the next command that takes the lock).
+pub async fn as_job<T>(
+    home: &Home,
+    kind: &str,
+    target: &str,
+    instances: Vec<String>,
+    change: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut j = Journal::start(home, kind, target, 1, &journal::no_events).await?;
+    let r = async {
+        j.step(kind).await?;
+        j.go_forward(&instances).await?;
+        change.await
+    }
+    .await;
+    match r {
+        Ok(v) => {
+            j.finish().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            j.fail(&format!("{e:#}")).await;
+            Err(e)
+        }
+    }
+}
+
+/// Finishes a `mnet renew` (or other MNET) job found interrupted: every peer learns the current keys, and the
 /// caches of the instances it was renewing are invalidated.
 pub async fn finish_renew(home: &Home, j: Journal<'_>) -> Result<()> {
     let names: Vec<String> = j.forward_plan().unwrap_or_default();

@@ -122,7 +122,14 @@ impl Cmd {
             }
             Cmd::Init { instance } => {
                 let home = super::open_locked(root).await?;
-                let r = mnet::init(&home, &instance).await?;
+                let r = mnet::as_job(
+                    &home,
+                    "mnet init",
+                    &instance,
+                    vec![instance.clone()],
+                    mnet::init(&home, &instance),
+                )
+                .await?;
                 let c = &r.certificate;
                 eprintln!(
                     "new MNET key for `{instance}`: {} (expires {})",
@@ -139,7 +146,15 @@ impl Cmd {
                 subnetwork,
             } => {
                 let home = super::open_locked(root).await?;
-                let r = mnet::bind(&home, &instance, subnetwork).await?;
+                let members = members_of(&home, subnetwork, &instance).await?;
+                let r = mnet::as_job(
+                    &home,
+                    "mnet bind",
+                    &instance,
+                    members,
+                    mnet::bind(&home, &instance, subnetwork),
+                )
+                .await?;
                 let peers = r.peers;
                 eprintln!(
                     "`{instance}` is in subnetwork {subnetwork}; peers: {}",
@@ -155,7 +170,14 @@ impl Cmd {
             }
             Cmd::Unbind { instance } => {
                 let home = super::open_locked(root).await?;
-                let gone = mnet::unbind(&home, &instance).await?;
+                let gone = mnet::as_job(
+                    &home,
+                    "mnet unbind",
+                    &instance,
+                    vec![instance.clone()],
+                    mnet::unbind(&home, &instance),
+                )
+                .await?;
                 eprintln!(
                     "`{instance}` left its subnetwork; peerings removed: {}",
                     if gone.is_empty() {
@@ -183,18 +205,31 @@ impl Cmd {
                 if all && others.is_empty() {
                     eprintln!("no other instance has MNET on");
                 }
-                let mut keyed = Vec::new();
-                for b in &others {
-                    keyed.extend(mnet::peer(&home, &a, b).await?);
-                    eprintln!("`{a}` and `{b}` are peers");
-                }
+                let mut involved = others.clone();
+                involved.push(a.clone());
+                let keyed = mnet::as_job(&home, "mnet peer", &a, involved, async {
+                    let mut keyed = Vec::new();
+                    for b in &others {
+                        keyed.extend(mnet::peer(&home, &a, b).await?);
+                        eprintln!("`{a}` and `{b}` are peers");
+                    }
+                    anyhow::Ok(keyed)
+                })
+                .await?;
                 if report_caches(&caches::invalidate_config(&home, &keyed).await) {
                     return Ok(exit::PARTIAL);
                 }
             }
             Cmd::Unpeer { a, b } => {
                 let home = super::open_locked(root).await?;
-                mnet::unpeer(&home, &a, &b).await?;
+                mnet::as_job(
+                    &home,
+                    "mnet unpeer",
+                    &a,
+                    vec![a.clone(), b.clone()],
+                    mnet::unpeer(&home, &a, &b),
+                )
+                .await?;
                 eprintln!("`{a}` and `{b}` are no longer peers");
             }
             Cmd::Renew {
@@ -358,4 +393,22 @@ fn report_caches(r: &CacheReport) -> bool {
         eprintln!("error: {line}");
     }
     !r.ok()
+}
+
+/// The instance and the members of subnetwork `n` (the sites a bind touches).
+async fn members_of(
+    home: &vmoodle_ops::Home,
+    n: i64,
+    instance: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut v: Vec<String> = home
+        .registry
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.mnet == n)
+        .map(|i| i.shortname)
+        .collect();
+    v.push(instance.to_string());
+    Ok(v)
 }
