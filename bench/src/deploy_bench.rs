@@ -297,6 +297,8 @@ fn main() -> Result<()> {
                 "--dataroot",
                 s.dataroot.to_str().unwrap(),
                 "--password-stdin",
+                // The bench's own source databases, reached as the administrator.
+                "--force-admin-account",
             ],
             &admin_pw(s.server),
         )?;

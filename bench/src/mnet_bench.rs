@@ -118,6 +118,8 @@ fn main() -> Result<()> {
                     "--dataroot",
                     data.to_str().unwrap(),
                     "--password-stdin",
+                    // The bench's own source database, reached as the administrator.
+                    "--force-admin-account",
                 ],
                 &vmoodle_test::pg_password(),
             )?;
