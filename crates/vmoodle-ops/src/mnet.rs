@@ -452,18 +452,9 @@ async fn write_peer_row(
                 ],
             )
             .await?;
-            let id = c
-                .column(
-                    &format!(
-                        "SELECT {} FROM {} WHERE wwwroot = ?",
-                        s.cast("id"),
-                        s.t("mnet_host")
-                    ),
-                    &[other.wwwroot.as_str().into()],
-                )
+            let id = *peer_row_ids(s, c, &other.wwwroot)
                 .await?
                 .first()
-                .and_then(|v| v.parse().ok())
                 .context("reading back a new mnet_host row")?;
             (id, true)
         }
@@ -546,8 +537,8 @@ pub async fn peer(home: &Home, x: &str, y: &str) -> Result<Vec<Instance>> {
     peer_sites(home, &a, &b).await
 }
 
-/// Whether `s` has a peer row (live or deleted) for `wwwroot`.
-async fn has_peer_row(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<bool> {
+/// The ids of `s`'s peer rows (live or deleted) for `wwwroot`.
+async fn peer_row_ids(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<Vec<i64>> {
     let ids = c
         .column(
             &format!(
@@ -558,7 +549,12 @@ async fn has_peer_row(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<bool> {
             &[wwwroot.into()],
         )
         .await?;
-    Ok(!ids.is_empty())
+    Ok(ids.iter().filter_map(|v| v.parse().ok()).collect())
+}
+
+/// Whether `s` has a peer row (live or deleted) for `wwwroot`.
+async fn has_peer_row(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<bool> {
+    Ok(!peer_row_ids(s, c, wwwroot).await?.is_empty())
 }
 
 async fn peer_sites(home: &Home, a: &Site, b: &Site) -> Result<Vec<Instance>> {
@@ -1289,17 +1285,7 @@ pub async fn remove_peerings(home: &Home, inst: &Instance) -> Result<Vec<String>
 
 /// Deletes the peer rows for `wwwroot` in `s`'s database, with their SSO service rows.
 async fn delete_peer_rows(s: &Site, c: &mut Conn, wwwroot: &str) -> Result<()> {
-    let ids = c
-        .column(
-            &format!(
-                "SELECT {} FROM {} WHERE wwwroot = ?",
-                s.cast("id"),
-                s.t("mnet_host")
-            ),
-            &[wwwroot.into()],
-        )
-        .await?;
-    for id in ids.iter().filter_map(|v| v.parse::<i64>().ok()) {
+    for id in peer_row_ids(s, c, wwwroot).await? {
         c.exec(
             &format!("DELETE FROM {} WHERE hostid = ?", s.t("mnet_host2service")),
             &[id.into()],
