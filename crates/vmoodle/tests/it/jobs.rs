@@ -11,6 +11,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A test setup (crate::deploy::setup) with a template snapshotted from `source`.
+fn setup_with_template(tag: &str, source: &str) -> (Setup, String) {
+    let mut s = setup();
+    let tpl = token(tag);
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", source, "--template", &tpl]);
+    (s, tpl)
+}
+
 /// Starts `vmoodle ARGS` that stops at pause point `point`; returns once it is there.
 fn start_paused(vm: &Vm, args: &[&str], point: &str) -> (Child, PathBuf) {
     let file = vm.dir.path().join(format!("pause-{}", token("p")));
@@ -254,10 +263,7 @@ fn crash_at_every_deploy_step_postgres() {
 /// SIGINT stops the job at its next step boundary and undoes it; exit code 130.
 #[test]
 fn sigint_undoes_at_the_next_step_boundary() {
-    let mut s = setup();
-    let tpl = token("ts");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (mut s, tpl) = setup_with_template("ts", "srcpg");
     let t = token("si");
     s.clean.tokens.push(t.clone());
     let (child, _) = start_paused(
@@ -292,10 +298,7 @@ fn sigint_undoes_at_the_next_step_boundary() {
 /// deploy fails, and its undo never touches it.
 #[test]
 fn what_appeared_meanwhile_is_never_undone() {
-    let mut s = setup();
-    let tpl = token("tw");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    let (mut s, tpl) = setup_with_template("tw", "srcmaria");
     // A database created by someone else between the checks and the creation.
     let t = token("ap");
     s.clean.tokens.push(t.clone());
@@ -352,10 +355,7 @@ fn what_appeared_meanwhile_is_never_undone() {
 /// A second command waits for the lock, then gives up with exit 75, naming the holder.
 #[test]
 fn lock_wait_times_out_clearly() {
-    let mut s = setup();
-    let tpl = token("tl");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (mut s, tpl) = setup_with_template("tl", "srcpg");
     let t = token("lk");
     s.clean.tokens.push(t.clone());
     let (child, file) = start_paused(
@@ -436,10 +436,7 @@ fn deploy_help_shows_the_number_placeholder() {
 /// undone (here: killed after its MNET step, before it was marked done).
 #[test]
 fn crash_after_mnet_step_removes_rows_in_peers() {
-    let mut s = setup();
-    let tpl = token("tn");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (mut s, tpl) = setup_with_template("tn", "srcpg");
     let (a, b) = (token("na"), token("nb"));
     s.clean.tokens.extend([a.clone(), b.clone()]);
     s.vm.ok(&[
@@ -518,10 +515,7 @@ fn crash_after_mnet_step_removes_rows_in_peers() {
 /// every peer then holds the new keys.
 #[test]
 fn crash_during_mnet_renew_is_finished() {
-    let mut s = setup();
-    let tpl = token("tr");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcpg", "--template", &tpl]);
+    let (mut s, tpl) = setup_with_template("tr", "srcpg");
     let (a, b) = (token("ra"), token("rb"));
     s.clean.tokens.extend([a.clone(), b.clone()]);
     s.vm.ok(&[
@@ -568,10 +562,7 @@ fn crash_during_mnet_renew_is_finished() {
 /// keeps the first, complete one.
 #[test]
 fn crash_during_spares_fill_keeps_finished_spares() {
-    let mut s = setup();
-    let tpl = token("tq");
-    s.clean.templates.push(tpl.clone());
-    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    let (s, tpl) = setup_with_template("tq", "srcmaria");
     let (child, _) = start_paused(
         &s.vm,
         &[

@@ -13,24 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// OpenSSL 3 keeps RC4 (Moodle's MNET envelope) in its legacy provider: this config turns on
-/// the default and legacy providers, for the php processes of this test only.
-const OPENSSL_CNF: &str = "openssl_conf = openssl_init
-
-[openssl_init]
-providers = provider_sect
-
-[provider_sect]
-default = default_sect
-legacy = legacy_sect
-
-[default_sect]
-activate = 1
-
-[legacy_sect]
-activate = 1
-";
-
 /// PHP's built-in server routes every path that is not a file under public/ to r.php, as nginx's
 /// `try_files $uri $uri/ /r.php` does.
 const ROUTER: &str = r#"<?php
@@ -205,7 +187,8 @@ fn mnet_call_between_live_sites_survives_renewal() {
     let dir = s._data.path().to_path_buf();
     let moodle: PathBuf = vmoodle_test::moodle_copy(&dir);
     let cnf = dir.join("openssl.cnf");
-    std::fs::write(&cnf, OPENSSL_CNF).unwrap();
+    // OpenSSL 3 keeps RC4 (MNET's envelope) in its legacy provider: on for this test's php only.
+    std::fs::write(&cnf, vmoodle_site::php_env::LEGACY_OPENSSL_CONF).unwrap();
     let router = dir.join("router.php");
     std::fs::write(&router, ROUTER).unwrap();
     // The master's config.php, as Moodle's installer writes it, then the hook.
