@@ -21,6 +21,7 @@ pub struct Settings {
     pub web: WebSettings,
     pub mnet: MnetSettings,
     pub moodle: MoodleSettings,
+    pub spares: SparesSettings,
 }
 
 /// The Moodle code that serves every instance.
@@ -68,6 +69,20 @@ pub struct WebSettings {
     pub user: String,
     pub group: String,
     pub retry_after: u32,
+    /// Where `vmoodle serve` listens (ADDR:PORT).
+    pub listen: String,
+    /// TLS certificate chain and private key (PEM) for `vmoodle serve`; empty: plain HTTP
+    /// (behind nginx, or on loopback).
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+/// Warm spares the daemon keeps filled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparesSettings {
+    /// Spares kept per template and MariaDB server (0: the daemon fills none).
+    pub keep: u32,
 }
 
 impl Default for Settings {
@@ -79,6 +94,7 @@ impl Default for Settings {
             web: WebSettings::default(),
             mnet: MnetSettings::default(),
             moodle: MoodleSettings::default(),
+            spares: SparesSettings::default(),
         }
     }
 }
@@ -150,6 +166,9 @@ impl Default for WebSettings {
             user: "www-data".into(),
             group: "www-data".into(),
             retry_after: 300,
+            listen: "127.0.0.1:8700".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -273,6 +292,35 @@ impl Settings {
         }
         if !self.moodle.dir.is_empty() {
             validate::abs_path("moodle.dir", &self.moodle.dir)?;
+        }
+        if self.web.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ValidationError::new(
+                "web.listen",
+                &self.web.listen,
+                "an address and port, e.g. 127.0.0.1:8700 or [::]:8700",
+            ));
+        }
+        if self.web.tls_cert.is_empty() != self.web.tls_key.is_empty() {
+            return Err(ValidationError::new(
+                "web.tls_cert",
+                &self.web.tls_cert,
+                "both web.tls_cert and web.tls_key, or neither",
+            ));
+        }
+        for (key, v) in [
+            ("web.tls_cert", &self.web.tls_cert),
+            ("web.tls_key", &self.web.tls_key),
+        ] {
+            if !v.is_empty() {
+                validate::abs_path(key, v)?;
+            }
+        }
+        if self.spares.keep > 100 {
+            return Err(ValidationError::new(
+                "spares.keep",
+                self.spares.keep.to_string(),
+                "a number of spares between 0 and 100",
+            ));
         }
         if self.web.retry_after == 0 || self.web.retry_after > 86_400 {
             return Err(ValidationError::new(
@@ -471,6 +519,17 @@ user = "www-data"
 group = "www-data"
 # Seconds announced in Retry-After on the 503 page of a disabled instance.
 retry_after = 300
+# Where the daemon (`vmoodle serve`: web admin, API, metrics) listens.
+listen = "127.0.0.1:8700"
+# TLS for the daemon: a PEM certificate chain and its private key (both, or neither for plain
+# HTTP on loopback or behind nginx). Session cookies are marked Secure under TLS.
+tls_cert = ""
+tls_key = ""
+
+# Warm spares (MariaDB): the daemon keeps this many per template and server filled, so a burst
+# of deploys only renames databases. 0: none (fill them by hand with `vmoodle spares fill`).
+[spares]
+keep = 0
 
 # Moodle Network keys. A site's MNET key expires (28 days by default) and its peers must learn
 # the new one; `vmoodle mnet renew --due`, run from cron every few minutes, renews what is due

@@ -32,3 +32,23 @@ pub fn requested() -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// Jobs of this process that an administrator asked to stop (the daemon runs many at once, so
+/// a signal is not enough): each stops at its next step boundary and undoes what it did.
+static JOBS: std::sync::Mutex<std::collections::BTreeSet<i64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Asks job `id` (or the jobs of bulk run `id`) to stop at the next step boundary.
+pub fn request_job(id: i64) {
+    JOBS.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+}
+
+/// Whether job `id` was asked to stop.
+pub fn job_requested(id: i64) -> bool {
+    JOBS.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+}
+
+/// Forgets a finished job's request.
+pub fn forget_job(id: i64) {
+    JOBS.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}

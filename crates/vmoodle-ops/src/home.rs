@@ -29,7 +29,48 @@ pub struct Home {
     pub registry: Registry,
     /// Jobs found interrupted and recovered when the lock was taken.
     pub recovered: Vec<crate::jobs::Recovered>,
+    /// Who starts the jobs run on this home and where they go (the daemon sets it per request).
+    pub job_ctx: std::sync::Mutex<JobContext>,
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// Who starts the jobs of an open home, the bulk run they belong to, and a queued job the next
+/// journal takes over (so a job page exists before the home's lock is taken).
+#[derive(Debug, Clone, Default)]
+pub struct JobContext {
+    /// `cli:USER` (the default), `web:ADMIN`, `api:TOKEN`, `scheduler`.
+    pub actor: String,
+    pub parent: Option<i64>,
+    pub adopt: Option<i64>,
+}
+
+impl Home {
+    /// Sets who starts the jobs of this home and the bulk run they belong to.
+    pub fn set_job_context(&self, ctx: JobContext) {
+        *self.job_ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
+    }
+    pub fn job_context(&self) -> JobContext {
+        self.job_ctx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// The queued job the next journal takes over, once.
+    pub fn take_adopt(&self) -> Option<i64> {
+        self.job_ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .adopt
+            .take()
+    }
+}
+
+/// `cli:USER` for the user running this process.
+pub fn cli_actor() -> String {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    format!("cli:{name}")
 }
 
 /// How long `open_locked` waits for another vmoodle to release the home (seconds).
@@ -208,6 +249,10 @@ impl Home {
             secrets,
             registry,
             recovered: Vec::new(),
+            job_ctx: std::sync::Mutex::new(JobContext {
+                actor: cli_actor(),
+                ..Default::default()
+            }),
             _lock: None,
         })
     }

@@ -26,6 +26,14 @@ pub struct JobView {
     pub error: Option<String>,
     /// Whether the job passed its point of no return (it is finished, never undone).
     pub forward: bool,
+    /// `cli:USER`, `web:ADMIN`, `api:TOKEN` or `scheduler`.
+    pub started_by: String,
+    /// The bulk run it belongs to.
+    pub parent: Option<i64>,
+    pub cancel_requested: bool,
+    /// Log lines.
+    pub log: Vec<String>,
+    pub updated_at: i64,
 }
 
 impl From<&Job> for JobView {
@@ -43,6 +51,11 @@ impl From<&Job> for JobView {
             undone: serde_json::from_str(&j.undone).unwrap_or_default(),
             error: j.error.clone(),
             forward: j.forward.is_some(),
+            started_by: j.started_by.clone(),
+            parent: j.parent,
+            cancel_requested: j.cancel_requested,
+            log: j.log.lines().map(str::to_string).collect(),
+            updated_at: j.updated_at,
         }
     }
 }
@@ -73,11 +86,18 @@ pub struct Recovered {
     pub left: Vec<String>,
 }
 
+/// A daemon whose heartbeat is older than this is dead; its jobs are recovered by another node.
+pub const DAEMON_LEASE_SECS: i64 = 20;
+
 /// Recovers every job whose process is gone. With `retry_incomplete`, jobs left `incomplete`
 /// (past their point of no return, finishing failed) are tried again too. The caller holds the
 /// home's lock.
 pub async fn recover(home: &Home, retry_incomplete: bool) -> Result<Vec<Recovered>> {
-    let mut states = vec!["running".to_string(), "recovering".to_string()];
+    let mut states = vec![
+        "running".to_string(),
+        "recovering".to_string(),
+        "queued".to_string(),
+    ];
     if retry_incomplete {
         // Jobs left incomplete (to finish) or failed (some undo did not work): tried again.
         states.push("incomplete".into());
@@ -91,10 +111,39 @@ pub async fn recover(home: &Home, retry_incomplete: bool) -> Result<Vec<Recovere
         })
         .await?;
     let me = journal::this_owner();
+    // Daemons on other nodes whose heartbeat stopped: their jobs are ours to recover.
+    let dead_daemons: std::collections::HashSet<String> = if candidates.is_empty() {
+        Default::default()
+    } else {
+        let cutoff = vmoodle_core::now_unix() - DAEMON_LEASE_SECS;
+        home.registry
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.heartbeat_at < cutoff)
+            .map(|n| n.owner)
+            .collect()
+    };
+    let alive = |owner: &str| !dead_daemons.contains(owner) && journal::owner_alive(owner);
     let mut out = Vec::new();
     for job in candidates.iter().rev() {
         let incomplete = job.state == "incomplete" || job.state == "failed";
-        if job.owner == me || (!incomplete && journal::owner_alive(&job.owner)) {
+        if job.owner == me || (!incomplete && alive(&job.owner)) {
+            continue;
+        }
+        if job.state == "queued" {
+            // Never started: nothing to undo.
+            let why = format!("its daemon ({}) stopped before it started", job.owner);
+            if home.registry.cancel_queued_job(job.id, &why).await? {
+                out.push(Recovered {
+                    id: job.id,
+                    kind: job.kind.clone(),
+                    target: job.target.clone(),
+                    state: "cancelled".into(),
+                    undone: Vec::new(),
+                    left: Vec::new(),
+                });
+            }
             continue;
         }
         if !home.registry.claim_job(job.id, &job.owner, &me).await? {

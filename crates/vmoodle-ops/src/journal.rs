@@ -171,6 +171,7 @@ pub struct Journal<'h> {
     total: usize,
     started: Instant,
     events: Events<'h>,
+    parent: Option<i64>,
 }
 
 /// The identity of this process as a job owner: node, pid and the process's start time (so a
@@ -220,7 +221,17 @@ impl<'h> Journal<'h> {
         total: usize,
         events: Events<'h>,
     ) -> Result<Journal<'h>> {
-        let id = home.registry.start_job(kind, target, &this_owner()).await?;
+        let ctx = home.job_context();
+        let owner = this_owner();
+        let id = match home.take_adopt() {
+            Some(id) if home.registry.adopt_job(id, kind, target, &owner).await? => id,
+            Some(id) => bail!("job {id} was cancelled before it started"),
+            None => {
+                home.registry
+                    .start_job_by(kind, target, &owner, &ctx.actor, ctx.parent)
+                    .await?
+            }
+        };
         events(&JobEvent::Started {
             job: id,
             kind: kind.into(),
@@ -240,6 +251,7 @@ impl<'h> Journal<'h> {
             total,
             started: Instant::now(),
             events,
+            parent: ctx.parent,
         })
     }
 
@@ -262,6 +274,7 @@ impl<'h> Journal<'h> {
             current: None,
             started: Instant::now(),
             events,
+            parent: job.parent,
         })
     }
 
@@ -275,6 +288,11 @@ impl<'h> Journal<'h> {
         self.close_step();
         if let Some(sig) = crate::cancel::requested() {
             bail!("stopped by {sig} before step \"{name}\"");
+        }
+        if crate::cancel::job_requested(self.id)
+            || self.parent.is_some_and(crate::cancel::job_requested)
+        {
+            bail!("cancelled by an administrator before step \"{name}\"");
         }
         self.n += 1;
         self.total = self.total.max(self.n);

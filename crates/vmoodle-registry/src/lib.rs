@@ -10,6 +10,9 @@ use std::path::Path;
 use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
+mod daemon;
+pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
+
 #[derive(Debug, Error)]
 pub enum RegistryError {
     #[error("cannot open the register at {location}: {source}")]
@@ -592,16 +595,31 @@ impl Registry {
 
     /// Records the start of a job run by `owner` (node/pid/start time); returns its id.
     pub async fn start_job(&self, kind: &str, target: &str, owner: &str) -> Result<i64> {
+        self.start_job_by(kind, target, owner, "", None).await
+    }
+
+    /// Records the start of a job: who started it (`cli:USER`, `web:ADMIN`...) and the bulk run
+    /// it belongs to.
+    pub async fn start_job_by(
+        &self,
+        kind: &str,
+        target: &str,
+        owner: &str,
+        started_by: &str,
+        parent: Option<i64>,
+    ) -> Result<i64> {
         let now = now_unix();
         let row = sqlx::query(
-            "INSERT INTO jobs (kind, target, state, started_at, owner, updated_at) \
-             VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
+            "INSERT INTO jobs (kind, target, state, started_at, owner, updated_at, started_by, parent) \
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(kind)
         .bind(target)
         .bind(now)
         .bind(owner)
         .bind(now)
+        .bind(started_by)
+        .bind(parent)
         .fetch_one(&self.pool)
         .await
         .map_err(q("recording a job"))?;
@@ -651,41 +669,29 @@ impl Registry {
 
     /// Jobs, newest first, optionally only those in some states, of one kind or one target.
     pub async fn jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if !f.states.is_empty() {
-            let marks: Vec<String> = f.states.iter().map(|_| next()).collect();
-            sql += &format!(" AND state IN ({})", marks.join(", "));
-        }
-        if f.kind.is_some() {
-            sql += &format!(" AND kind = {}", next());
-        }
-        if f.target.is_some() {
-            sql += &format!(" AND target = {}", next());
-        }
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {}", job_where(f));
         sql += " ORDER BY id DESC";
         if let Some(l) = f.limit {
             sql += &format!(" LIMIT {l}");
         }
-        let mut query = sqlx::query(&sql);
-        for s in &f.states {
-            query = query.bind(s.as_str());
+        if let Some(o) = f.offset {
+            sql += &format!(" OFFSET {o}");
         }
-        if let Some(k) = &f.kind {
-            query = query.bind(k.as_str());
-        }
-        if let Some(t) = &f.target {
-            query = query.bind(t.as_str());
-        }
-        let rows = query
+        let rows = bind_job_filter(sqlx::query(&sql), f)
             .fetch_all(&self.pool)
             .await
             .map_err(q("reading jobs"))?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    /// How many jobs a filter selects (without its limit and offset).
+    pub async fn count_jobs(&self, f: &JobFilter) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM jobs WHERE {}", job_where(f));
+        let row = bind_job_filter(sqlx::query(&sql), f)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("counting jobs"))?;
+        row.try_get::<i64, _>(0).map_err(q("counting jobs"))
     }
 
     pub async fn job(&self, id: i64) -> Result<Job> {
@@ -891,7 +897,7 @@ fn parse_config(s: &str) -> CfgExtras {
 }
 
 const JOB_COLUMNS: &str = "id, kind, target, state, journal, undo, forward, error, undone, owner, \
-     started_at, finished_at, updated_at";
+     started_at, finished_at, updated_at, started_by, parent, params, cancel_requested, log";
 
 /// A job as the register holds it; the JSON columns are kept as text for the job engine.
 #[derive(Debug, Clone, Serialize)]
@@ -910,6 +916,17 @@ pub struct Job {
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// Who started it: `cli:USER`, `web:ADMIN`, `api:TOKEN`, `scheduler`.
+    pub started_by: String,
+    /// The bulk run (a parent job) it belongs to.
+    pub parent: Option<i64>,
+    /// The request behind a job started by the daemon (JSON, never a password): what a retry
+    /// runs again.
+    pub params: Option<String>,
+    /// Somebody asked it to stop (from any node); it stops at its next step boundary.
+    pub cancel_requested: bool,
+    /// Log lines, one per line.
+    pub log: String,
 }
 
 /// What `save_job` writes.
@@ -930,6 +947,63 @@ pub struct JobFilter {
     pub kind: Option<String>,
     pub target: Option<String>,
     pub limit: Option<usize>,
+    /// Skip this many (pagination).
+    pub offset: Option<usize>,
+    /// Only jobs that belong to no bulk run (`Some(None)`), or to this one (`Some(Some(id))`).
+    pub parent: Option<Option<i64>>,
+    /// Only jobs started by this actor.
+    pub started_by: Option<String>,
+}
+
+/// The WHERE clause of a job filter, with numbered placeholders bound by `bind_job_filter`.
+fn job_where(f: &JobFilter) -> String {
+    let mut sql = String::from("1 = 1");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if !f.states.is_empty() {
+        let marks: Vec<String> = f.states.iter().map(|_| next()).collect();
+        sql += &format!(" AND state IN ({})", marks.join(", "));
+    }
+    if f.kind.is_some() {
+        sql += &format!(" AND kind = {}", next());
+    }
+    if f.target.is_some() {
+        sql += &format!(" AND target = {}", next());
+    }
+    match f.parent {
+        Some(None) => sql += " AND parent IS NULL",
+        Some(Some(_)) => sql += &format!(" AND parent = {}", next()),
+        None => {}
+    }
+    if f.started_by.is_some() {
+        sql += &format!(" AND started_by = {}", next());
+    }
+    sql
+}
+
+fn bind_job_filter<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    f: &'q JobFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for s in &f.states {
+        query = query.bind(s.as_str());
+    }
+    if let Some(k) = &f.kind {
+        query = query.bind(k.as_str());
+    }
+    if let Some(t) = &f.target {
+        query = query.bind(t.as_str());
+    }
+    if let Some(Some(p)) = f.parent {
+        query = query.bind(p);
+    }
+    if let Some(b) = &f.started_by {
+        query = query.bind(b.as_str());
+    }
+    query
 }
 
 fn job_from_row(r: &AnyRow) -> Result<Job> {
@@ -951,5 +1025,10 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
         started_at: gi(10).map_err(q("reading a job"))?,
         finished_at: r.try_get::<Option<i64>, _>(11).map_err(e)?,
         updated_at: gi(12).map_err(q("reading a job"))?,
+        started_by: g(13).map_err(q("reading a job"))?,
+        parent: r.try_get::<Option<i64>, _>(14).map_err(q("reading a job"))?,
+        params: go(15).map_err(q("reading a job"))?,
+        cancel_requested: gi(16).map_err(q("reading a job"))? != 0,
+        log: g(17).map_err(q("reading a job"))?,
     })
 }

@@ -64,6 +64,7 @@ impl Cmd {
                         kind,
                         target,
                         limit: Some(limit),
+                        ..Default::default()
                     },
                 )
                 .await?;
