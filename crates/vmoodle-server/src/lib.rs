@@ -1,1 +1,122 @@
-pub fn x(){}
+//! The daemon (`vmoodle serve`): the web admin, the JSON API with its OpenAPI description, the
+//! scheduler, Prometheus metrics and the host-file sync of this node. It is a second front door
+//! onto the jobs of vmoodle-ops: everything it changes runs as a journaled job, visible to the
+//! CLI as the CLI's jobs are visible here.
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod runner;
+pub mod sched;
+pub mod web;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use vmoodle_ops::Home;
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The home.
+    pub root: PathBuf,
+    /// Mark cookies Secure (the daemon serves TLS, or sits behind a TLS proxy).
+    pub secure_cookies: bool,
+    /// Run the scheduler and the background loops (tests may turn them off).
+    pub background: bool,
+    /// What to show as this daemon's address in the register's node list.
+    pub listen: String,
+    /// TLS certificate chain and key (PEM files); None: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub cfg: Config,
+    /// The home opened without its lock: reads go here; changes run as jobs that take the lock.
+    pub home: Home,
+    /// This daemon's identity as a job owner (node/pid/start time).
+    pub owner: String,
+    pub limiter: auth::RateLimiter,
+    pub runner: runner::Runner,
+    pub started: std::time::Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("root", &self.cfg.root)
+            .finish()
+    }
+}
+
+impl AppState {
+    pub async fn new(cfg: Config) -> Result<Self> {
+        let home = Home::open(&cfg.root).await?;
+        Ok(Self(Arc::new(Inner {
+            home,
+            owner: vmoodle_ops::journal::this_owner(),
+            limiter: auth::RateLimiter::default(),
+            runner: runner::Runner::default(),
+            started: std::time::Instant::now(),
+            cfg,
+        })))
+    }
+}
+
+/// Every route: pages, API, metrics, health.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(web::routes())
+        .nest("/api/v1", api::routes())
+        .merge(metrics::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn(web::security_headers))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` completes; the background loops (scheduler,
+/// heartbeat, host-file sync, cancel requests) run alongside unless `cfg.background` is off.
+pub async fn launch(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let state = AppState::new(cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let bg = if state.cfg.background {
+        Some(tokio::spawn(sched::run(state.clone(), stop_rx.clone())))
+    } else {
+        None
+    };
+    let app = router(state.clone());
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP");
+    let _ = stop_tx.send(true);
+    if let Some(bg) = bg {
+        let _ = bg.await;
+    }
+    state.runner.wait_idle().await;
+    let _ = state.home.registry.remove_node(&state.owner).await;
+    served
+}

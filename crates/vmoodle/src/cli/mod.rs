@@ -2,6 +2,7 @@
 //! `run` calls the operations in vmoodle-ops and prints data on stdout (a table on a terminal,
 //! JSON with `--json`) and diagnostics on stderr.
 
+mod admin;
 mod dbserver;
 mod delete;
 mod deploy;
@@ -16,6 +17,7 @@ mod mnet;
 mod output;
 mod progress;
 mod schema;
+mod serve;
 mod settings;
 mod snapshot;
 mod spares;
@@ -125,6 +127,11 @@ enum Command {
     /// Check everything a working fleet needs (php, extensions, RC4, hook, files, servers) and
     /// print the fix for each failure; exit 3 when a check failed.
     Doctor(doctor::Cmd),
+    /// Run the daemon: web admin, JSON API, scheduler, metrics.
+    Serve(serve::Cmd),
+    /// Administrators of the web admin and the API, and API tokens.
+    #[command(subcommand)]
+    Admin(admin::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -132,10 +139,13 @@ pub fn main() -> ExitCode {
     init_tracing();
     // Files vmoodle creates are never world-readable.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The daemon serves many clients and runs jobs alongside: it gets every core.
+    let builder = if matches!(cli.command, Command::Serve(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -257,6 +267,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Mnet(c) => c.run(&home).await,
         Command::Jobs(c) => c.run(&home).await,
         Command::Doctor(c) => c.run(&home).await,
+        Command::Serve(c) => c.run(&home).await,
+        Command::Admin(c) => c.run(&home).await,
     }
 }
 
