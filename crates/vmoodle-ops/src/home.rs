@@ -50,7 +50,10 @@ impl Home {
         *self.job_ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
     }
     pub fn job_context(&self) -> JobContext {
-        self.job_ctx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.job_ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// The queued job the next journal takes over, once.
     pub fn take_adopt(&self) -> Option<i64> {

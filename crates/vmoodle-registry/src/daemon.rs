@@ -108,11 +108,13 @@ impl Registry {
     }
 
     pub async fn find_admin(&self, name: &str) -> Result<Option<Admin>> {
-        let row = sqlx::query("SELECT id, name, password_hash, created_at, last_login FROM admins WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("reading an administrator"))?;
+        let row = sqlx::query(
+            "SELECT id, name, password_hash, created_at, last_login FROM admins WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading an administrator"))?;
         row.as_ref().map(admin_from_row).transpose()
     }
 
@@ -527,13 +529,21 @@ impl Registry {
 
     /// Claims the scheduled work `name` if it is due at `now`: succeeds on one node only, which
     /// sets its next run to `next`.
-    pub async fn claim_schedule(&self, name: &str, owner: &str, now: i64, next: i64) -> Result<bool> {
-        sqlx::query("INSERT INTO schedule (name, next_run) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(q("reading the schedule"))?;
+    pub async fn claim_schedule(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        next: i64,
+    ) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO schedule (name, next_run) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(q("reading the schedule"))?;
         let r = sqlx::query(
             "UPDATE schedule SET next_run = $1, last_run = $2, last_owner = $3 \
              WHERE name = $4 AND next_run <= $5",
@@ -588,7 +598,8 @@ impl Registry {
             .fetch_one(&self.pool)
             .await
             .map_err(q("reading the generation"))?;
-        row.try_get::<i64, _>(0).map_err(q("reading the generation"))
+        row.try_get::<i64, _>(0)
+            .map_err(q("reading the generation"))
     }
 
     /// Whether the register is reachable (for `/readyz`).

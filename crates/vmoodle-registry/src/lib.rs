@@ -1026,7 +1026,9 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
         finished_at: r.try_get::<Option<i64>, _>(11).map_err(e)?,
         updated_at: gi(12).map_err(q("reading a job"))?,
         started_by: g(13).map_err(q("reading a job"))?,
-        parent: r.try_get::<Option<i64>, _>(14).map_err(q("reading a job"))?,
+        parent: r
+            .try_get::<Option<i64>, _>(14)
+            .map_err(q("reading a job"))?,
         params: go(15).map_err(q("reading a job"))?,
         cancel_requested: gi(16).map_err(q("reading a job"))? != 0,
         log: g(17).map_err(q("reading a job"))?,

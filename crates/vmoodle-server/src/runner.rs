@@ -81,6 +81,7 @@ impl DeployParams {
 }
 
 /// An operation the daemon runs as a job.
+#[allow(clippy::large_enum_variant)] // built once per request
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -93,17 +94,27 @@ pub enum Op {
         parallel: usize,
     },
     /// Snapshot an instance (or the master) as a template.
-    Snapshot { source: String, template: String },
+    Snapshot {
+        source: String,
+        template: String,
+    },
     /// Delete an instance (archived first unless `archive` is false).
     Delete {
         instance: String,
         #[serde(default = "yes")]
         archive: bool,
     },
-    Enable { instance: String },
-    Disable { instance: String },
+    Enable {
+        instance: String,
+    },
+    Disable {
+        instance: String,
+    },
     /// Renew MNET keys: one instance, all, or those due.
-    MnetRenew { instance: Option<String>, all: bool },
+    MnetRenew {
+        instance: Option<String>,
+        all: bool,
+    },
     /// Repair MNET peerings.
     MnetRepair,
     /// Fill warm spares of a template on a MariaDB server.
@@ -113,7 +124,9 @@ pub enum Op {
         count: usize,
     },
     /// Delete a template.
-    TemplateDelete { name: String },
+    TemplateDelete {
+        name: String,
+    },
 }
 
 fn default_parallel() -> usize {
@@ -183,9 +196,7 @@ impl Op {
                     bail!("template `{template}` already exists");
                 }
             }
-            Op::Delete { instance, .. }
-            | Op::Enable { instance }
-            | Op::Disable { instance } => {
+            Op::Delete { instance, .. } | Op::Enable { instance } | Op::Disable { instance } => {
                 home.registry.instance(instance).await?;
             }
             Op::MnetRenew {
@@ -373,7 +384,8 @@ impl Runner {
 
     /// Waits until every job of this daemon has ended (at shutdown, after asking them to stop).
     pub async fn wait_idle(&self) {
-        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;
         }
@@ -417,7 +429,9 @@ async fn run_job(state: &AppState, id: i64, actor: &str, op: Op) {
     let home = match Home::open_locked(&state.cfg.root).await {
         Ok(h) => h,
         Err(e) => {
-            let _ = reg.set_job_state(id, "failed", Some(&format!("{e:#}"))).await;
+            let _ = reg
+                .set_job_state(id, "failed", Some(&format!("{e:#}")))
+                .await;
             return;
         }
     };

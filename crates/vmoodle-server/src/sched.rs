@@ -16,7 +16,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
         let reg = &state.home.registry;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             if let Err(e) = reg.heartbeat(&state.owner, &node, &state.cfg.listen).await {
                 tracing::warn!("heartbeat: {e}");
             }

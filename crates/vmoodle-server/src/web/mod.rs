@@ -71,7 +71,11 @@ pub fn page<T: Template>(t: T) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!("rendering a page: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }
@@ -287,7 +291,11 @@ async fn login(
         .await
     {
         tracing::error!("starting a session: {e}");
-        return (StatusCode::SERVICE_UNAVAILABLE, "the register is unavailable").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the register is unavailable",
+        )
+            .into_response();
     }
     let _ = state.home.registry.touch_login(admin.id).await;
     let mut r = Redirect::to(&next).into_response();

@@ -154,7 +154,12 @@ impl TokenCmd {
                 let a = home.registry.admin(&admin).await?;
                 let token = format!("vmt_{}", vmoodle_server::auth::random_token());
                 home.registry
-                    .add_token(&name, a.id, &vmoodle_server::auth::token_hash(&token), &scope)
+                    .add_token(
+                        &name,
+                        a.id,
+                        &vmoodle_server::auth::token_hash(&token),
+                        &scope,
+                    )
                     .await?;
                 println!("{token}");
                 eprintln!("token {name} ({scope}) created for {admin}; it is shown only now");

@@ -54,7 +54,10 @@ impl Cmd {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        eprintln!("vmoodle serving on {scheme}://{addr}/ (home {})", root.display());
+        eprintln!(
+            "vmoodle serving on {scheme}://{addr}/ (home {})",
+            root.display()
+        );
         let cfg = vmoodle_server::Config {
             root: root.to_path_buf(),
             secure_cookies: tls.is_some() || self.behind_tls_proxy,

@@ -2,6 +2,7 @@
 
 mod clone;
 mod common;
+mod daemon;
 mod dbserver;
 mod deploy;
 mod doctor;
