@@ -23,7 +23,10 @@ pub const SESSION_TTL: i64 = 12 * 3600;
 
 /// Paths anybody may fetch.
 fn public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/login" | "/static/app.css")
+    matches!(
+        path,
+        "/healthz" | "/login" | "/static/app.css" | "/favicon.ico"
+    )
 }
 
 /// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes).

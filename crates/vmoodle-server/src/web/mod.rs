@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/logout", post(logout))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/favicon.ico", get(favicon))
         .merge(pool::routes())
         .merge(instance::routes())
         .merge(platform::routes())
@@ -142,6 +143,15 @@ async fn css() -> Response {
         .into_response()
 }
 
+/// Browsers ask for it on every site; nothing to show.
+async fn favicon() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "public, max-age=86400")],
+    )
+        .into_response()
+}
+
 async fn js() -> Response {
     (
         [
@@ -179,13 +189,18 @@ fn safe_next(next: Option<&str>) -> String {
 
 fn login_form(
     state: &AppState,
+    headers: &HeaderMap,
     next: String,
     name: String,
     error: Option<String>,
     status: StatusCode,
 ) -> Response {
-    // Login CSRF: a random token in a cookie and in the form (double submit).
-    let token = auth::random_token();
+    // Login CSRF: a random token in a cookie and in the form (double submit). A token the
+    // browser already holds is kept, so a second tab or a stray request (a favicon) does not
+    // invalidate the form on screen.
+    let token = auth::cookie(headers, auth::LOGIN_CSRF_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(auth::random_token);
     let mut r = page(LoginPage {
         csrf: token.clone(),
         next,
@@ -204,9 +219,14 @@ fn login_form(
     r
 }
 
-async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
     login_form(
         &state,
+        &headers,
         safe_next(q.next.as_deref()),
         String::new(),
         None,
@@ -237,6 +257,7 @@ async fn login(
     if f.csrf.is_empty() || !auth::same(&cookie, &f.csrf) {
         return login_form(
             &state,
+            &headers,
             next,
             f.name,
             Some("The login form expired (or cookies are off). Please log in again.".into()),
@@ -248,6 +269,7 @@ async fn login(
     if let Some(wait) = state.limiter.blocked(ip, &name) {
         let mut r = login_form(
             &state,
+            &headers,
             next,
             name,
             Some(format!(
@@ -273,6 +295,7 @@ async fn login(
         state.limiter.failed(ip, &name);
         return login_form(
             &state,
+            &headers,
             next,
             name,
             Some("Wrong administrator name or password.".into()),
