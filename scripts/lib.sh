@@ -20,9 +20,10 @@ PACKAGES=(php-cli php-mysql php-pgsql php-xml php-mbstring php-curl php-zip php-
           mariadb-server mariadb-client mariadb-backup postgresql postgresql-client
           libssl-dev pkg-config gcc ca-certificates zstd)
 
+# ensure_packages [EXTRA...]: the packages above, and EXTRA ones (the tests add the browser).
 ensure_packages() {
     local missing=()
-    for p in "${PACKAGES[@]}"; do
+    for p in "${PACKAGES[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

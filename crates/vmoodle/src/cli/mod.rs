@@ -153,8 +153,9 @@ pub fn main() -> ExitCode {
         }
     };
     vmoodle_ops::home::set_lock_wait(cli.lock_wait);
+    let daemon = matches!(cli.command, Command::Serve(_));
     match rt.block_on(async {
-        watch_signals();
+        watch_signals(daemon);
         run(cli).await
     }) {
         Ok(code) => ExitCode::from(code),
@@ -173,7 +174,7 @@ pub fn main() -> ExitCode {
 
 /// SIGINT/SIGTERM: the first asks the running job to stop at its next step boundary and undo
 /// what it did; a second one exits at once (the next command recovers the job from its journal).
-fn watch_signals() {
+fn watch_signals(daemon: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     for (kind, sig) in [
         (
@@ -191,7 +192,11 @@ fn watch_signals() {
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 if vmoodle_ops::cancel::request(sig) {
-                    eprintln!("\nstopping at the next step boundary and undoing what this job did (signal again to stop at once; the next vmoodle command then undoes it)");
+                    if daemon {
+                        eprintln!("stopping: running jobs stop at their next step boundary and undo what they did (signal again to stop at once; the next vmoodle command then undoes them)");
+                    } else {
+                        eprintln!("\nstopping at the next step boundary and undoing what this job did (signal again to stop at once; the next vmoodle command then undoes it)");
+                    }
                 } else {
                     eprintln!(
                         "stopped at once; the next vmoodle command will undo the interrupted job"
