@@ -72,7 +72,7 @@ impl Cmd {
                     output::json(&all)?;
                 } else {
                     output::table(
-                        &["id", "kind", "target", "state", "started", "time", "error"],
+                        &["id", "kind", "target", "state", "by", "started", "time", "error"],
                         all.iter()
                             .map(|j| {
                                 vec![
@@ -80,6 +80,7 @@ impl Cmd {
                                     j.kind.clone(),
                                     j.target.clone(),
                                     j.state.clone(),
+                                    j.started_by.clone(),
                                     output::time(j.started_at),
                                     j.finished_at
                                         .map(|f| format!("{} s", f - j.started_at))
@@ -114,6 +115,7 @@ impl Cmd {
                     ("kind", j.kind.clone()),
                     ("target", j.target.clone()),
                     ("state", j.state.clone()),
+                    ("started by", j.started_by.clone()),
                     ("owner", j.owner.clone()),
                     ("started", output::time(j.started_at)),
                     (
