@@ -72,7 +72,9 @@ impl Cmd {
                     output::json(&all)?;
                 } else {
                     output::table(
-                        &["id", "kind", "target", "state", "by", "started", "time", "error"],
+                        &[
+                            "id", "kind", "target", "state", "by", "started", "time", "error",
+                        ],
                         all.iter()
                             .map(|j| {
                                 vec![
