@@ -134,7 +134,9 @@ fn parse(f: &AddForm) -> anyhow::Result<dbservers::AddDbServer> {
     let port = match f.port.trim() {
         "" => None,
         p => Some(p.parse::<u16>().map_err(|_| {
-            anyhow::anyhow!("port `{p}` is not valid: a number from 1 to 65535 (or empty for the default)")
+            anyhow::anyhow!(
+                "port `{p}` is not valid: a number from 1 to 65535 (or empty for the default)"
+            )
         })?),
     };
     if port == Some(0) {

@@ -323,7 +323,10 @@ async fn events(
             let json = serde_json::to_string(&s).unwrap_or_default();
             if json != last || !s.active {
                 let ev = Event::default().event("job").data(json.clone());
-                return Some((Ok::<_, std::convert::Infallible>(ev), (state, json, !s.active)));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(ev),
+                    (state, json, !s.active),
+                ));
             }
         }
     });

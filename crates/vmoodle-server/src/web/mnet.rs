@@ -63,7 +63,9 @@ struct MsgQuery {
 fn side(holder: &str, other: &str, holds: bool, deleted: bool) -> Option<String> {
     match (holds, deleted) {
         (true, _) => None,
-        (false, true) => Some(format!("{holder}'s administrator deleted {other} (left deleted)")),
+        (false, true) => Some(format!(
+            "{holder}'s administrator deleted {other} (left deleted)"
+        )),
         (false, false) => Some(format!("{holder} holds a stale or no key of {other}")),
     }
 }

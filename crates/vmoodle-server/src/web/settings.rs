@@ -33,46 +33,98 @@ enum Kind {
     Choice(&'static [&'static str]),
 }
 
+/// A setting: its key, label and hint.
+type Setting = (&'static str, &'static str, &'static str);
+
 /// The settings this page edits, by group, with a label and a hint.
-const GROUPS: &[(&str, &[(&str, &str, &str)])] = &[
-    ("Naming schema", &[
-        ("schema.automate", "Automate", "fill host, database and dataroot from the schema"),
-        ("schema.wwwroot", "wwwroot", "with <%%INSTANCE%%> where the token goes"),
-        ("schema.db_type", "Database type", ""),
-        ("schema.db_host", "Database host", ""),
-        ("schema.db_port", "Database port", "0: the type's default"),
-        ("schema.db_login", "Database login", ""),
-        ("schema.db_password", "Database password", "leave empty to keep the current one; stored encrypted, never shown"),
-        ("schema.db_name", "Database name", ""),
-        ("schema.prefix", "Table prefix", ""),
-        ("schema.db_persist", "Persistent connections", ""),
-        ("schema.dataroot", "Dataroot", ""),
-    ]),
-    ("Executables", &[
-        ("executables.mariadb", "mariadb", "empty: looked up on PATH"),
-        ("executables.mariadb_dump", "mariadb-dump", "empty: looked up on PATH"),
-        ("executables.mariabackup", "mariabackup", "empty: looked up on PATH"),
-        ("executables.psql", "psql", "empty: looked up on PATH"),
-        ("executables.pg_dump", "pg_dump", "empty: looked up on PATH"),
-        ("executables.pg_restore", "pg_restore", "empty: looked up on PATH"),
-        ("executables.php", "php", "empty: looked up on PATH"),
-    ]),
-    ("MNET key renewal", &[
-        ("mnet.autorenew", "Renew automatically", ""),
-        ("mnet.lookforward_hours", "Look forward (hours)", "renew keys that expire within this time"),
-        ("mnet.renew_time", "Renewal window opens (HH:MM UTC)", ""),
-        ("mnet.renew_window_minutes", "Renewal window (minutes)", ""),
-        ("mnet.key_lifetime_days", "Key lifetime (days)", ""),
-    ]),
-    ("Web server and daemon", &[
-        ("web.user", "Web server user", ""),
-        ("web.group", "Web server group", ""),
-        ("web.retry_after", "Retry-After when disabled (seconds)", ""),
-        ("web.listen", "Daemon listens on (ADDR:PORT)", "takes effect when the daemon restarts"),
-    ]),
-    ("Warm spares", &[
-        ("spares.keep", "Spares kept per template and MariaDB server", "0: the daemon fills none"),
-    ]),
+const GROUPS: &[(&str, &[Setting])] = &[
+    (
+        "Naming schema",
+        &[
+            (
+                "schema.automate",
+                "Automate",
+                "fill host, database and dataroot from the schema",
+            ),
+            (
+                "schema.wwwroot",
+                "wwwroot",
+                "with <%%INSTANCE%%> where the token goes",
+            ),
+            ("schema.db_type", "Database type", ""),
+            ("schema.db_host", "Database host", ""),
+            ("schema.db_port", "Database port", "0: the type's default"),
+            ("schema.db_login", "Database login", ""),
+            (
+                "schema.db_password",
+                "Database password",
+                "leave empty to keep the current one; stored encrypted, never shown",
+            ),
+            ("schema.db_name", "Database name", ""),
+            ("schema.prefix", "Table prefix", ""),
+            ("schema.db_persist", "Persistent connections", ""),
+            ("schema.dataroot", "Dataroot", ""),
+        ],
+    ),
+    (
+        "Executables",
+        &[
+            ("executables.mariadb", "mariadb", "empty: looked up on PATH"),
+            (
+                "executables.mariadb_dump",
+                "mariadb-dump",
+                "empty: looked up on PATH",
+            ),
+            (
+                "executables.mariabackup",
+                "mariabackup",
+                "empty: looked up on PATH",
+            ),
+            ("executables.psql", "psql", "empty: looked up on PATH"),
+            ("executables.pg_dump", "pg_dump", "empty: looked up on PATH"),
+            (
+                "executables.pg_restore",
+                "pg_restore",
+                "empty: looked up on PATH",
+            ),
+            ("executables.php", "php", "empty: looked up on PATH"),
+        ],
+    ),
+    (
+        "MNET key renewal",
+        &[
+            ("mnet.autorenew", "Renew automatically", ""),
+            (
+                "mnet.lookforward_hours",
+                "Look forward (hours)",
+                "renew keys that expire within this time",
+            ),
+            ("mnet.renew_time", "Renewal window opens (HH:MM UTC)", ""),
+            ("mnet.renew_window_minutes", "Renewal window (minutes)", ""),
+            ("mnet.key_lifetime_days", "Key lifetime (days)", ""),
+        ],
+    ),
+    (
+        "Web server and daemon",
+        &[
+            ("web.user", "Web server user", ""),
+            ("web.group", "Web server group", ""),
+            ("web.retry_after", "Retry-After when disabled (seconds)", ""),
+            (
+                "web.listen",
+                "Daemon listens on (ADDR:PORT)",
+                "takes effect when the daemon restarts",
+            ),
+        ],
+    ),
+    (
+        "Warm spares",
+        &[(
+            "spares.keep",
+            "Spares kept per template and MariaDB server",
+            "0: the daemon fills none",
+        )],
+    ),
 ];
 
 fn kind_of(key: &str, current: &serde_json::Value) -> Kind {
@@ -144,7 +196,11 @@ fn display(v: &serde_json::Value) -> String {
 }
 
 /// The page's groups with the current values, overridden by what a rejected form sent.
-fn groups(current: &Settings, sent: &HashMap<String, String>, errors: &HashMap<String, String>) -> Vec<Group> {
+fn groups(
+    current: &Settings,
+    sent: &HashMap<String, String>,
+    errors: &HashMap<String, String>,
+) -> Vec<Group> {
     let flat: HashMap<String, serde_json::Value> = current.flatten().into_iter().collect();
     GROUPS
         .iter()
@@ -294,7 +350,10 @@ async fn save(
             keys.sort();
             let summary = format!(
                 "Nothing was saved: {} is not valid (see below).",
-                keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let mut r = page(SettingsPage {
                 chrome: Chrome::new(&p, "settings"),
