@@ -209,3 +209,143 @@ fn settings_are_validated_like_the_cli() {
     let text = std::fs::read_to_string(&toml).unwrap();
     assert!(text.contains(&sealed));
 }
+
+/// GETs a page, checks it answers 200, and that it shows none of the stored passwords.
+fn page_without(b: &Browser, path: &str, secrets: &[String]) -> String {
+    let (status, page) = b.get(path);
+    assert_eq!(status, 200, "{path}: {page}");
+    for s in secrets {
+        assert!(!page.contains(s.as_str()), "{path} shows a stored password");
+    }
+    page
+}
+
+/// Against real servers and a real snapshot (a CLI job): the job list shows the CLI job and its
+/// filters work; its page shows its steps; templates list and verify; a spares fill on
+/// PostgreSQL fails and its retry is a new job; a database server with a wrong password is
+/// refused without echoing it; removing a server in use is refused and says why; no page shows
+/// a stored password.
+#[test]
+fn operations_pages_against_real_servers() {
+    let mut s = crate::deploy::setup();
+    let tpl = crate::deploy::token("po");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    let schema_pw = "schema-db-pw-5150".to_string();
+    s.vm.ok_stdin(
+        &["settings", "set", "schema.db_password", "--stdin"],
+        &schema_pw,
+    );
+    admin_and_tokens(&s.vm);
+    let secrets = vec![
+        vmoodle_test::mariadb_password(),
+        vmoodle_test::pg_password(),
+        "src-pw".to_string(),
+        schema_pw,
+        PASSWORD.to_string(),
+    ];
+    let d = Daemon::start_with(&s.vm, false);
+    let b = d.login("alice", PASSWORD);
+
+    // The CLI's snapshot job, in the list and filtered.
+    let jobs = s.vm.json(&["jobs", "list", "--kind", "snapshot", "--json"]);
+    let snap = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["target"] == tpl.as_str())
+        .unwrap_or_else(|| panic!("no snapshot job: {jobs}"))["id"]
+        .as_i64()
+        .unwrap();
+    let link = format!("href=\"/jobs/{snap}\"");
+    let page = page_without(&b, "/jobs", &secrets);
+    assert!(page.contains(&link) && page.contains("cli:"), "{page}");
+    assert!(page_without(&b, "/jobs?kind=snapshot&state=done", &secrets).contains(&link));
+    assert!(!page_without(&b, "/jobs?kind=deploy", &secrets).contains(&link));
+    assert!(!page_without(&b, "/jobs?by=web%3Aalice", &secrets).contains(&link));
+    let page = page_without(&b, &format!("/jobs/{snap}"), &secrets);
+    assert!(page.contains("badge done"), "{page}");
+    assert!(
+        page.contains("<ol class=\"steps\" id=\"job-steps\">\n<li>"),
+        "{page}"
+    );
+    assert!(!page.contains("data-events"), "an ended job is not live");
+
+    // Templates.
+    let page = page_without(&b, "/templates", &secrets);
+    assert!(
+        page.contains(&format!("href=\"/templates/{tpl}\"")),
+        "{page}"
+    );
+    let page = page_without(&b, &format!("/templates/{tpl}"), &secrets);
+    assert!(page.contains("maria: 0"), "{page}");
+    let (status, page) = b.post_form(
+        &format!("/templates/{tpl}"),
+        &format!("/templates/{tpl}/verify"),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(page.contains("badge ok\">verified"), "{page}");
+
+    // A spares fill on PostgreSQL fails at run time; its retry is a new job.
+    let (status, loc) = b.post_form(
+        &format!("/templates/{tpl}"),
+        &format!("/templates/{tpl}/spares"),
+        &[("dbserver", "pg"), ("count", "1")],
+    );
+    assert_eq!(status, 303, "{loc}");
+    let failed = job_of(&loc);
+    let j = wait_job(&s.vm, failed);
+    assert_eq!(j["state"], "failed", "{j}");
+    let page = page_without(&b, &format!("/jobs/{failed}"), &secrets);
+    assert!(page.contains("warm spares are for MariaDB"), "{page}");
+    let (status, loc) = b.post_form(
+        &format!("/jobs/{failed}"),
+        &format!("/jobs/{failed}/retry"),
+        &[],
+    );
+    assert_eq!(status, 303, "{loc}");
+    let again = job_of(&loc);
+    assert_ne!(again, failed);
+    assert_eq!(wait_job(&s.vm, again)["kind"], "spares fill");
+
+    // Database servers: a wrong password is refused, and never echoed back.
+    let wrong = "wrong-admin-pw-31337";
+    let user = vmoodle_test::mariadb_user();
+    let (status, page) = b.post_form(
+        "/dbservers",
+        "/dbservers",
+        &[
+            ("name", "wrongpw"),
+            ("type", "mariadb"),
+            ("host", "127.0.0.1"),
+            ("port", ""),
+            ("socket", ""),
+            ("user", &user),
+            ("password", wrong),
+        ],
+    );
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("role=\"alert\" id=\"add-error\""), "{page}");
+    assert!(
+        page.contains("value=\"wrongpw\""),
+        "the other fields are kept"
+    );
+    assert!(!page.contains(wrong), "the password is echoed: {page}");
+    assert!(!s.vm.ok(&["dbserver", "list"]).contains("wrongpw"));
+    let (status, page) = b.post_form("/dbservers", "/dbservers/maria/check", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("Create databases"), "{page}");
+    for sec in &secrets {
+        assert!(!page.contains(sec.as_str()));
+    }
+    let (status, loc) = b.post_form("/dbservers", "/dbservers/maria/remove", &[]);
+    assert_eq!(status, 303);
+    let page = page_without(&b, &loc, &secrets);
+    assert!(page.contains("is used by"), "{page}");
+    assert!(s.vm.ok(&["dbserver", "list"]).contains("maria"));
+
+    for path in ["/", "/dbservers", "/mnet", "/settings", "/jobs?all=1"] {
+        page_without(&b, path, &secrets);
+    }
+}
