@@ -244,6 +244,11 @@ fn operations_pages_against_real_servers() {
         schema_pw,
         PASSWORD.to_string(),
     ];
+    // The daemon's jobs stop at this pause point (env vars are per process: nextest runs each
+    // test in a process of its own; the CLI commands below never reach this point).
+    let pause = s.vm.dir.path().join("pause-spares");
+    std::env::set_var("VMOODLE_TEST_PAUSE", "spares fill:spare 1:made");
+    std::env::set_var("VMOODLE_TEST_PAUSE_FILE", &pause);
     let d = Daemon::start_with(&s.vm, false);
     let b = d.login("alice", PASSWORD);
 
@@ -308,6 +313,37 @@ fn operations_pages_against_real_servers() {
     let again = job_of(&loc);
     assert_ne!(again, failed);
     assert_eq!(wait_job(&s.vm, again)["kind"], "spares fill");
+
+    // A running job (held after its first spare) is cancelled: it stops at its next step.
+    let (status, loc) = b.post_form(
+        &format!("/templates/{tpl}"),
+        &format!("/templates/{tpl}/spares"),
+        &[("dbserver", "maria"), ("count", "2")],
+    );
+    assert_eq!(status, 303, "{loc}");
+    let running = job_of(&loc);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(Instant::now() < deadline, "the spares job never paused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = page_without(&b, &format!("/jobs/{running}"), &secrets);
+    assert!(page.contains("badge running"), "{page}");
+    assert!(page.contains("spare 1"), "{page}");
+    let (status, loc) = b.post_form(
+        &format!("/jobs/{running}"),
+        &format!("/jobs/{running}/cancel"),
+        &[],
+    );
+    assert_eq!(status, 303);
+    assert!(loc.contains("stopping%20at%20its%20next%20step"), "{loc}");
+    std::fs::remove_file(&pause).unwrap();
+    let j = wait_job(&s.vm, running);
+    assert_ne!(j["state"], "done", "{j}");
+    let page = page_without(&b, &format!("/jobs/{running}"), &secrets);
+    assert!(page.contains("cancel requested by web:alice"), "{page}");
+    assert!(page.contains("Undo records"), "{page}");
+    assert!(page.contains(&format!("/jobs/{running}/retry")), "{page}");
 
     // Database servers: a wrong password is refused, and never echoed back.
     let wrong = "wrong-admin-pw-31337";
