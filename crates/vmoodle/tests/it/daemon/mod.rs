@@ -201,4 +201,5 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
 }
 
 mod browser;
+mod pages_ops;
 mod smoke;
