@@ -39,6 +39,9 @@ fn stash() -> &'static Mutex<Stash> {
     S.get_or_init(Default::default)
 }
 
+/// Rows as read: a label (`line 3`, `row 2`) and the deploy or why it cannot be read.
+type ReadRows = Vec<(String, Result<DeployParams, String>)>;
+
 /// A previewed row: its label, token, host and whether it can be deployed.
 struct Row {
     label: String,
@@ -137,10 +140,7 @@ fn pattern_rows(f: &PatternForm) -> Result<Vec<DeployParams>, String> {
 /// Rows of VMoodle's node list (as `vmoodle deploy --nodelist` reads it): shortname is the
 /// token; vhostname, name, description, vdbname, vdblogin, vdatapath, vdbprefix, mnet and
 /// vtemplate preset each row; `config_NAME` and `plugin|setting` columns set settings.
-fn nodelist_rows(
-    text: &[u8],
-    template: &str,
-) -> Result<Vec<(String, Result<DeployParams, String>)>, String> {
+fn nodelist_rows(text: &[u8], template: &str) -> Result<ReadRows, String> {
     let path = std::env::temp_dir().join(format!("vmoodle-nodelist-{}.csv", auth::random_token()));
     std::fs::write(&path, text).map_err(|e| format!("cannot keep the upload: {e}"))?;
     let read = vmoodle_ops::import::read_nodelist(&path, &["shortname"]);
@@ -208,7 +208,7 @@ async fn preview(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("multipart/form-data"));
-    let rows: Vec<(String, Result<DeployParams, String>)> = if multipart {
+    let rows: ReadRows = if multipart {
         let m = match Multipart::from_request(req, &state).await {
             Ok(m) => m,
             Err(e) => return e.into_response(),
@@ -276,10 +276,7 @@ async fn preview(
 
 /// Plans every row (as the deploy would) and keeps the valid ones; a token twice is refused
 /// the second time.
-async fn validate(
-    state: &AppState,
-    rows: Vec<(String, Result<DeployParams, String>)>,
-) -> (Vec<Row>, Vec<DeployParams>) {
+async fn validate(state: &AppState, rows: ReadRows) -> (Vec<Row>, Vec<DeployParams>) {
     let mut seen = HashSet::new();
     let mut shown = Vec::new();
     let mut valid = Vec::new();

@@ -2,7 +2,7 @@
 //! errors show beside the field they name, its actions (posted to the pool's action handler)
 //! and the jobs that touched it.
 
-use super::platform::{field_of, FieldErrors};
+use super::platform::{place, FieldErrors};
 use super::pool::mnet_words;
 use super::{page, see_other, when, Chrome};
 use crate::auth::Principal;
@@ -280,8 +280,20 @@ async fn edit(
             "Saved; its host file was rewritten.",
         ),
         Err(err) => {
-            let field = field_of(&err).unwrap_or("top");
-            errors.insert(field.to_string(), format!("{err:#}"));
+            let shown = [
+                "shortname",
+                "name",
+                "description",
+                "wwwroot",
+                "dbname",
+                "dbuser",
+                "prefix",
+                "dataroot",
+                "mnet",
+                "dbserver",
+                "password",
+            ];
+            errors.insert(place(&err, &shown), format!("{err:#}"));
             let f = EditForm {
                 password: String::new(),
                 ..f

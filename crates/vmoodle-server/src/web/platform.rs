@@ -29,6 +29,16 @@ pub fn routes() -> Router<AppState> {
 /// Errors of a form by field name (`top` for one that names no field).
 pub type FieldErrors = HashMap<String, String>;
 
+/// Where a form shows an error: the field it names if the form has it (`host` is the
+/// wwwroot field where a form calls it that), else at the top.
+pub fn place(e: &anyhow::Error, shown: &[&str]) -> String {
+    match field_of(e) {
+        Some("host") if shown.contains(&"wwwroot") => "wwwroot".into(),
+        Some(f) if shown.contains(&f) => f.into(),
+        _ => "top".into(),
+    }
+}
+
 /// The form field an error is about, when it names one: a validation error's field, a missing
 /// register entry, or words of the message.
 pub fn field_of(e: &anyhow::Error) -> Option<&'static str> {
@@ -307,7 +317,21 @@ async fn new_submit(
     match runner::submit(&state, &p.actor(), Op::Deploy(params)).await {
         Ok(id) => Redirect::to(&format!("/jobs/{id}")).into_response(),
         Err(e) => {
-            errors.insert(field_of(&e).unwrap_or("top").to_string(), format!("{e:#}"));
+            let shown = [
+                "token",
+                "host",
+                "dbname",
+                "dbuser",
+                "dataroot",
+                "prefix",
+                "name",
+                "description",
+                "mnet",
+                "dbserver",
+                "template",
+                "admin_email",
+            ];
+            errors.insert(place(&e, &shown), format!("{e:#}"));
             render(&state, &p, f, errors, None).await
         }
     }

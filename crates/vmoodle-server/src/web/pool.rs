@@ -275,7 +275,7 @@ fn selection(body: &[u8]) -> Selection {
         s.names = rows;
     }
     s.names.dedup();
-    if !(s.back.starts_with('/') && !s.back.starts_with("//")) {
+    if !s.back.starts_with('/') || s.back.starts_with("//") {
         s.back = "/".into();
     }
     s

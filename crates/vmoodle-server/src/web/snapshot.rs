@@ -1,7 +1,7 @@
 //! The snapshot wizard (`/snapshot`): choose the source instance (or the master) and a
 //! template name; the snapshot runs as a job and the browser goes to its page.
 
-use super::platform::{field_of, FieldErrors};
+use super::platform::{place, FieldErrors};
 use super::{page, Chrome};
 use crate::auth::Principal;
 use crate::runner::{self, Op};
@@ -115,7 +115,7 @@ async fn start(
             let field = if msg.contains("already exists") {
                 "template"
             } else {
-                field_of(&e).unwrap_or("top")
+                &place(&e, &["source", "template"])
             };
             errors.insert(field.into(), msg);
             render(&state, &p, f, errors).await

@@ -200,4 +200,5 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
     }
 }
 
+mod pages_fleet;
 mod smoke;
