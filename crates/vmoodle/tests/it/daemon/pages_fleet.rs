@@ -6,10 +6,14 @@ use super::*;
 use crate::common::Backend;
 use crate::deploy::{setup, token};
 
+fn fleet() -> (Vm, Daemon, Browser) {
+    fleet_on(Backend::Sqlite)
+}
+
 /// A home with 120 registered instances (one import of a node list: fast), an admin, a daemon
 /// without background loops, and a logged-in browser.
-fn fleet() -> (Vm, Daemon, Browser) {
-    let vm = Vm::new(Backend::Sqlite);
+fn fleet_on(backend: Backend) -> (Vm, Daemon, Browser) {
+    let vm = Vm::new(backend);
     vm.add_local_servers();
     let mut csv = String::from(
         "vhostname;name;shortname;vdatapath;vdbname;vdblogin;vdbpass;vdbtype;vdbhost;mnet;enabled\n",
@@ -79,7 +83,16 @@ fn job_of(location: &str) -> i64 {
 
 #[test]
 fn pool_searches_filters_sorts_and_pages_in_sql() {
-    let (_vm, _d, b) = fleet();
+    pool_queries(Backend::Sqlite);
+}
+
+#[test]
+fn pool_searches_filters_sorts_and_pages_in_sql_on_postgres() {
+    pool_queries(Backend::Postgres);
+}
+
+fn pool_queries(backend: Backend) {
+    let (_vm, _d, b) = fleet_on(backend);
     let p = pool(&b, "");
     assert!(p.contains("120 instance(s); showing 1–50."), "{p}");
     let rows = shown(&p);
