@@ -40,3 +40,11 @@ document.addEventListener("DOMContentLoaded", () => {
     }, 250);
   });
 });
+// Unticking one row unticks "select all" (which, sent, would take every row shown).
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("input[data-select-all]").forEach((all) => {
+    document.querySelectorAll(all.dataset.selectAll).forEach((c) => {
+      c.addEventListener("change", () => { if (!c.checked) all.checked = false; });
+    });
+  });
+});
