@@ -11,7 +11,9 @@ use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
 mod daemon;
+mod pool;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
+pub use pool::{PoolFilter, PoolSort};
 
 #[derive(Debug, Error)]
 pub enum RegistryError {

@@ -1,6 +1,7 @@
 //! The web admin: server-rendered pages (askama templates, auto-escaped), usable without
 //! JavaScript; app.js adds live updates. Each section has its module with its routes.
 
+mod bulk;
 mod dbservers;
 mod instance;
 mod jobs;

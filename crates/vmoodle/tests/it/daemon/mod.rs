@@ -201,5 +201,6 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
 }
 
 mod browser;
+mod pages_fleet;
 mod pages_ops;
 mod smoke;
