@@ -168,3 +168,165 @@ fn browser_login_refuses_a_wrong_password_then_shows_the_pool() {
         c.c.close().await.unwrap();
     });
 }
+
+/// The value of a form field.
+async fn value_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_in(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Waits for the browser to land on a job page, then for the job to end; returns its state.
+async fn wait_job_page(c: &Client, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !c.current_url().await.unwrap().path().starts_with("/jobs/") {
+        assert!(Instant::now() < deadline, "no job page");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loop {
+        // The page updates itself from the job's event stream and reloads when it ends.
+        let state = c
+            .find(Locator::Id("job-state"))
+            .await
+            .ok();
+        if let Some(el) = state {
+            if let Ok(t) = el.text().await {
+                if !matches!(t.as_str(), "queued" | "running" | "recovering" | "") {
+                    return t;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the job did not end in {secs} s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// What an administrator does in a browser: deploys through the form and watches the job end,
+/// finds the site in the pool, disables it (its host then answers 503), takes a snapshot with
+/// the wizard, and uploads a node list whose bad row is refused with its reason, then runs the
+/// good one. Screenshots of every page go to the README.
+#[test]
+fn browser_deploy_find_disable_snapshot_and_bulk() {
+    use crate::deploy::{setup, token};
+    let mut s = setup();
+    let tpl = token("br");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    admin_and_tokens(&s.vm);
+    let d = Daemon::start_with(&s.vm, false);
+    let driver = Driver::start();
+    let tok = token("bw");
+    let tpl2 = token("bs");
+    let good = token("bb");
+    s.clean.tokens.extend([tok.clone(), good.clone()]);
+    s.clean.templates.push(tpl2.clone());
+    let nodelist = s.vm.dir.path().join("nodelist.csv");
+    std::fs::write(
+        &nodelist,
+        format!("shortname;name\n{good};Good one\nBad!;Bad one\n"),
+    )
+    .unwrap();
+    let vm = &s.vm;
+    runtime().block_on(async {
+        let c = chromium(&driver).await;
+        log_in(&c, &d.url, "alice", PASSWORD).await;
+        wait_text(&c, "<h1>Pool</h1>", 10).await;
+
+        // New platform: the token fills the schema's fields as it is typed.
+        c.goto(&format!("{}/platforms/new", d.url)).await.unwrap();
+        type_in(&c, "#p-token", &tok).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !value_of(&c, "#p-host").await.contains(&tok) {
+            assert!(Instant::now() < deadline, "the host was not filled from the token");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(value_of(&c, "#p-dbname").await.contains(&tok));
+        click(&c, &format!("#p-template option[value='{tpl}']")).await;
+        click(&c, "#p-dbserver option[value='maria']").await;
+        shot(&c, "new-platform").await;
+        click(&c, "button[value=deploy]").await;
+        assert_eq!(wait_job_page(&c, 240).await, "done");
+        shot(&c, "job").await;
+
+        // Find it in the pool and disable it from there.
+        c.goto(&format!("{}/?q={tok}", d.url)).await.unwrap();
+        wait_text(&c, &tok, 10).await;
+        shot(&c, "pool-search").await;
+        click(&c, &format!("input[name=sel][value='{tok}']")).await;
+        click(&c, "button[value=disable]").await;
+        assert_eq!(wait_job_page(&c, 60).await, "done");
+        c.goto(&format!("{}/instances/{tok}", d.url)).await.unwrap();
+        wait_text(&c, "disabled", 10).await;
+        shot(&c, "instance").await;
+        let host = format!("{tok}.moodle.test");
+        let out = vm.run(&["hook", "check", &host]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("503"), "hook check {host}: {text}");
+
+        // The snapshot wizard, then its job's steps.
+        c.goto(&format!("{}/snapshot", d.url)).await.unwrap();
+        type_in(&c, "#s-source", "srcmaria").await;
+        type_in(&c, "#s-template", &tpl2).await;
+        shot(&c, "snapshot").await;
+        click(&c, "form button.primary").await;
+        assert_eq!(wait_job_page(&c, 240).await, "done");
+        shot(&c, "snapshot-job").await;
+
+        // Bulk deploy from a node list with one bad row.
+        c.goto(&format!("{}/platforms/bulk", d.url)).await.unwrap();
+        type_in(&c, "#b-file", &nodelist.display().to_string()).await;
+        click(&c, &format!("#b-tpl1 option[value='{tpl}']")).await;
+        click(&c, "#b-file ~ button[type=submit], form[enctype] button[type=submit]").await;
+        let page = wait_text(&c, "row(s) can be deployed", 30).await;
+        assert!(page.contains("1 of 2 row(s) can be deployed"), "{page}");
+        assert!(page.contains("invalid token `Bad!`"), "{page}");
+        shot(&c, "bulk-preview").await;
+        click(&c, "button.primary").await;
+        let state = wait_job_page(&c, 240).await;
+        assert_eq!(state, "done", "the bulk run of the good row");
+        wait_text(&c, &good, 10).await;
+        shot(&c, "bulk-job").await;
+
+        // The other sections, for the README.
+        for (path, name) in [
+            ("/jobs", "jobs"),
+            ("/templates", "templates"),
+            (&*format!("/templates/{tpl}"), "template"),
+            ("/dbservers", "dbservers"),
+            ("/mnet", "mnet"),
+            ("/settings", "settings"),
+            ("/", "pool"),
+        ] {
+            c.goto(&format!("{}{path}", d.url)).await.unwrap();
+            wait_text(&c, "</main>", 10).await;
+            shot(&c, name).await;
+        }
+        c.c.close().await.unwrap();
+    });
+}
