@@ -31,7 +31,12 @@ async fn list(State(state): State<AppState>) -> ApiResult<Vec<DbServerView>> {
     params(("name" = String, Path)),
     responses((status = 200, body = DbServerView), (status = 404, body = Problem)))]
 async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<DbServerView> {
-    let s = state.home.registry.dbserver(&name).await.map_err(read_err)?;
+    let s = state
+        .home
+        .registry
+        .dbserver(&name)
+        .await
+        .map_err(read_err)?;
     Ok(Json(s.into()))
 }
 

@@ -73,7 +73,8 @@ async fn deploy_bulk(
         .into_response();
     }
     if b.items.is_empty() {
-        return Problem::invalid("items", "items is empty: give at least one deploy").into_response();
+        return Problem::invalid("items", "items is empty: give at least one deploy")
+            .into_response();
     }
     let op = Op::BulkDeploy {
         items: b.items,

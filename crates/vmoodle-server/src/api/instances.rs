@@ -71,18 +71,21 @@ fn select(all: Vec<vmoodle_registry::Instance>, q: &ListQuery) -> Result<Instanc
             ))
         }
     };
-    let words: Vec<String> = q
-        .q
-        .as_deref()
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_lowercase)
-        .collect();
+    let words: Vec<String> =
+        q.q.as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect();
     let mut v: Vec<_> = all
         .into_iter()
         .filter(|i| enabled.is_none_or(|e| i.enabled == e))
         .filter(|i| q.dbserver.as_ref().is_none_or(|d| &i.dbserver == d))
-        .filter(|i| q.template.as_ref().is_none_or(|t| i.template.as_ref() == Some(t)))
+        .filter(|i| {
+            q.template
+                .as_ref()
+                .is_none_or(|t| i.template.as_ref() == Some(t))
+        })
         .filter(|i| q.subnetwork.is_none_or(|m| i.mnet == m))
         .filter(|i| {
             let hay = format!("{} {} {} {}", i.shortname, i.name, i.host, i.wwwroot).to_lowercase();
@@ -138,7 +141,12 @@ async fn list(State(state): State<AppState>, Q(q): Q<ListQuery>) -> ApiResult<In
     params(("name" = String, Path, description = "shortname or host")),
     responses((status = 200, body = InstanceView), (status = 404, body = Problem)))]
 async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<InstanceView> {
-    let i = state.home.registry.instance(&name).await.map_err(read_err)?;
+    let i = state
+        .home
+        .registry
+        .instance(&name)
+        .await
+        .map_err(read_err)?;
     Ok(Json(i.into()))
 }
 

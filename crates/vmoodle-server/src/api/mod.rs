@@ -33,8 +33,12 @@ pub fn routes() -> Router<AppState> {
     let api = build();
     let doc = openapi::document(&api.doc);
     api.router
-        .route("/openapi.json", axum::routing::get(move || openapi::serve(doc.clone())))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || openapi::serve(doc.clone())),
+        )
         .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
 }
 
 /// The router and the paths of the document, built together.
@@ -105,6 +109,17 @@ async fn not_found(uri: axum::http::Uri) -> Problem {
         "no such route",
         &format!(
             "`{}` is not a route of this API; /api/v1/openapi.json lists every route",
+            uri.path()
+        ),
+    )
+}
+
+async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed",
+        &format!(
+            "{method} is not served at `{}`; /api/v1/openapi.json lists each route's methods",
             uri.path()
         ),
     )

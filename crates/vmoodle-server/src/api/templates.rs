@@ -31,8 +31,16 @@ async fn list(State(state): State<AppState>) -> ApiResult<Vec<TemplateView>> {
 #[utoipa::path(get, path = "/templates/{name}", tag = "templates",
     params(("name" = String, Path)),
     responses((status = 200, body = TemplateDetail), (status = 404, body = Problem)))]
-async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<TemplateDetail> {
-    let t = state.home.registry.template(&name).await.map_err(read_err)?;
+async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<TemplateDetail> {
+    let t = state
+        .home
+        .registry
+        .template(&name)
+        .await
+        .map_err(read_err)?;
     let manifest = serde_json::from_str(&t.manifest).unwrap_or(serde_json::Value::Null);
     Ok(Json(TemplateDetail {
         template: TemplateView::from(&t),
@@ -54,7 +62,12 @@ pub struct Verified {
     params(("name" = String, Path)),
     responses((status = 200, body = Verified), (status = 404, body = Problem)))]
 async fn verify(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Verified> {
-    let t = state.home.registry.template(&name).await.map_err(read_err)?;
+    let t = state
+        .home
+        .registry
+        .template(&name)
+        .await
+        .map_err(read_err)?;
     let problems = tokio::task::spawn_blocking(move || vmoodle_ops::templates::verify(&t, false))
         .await
         .map_err(read_err)?

@@ -200,4 +200,7 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
     }
 }
 
+mod api;
+mod api_schema;
+mod auth;
 mod smoke;
