@@ -139,14 +139,6 @@ async fn create(State(state): State<AppState>, Body(n): Body<NewDbServer>) -> Re
     .await;
     match added {
         Ok((s, _)) => (StatusCode::CREATED, Json(DbServerView::from(s))).into_response(),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            let mut p = req_err(e);
-            if msg.contains("already registered") {
-                p.status = 409;
-                p.title = "conflict".into();
-            }
-            p.into_response()
-        }
+        Err(e) => req_err(e).into_response(),
     }
 }

@@ -201,11 +201,12 @@ pub fn problem(e: &anyhow::Error, unexpected: bool) -> Problem {
             &format!("{e:#}"),
         );
     }
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "request refused",
-        &format!("{e:#}"),
-    )
+    let detail = format!("{e:#}");
+    // The operations refuse a name that is taken in their own words (no typed error).
+    if detail.contains("already exists") || detail.contains("already registered") {
+        return Problem::new(StatusCode::CONFLICT, "conflict", &detail);
+    }
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "request refused", &detail)
 }
 
 /// Errors of reads (500 unless NotFound/Conflict/validation).

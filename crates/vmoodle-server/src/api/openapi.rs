@@ -41,3 +41,54 @@ pub fn document(collected: &OpenApi) -> String {
 pub async fn serve(doc: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    /// Every `$ref` of the document (answers, bodies, nested schemas) names a schema it holds.
+    #[test]
+    fn every_reference_resolves() {
+        let doc: Value =
+            serde_json::from_str(&super::document(&super::super::build().doc)).unwrap();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{r} does not resolve"
+            );
+        }
+        for p in doc["paths"].as_object().unwrap().keys() {
+            assert!(p.starts_with("/api/v1/"), "{p}");
+        }
+    }
+
+    #[test]
+    fn serde_messages_name_their_field() {
+        use super::super::field_of;
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: missing field `token` at line 1 column 2").as_deref(),
+            Some("token")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: items[0].mnet: invalid type: string \"x\", expected i64 at line 1 column 30").as_deref(),
+            Some("items[0].mnet")
+        );
+    }
+}
