@@ -200,6 +200,9 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
     }
 }
 
+mod api;
+mod api_schema;
+mod auth;
 mod browser;
 mod pages_fleet;
 mod pages_ops;
