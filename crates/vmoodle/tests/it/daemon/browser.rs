@@ -207,10 +207,7 @@ async fn wait_job_page(c: &Client, secs: u64) -> String {
     }
     loop {
         // The page updates itself from the job's event stream and reloads when it ends.
-        let state = c
-            .find(Locator::Id("job-state"))
-            .await
-            .ok();
+        let state = c.find(Locator::Id("job-state")).await.ok();
         if let Some(el) = state {
             if let Ok(t) = el.text().await {
                 if !matches!(t.as_str(), "queued" | "running" | "recovering" | "") {
@@ -259,7 +256,10 @@ fn browser_deploy_find_disable_snapshot_and_bulk() {
         type_in(&c, "#p-token", &tok).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !value_of(&c, "#p-host").await.contains(&tok) {
-            assert!(Instant::now() < deadline, "the host was not filled from the token");
+            assert!(
+                Instant::now() < deadline,
+                "the host was not filled from the token"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(value_of(&c, "#p-dbname").await.contains(&tok));
@@ -302,7 +302,11 @@ fn browser_deploy_find_disable_snapshot_and_bulk() {
         c.goto(&format!("{}/platforms/bulk", d.url)).await.unwrap();
         type_in(&c, "#b-file", &nodelist.display().to_string()).await;
         click(&c, &format!("#b-tpl1 option[value='{tpl}']")).await;
-        click(&c, "#b-file ~ button[type=submit], form[enctype] button[type=submit]").await;
+        click(
+            &c,
+            "#b-file ~ button[type=submit], form[enctype] button[type=submit]",
+        )
+        .await;
         let page = wait_text(&c, "row(s) can be deployed", 30).await;
         assert!(page.contains("1 of 2 row(s) can be deployed"), "{page}");
         assert!(page.contains("invalid token `Bad!`"), "{page}");
