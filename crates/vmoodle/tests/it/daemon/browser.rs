@@ -280,7 +280,8 @@ fn browser_deploy_find_disable_snapshot_and_bulk() {
         c.goto(&format!("{}/instances/{tok}", d.url)).await.unwrap();
         wait_text(&c, "disabled", 10).await;
         shot(&c, "instance").await;
-        let host = format!("{tok}.moodle.test");
+        let shown = vm.json(&["instance", "show", &tok, "--json"]);
+        let host = shown["host"].as_str().unwrap().to_string();
         let out = vm.run(&["hook", "check", &host]);
         let text = format!(
             "{}{}",
