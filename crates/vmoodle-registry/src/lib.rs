@@ -11,6 +11,8 @@ use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
 mod daemon;
+mod stats;
+pub use stats::JobCount;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
 
 #[derive(Debug, Error)]
