@@ -12,8 +12,8 @@ use vmoodle_core::{now_unix, DbKind};
 
 mod daemon;
 mod stats;
-pub use stats::JobCount;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
+pub use stats::JobCount;
 
 #[derive(Debug, Error)]
 pub enum RegistryError {

@@ -66,7 +66,12 @@ impl Registry {
         .map_err(q("reading job durations"))?;
         let e = || q("reading job durations");
         rows.iter()
-            .map(|r| Ok((r.try_get("kind").map_err(e())?, r.try_get("secs").map_err(e())?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("kind").map_err(e())?,
+                    r.try_get("secs").map_err(e())?,
+                ))
+            })
             .collect()
     }
 }

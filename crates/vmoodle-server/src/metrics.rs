@@ -110,16 +110,28 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
 
     let instances = Family::<Labels, Gauge>::default();
     let (on, off) = reg.instance_counts().await?;
-    instances.get_or_create(&labels(&[("state", "enabled")])).set(on);
-    instances.get_or_create(&labels(&[("state", "disabled")])).set(off);
-    r.register("vmoodle_instances", "Registered instances by state", instances);
+    instances
+        .get_or_create(&labels(&[("state", "enabled")]))
+        .set(on);
+    instances
+        .get_or_create(&labels(&[("state", "disabled")]))
+        .set(off);
+    r.register(
+        "vmoodle_instances",
+        "Registered instances by state",
+        instances,
+    );
 
     let jobs = Family::<Labels, Counter>::default();
     for c in reg.job_counts().await? {
         jobs.get_or_create(&labels(&[("kind", &c.kind), ("state", &c.state)]))
             .inc_by(u64::try_from(c.n).unwrap_or(0));
     }
-    r.register("vmoodle_jobs", "Jobs in the register by kind and state", jobs);
+    r.register(
+        "vmoodle_jobs",
+        "Jobs in the register by kind and state",
+        jobs,
+    );
 
     let durations = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
         Histogram::new(DURATION_BUCKETS)
@@ -144,7 +156,9 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        expiry.get_or_create(&labels(&[("instance", inst)])).set(*at);
+        expiry
+            .get_or_create(&labels(&[("instance", inst)]))
+            .set(*at);
     }
     r.register(
         "vmoodle_mnet_key_expiry_timestamp_seconds",

@@ -67,7 +67,10 @@ async fn connection(
 ) -> Result<()> {
     let ssl = Ssl::new(acceptor.context())?;
     let mut stream = tokio_openssl::SslStream::new(ssl, tcp)?;
-    Pin::new(&mut stream).accept().await.context("TLS handshake")?;
+    Pin::new(&mut stream)
+        .accept()
+        .await
+        .context("TLS handshake")?;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();

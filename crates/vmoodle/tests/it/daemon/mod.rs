@@ -200,4 +200,6 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
     }
 }
 
+mod metrics;
+mod nodes;
 mod smoke;
