@@ -4,7 +4,7 @@
 //! compare-and-set on `next_run`, so two nodes never both run one turn).
 
 use crate::AppState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let node = vmoodle_ops::journal::node_name();
     let sync = tokio::spawn(crate::sync::run(state.clone(), stop.clone()));
     let recovering = Arc::new(AtomicBool::new(false));
+    let mut dead_seen = HashSet::new();
+    let mut recover_now = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
@@ -49,14 +51,17 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             let _ = reg.touch_jobs(&state.owner).await;
             scheduled(&state).await;
+            recover_now |= newly_dead(&state, &mut dead_seen).await;
         }
         if let Ok(ids) = reg.cancel_requests(&state.owner).await {
             for id in ids {
                 vmoodle_ops::cancel::request_job(id);
             }
         }
-        if n % RECOVER_SECS == RECOVER_SECS / 2 {
-            spawn_recovery(&state, &recovering);
+        if (recover_now || n % RECOVER_SECS == RECOVER_SECS / 2)
+            && spawn_recovery(&state, &recovering)
+        {
+            recover_now = false;
         }
         n += 1;
     }
@@ -216,11 +221,31 @@ async fn may_fill(state: &AppState, target: &str) -> anyhow::Result<bool> {
     })
 }
 
+/// Whether another daemon died since the last look (its heartbeat is older than the lease, or,
+/// on this machine, its process is gone): then its jobs are recovered at once rather than at
+/// the next periodic pass. Each dead daemon counts once.
+async fn newly_dead(state: &AppState, seen: &mut HashSet<String>) -> bool {
+    let Ok(nodes) = state.home.registry.nodes().await else {
+        return false;
+    };
+    let cutoff = now_unix() - vmoodle_ops::jobs::DAEMON_LEASE_SECS;
+    let mut any = false;
+    for n in nodes.iter().filter(|n| n.owner != state.owner) {
+        let dead = n.heartbeat_at < cutoff || !vmoodle_ops::journal::owner_alive(&n.owner);
+        if dead && seen.insert(n.owner.clone()) {
+            tracing::info!(daemon = %n.owner, "a daemon stopped answering; recovering its jobs");
+            any = true;
+        }
+    }
+    any
+}
+
 /// Recovers interrupted jobs in the background: taking the home's lock (which recovers) may wait
-/// for a running job, and must not stall the heartbeat. One pass at a time.
-fn spawn_recovery(state: &AppState, busy: &Arc<AtomicBool>) {
+/// for a running job, and must not stall the heartbeat. One pass at a time: false when one is
+/// already under way.
+fn spawn_recovery(state: &AppState, busy: &Arc<AtomicBool>) -> bool {
     if busy.swap(true, Ordering::SeqCst) {
-        return;
+        return false;
     }
     let root = state.cfg.root.clone();
     let busy = busy.clone();
@@ -237,4 +262,5 @@ fn spawn_recovery(state: &AppState, busy: &Arc<AtomicBool>) {
         }
         busy.store(false, Ordering::SeqCst);
     });
+    true
 }

@@ -17,8 +17,13 @@ struct Node {
 
 impl Node {
     fn start(home: &Path) -> Self {
+        Self::start_env(home, &[])
+    }
+
+    fn start_env(home: &Path, env: &[(&str, &Path)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmoodle"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("VMOODLE_HOME", home)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -66,15 +71,20 @@ impl Drop for Node {
     }
 }
 
-/// A second home on the register of `vm`: copies of its settings, key and markers; its own
-/// hosts/.
+/// A second home on the register of `vm`: copies of its settings, key and markers (a SQLite
+/// register is linked, not copied); its own hosts/ and lock.
 fn second_home(vm: &Vm) -> PathBuf {
     let home = vm.dir.path().join("node2");
     std::fs::create_dir_all(&home).unwrap();
     for e in std::fs::read_dir(&vm.home).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().unwrap().is_file() && !name.contains("lock") {
+        if name == "registry.sqlite" {
+            std::os::unix::fs::symlink(e.path(), home.join(&name)).unwrap();
+        } else if e.file_type().unwrap().is_file()
+            && !name.contains("lock")
+            && !name.starts_with("registry.sqlite")
+        {
             std::fs::copy(e.path(), home.join(&name)).unwrap();
         }
     }
@@ -149,4 +159,67 @@ fn two_daemons_share_scheduled_work_and_keep_host_files_in_step() {
         Some(1.0),
         "{m}"
     );
+}
+
+/// A daemon killed (SIGKILL) in the middle of a job it runs (a warm-spare fill the scheduler
+/// started, held at a pause point after its database was recorded): the other daemon sees it
+/// dead and rolls the job back, dropping the half-made database.
+#[test]
+fn a_job_of_a_killed_daemon_is_recovered_by_the_other() {
+    let mut s = crate::deploy::setup();
+    let tpl = crate::deploy::token("nk");
+    s.clean.templates.push(tpl.clone());
+    s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
+    s.vm.set("spares.keep", "1");
+    let vm = &s.vm;
+    let home2 = second_home(vm);
+    let point = Path::new("spares fill:spare 1:intended");
+    let (p1, p2) = (vm.dir.path().join("pause1"), vm.dir.path().join("pause2"));
+    let mut a = Some(Node::start_env(
+        &vm.home,
+        &[
+            ("VMOODLE_TEST_PAUSE", point),
+            ("VMOODLE_TEST_PAUSE_FILE", &p1),
+        ],
+    ));
+    let mut b = Some(Node::start_env(
+        &home2,
+        &[
+            ("VMOODLE_TEST_PAUSE", point),
+            ("VMOODLE_TEST_PAUSE_FILE", &p2),
+        ],
+    ));
+    // One of them claims the spares turn and holds its fill job at the pause point.
+    wait_for("a spares fill reaches its pause point", 120, || {
+        p1.exists() || p2.exists()
+    });
+    let (victim, survivor) = if p1.exists() {
+        (a.take().unwrap(), b.take().unwrap())
+    } else {
+        (b.take().unwrap(), a.take().unwrap())
+    };
+    let jobs = vm.json(&["jobs", "list", "--json"]);
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "spares fill")
+        .unwrap_or_else(|| panic!("no spares fill job: {jobs}"))
+        .clone();
+    let id = job["id"].as_i64().unwrap();
+    assert_eq!(job["state"], "running", "{job}");
+    drop(victim); // SIGKILL
+    let took = wait_for("the other daemon recovers the job", 40, || {
+        vm.json(&["jobs", "show", &id.to_string(), "--json"])["state"] == "rolled back"
+    });
+    assert!(
+        took < Duration::from_secs(25),
+        "recovered after {took:?}, beyond the lease"
+    );
+    let j = vm.json(&["jobs", "show", &id.to_string(), "--json"]);
+    assert!(
+        crate::deploy::spares_of(vm, &tpl).is_empty(),
+        "the half-made spare is dropped: {j}"
+    );
+    drop(survivor);
 }
