@@ -213,6 +213,27 @@ fn measure_all(
         "\nfirst host-file sync after start: {:.1} s for {n} host files",
         sync.as_secs_f64()
     );
+    // One change made elsewhere (straight into the register, as another node would): how long
+    // until this daemon's host file shows it.
+    let file = home.join("hosts").join("b00042.moodle.test.php");
+    let t = Instant::now();
+    let ok = Command::new("sqlite3")
+        .arg(home.join("registry.sqlite"))
+        .arg("UPDATE instances SET enabled = 0 WHERE shortname = 'b00042'")
+        .status()?;
+    if !ok.success() {
+        bail!("sqlite3 failed");
+    }
+    while !std::fs::read_to_string(&file)?.contains("'enabled' => false") {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the host file of b00042 did not change within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "one instance disabled in the register: its host file changed after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
