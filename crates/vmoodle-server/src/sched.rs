@@ -35,6 +35,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let node = vmoodle_ops::journal::node_name();
     let sync = tokio::spawn(crate::sync::run(state.clone(), stop.clone()));
     let recovering = Arc::new(AtomicBool::new(false));
+    let scheduling = Arc::new(AtomicBool::new(false));
     let mut dead_seen = HashSet::new();
     let mut recover_now = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -50,7 +51,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 tracing::warn!("heartbeat: {e}");
             }
             let _ = reg.touch_jobs(&state.owner).await;
-            scheduled(&state).await;
+            spawn_scheduled(&state, &scheduling);
             recover_now |= newly_dead(&state, &mut dead_seen).await;
         }
         if let Ok(ids) = reg.cancel_requests(&state.owner).await {
@@ -66,6 +67,20 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         n += 1;
     }
     let _ = sync.await;
+}
+
+/// Runs the scheduled work in a task of its own: reading every MNET site or database server
+/// may take long, and must never delay the heartbeat (other nodes would take this node for
+/// dead). One turn at a time.
+fn spawn_scheduled(state: &AppState, busy: &Arc<AtomicBool>) {
+    if busy.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (state, busy) = (state.clone(), busy.clone());
+    tokio::spawn(async move {
+        scheduled(&state).await;
+        busy.store(false, Ordering::SeqCst);
+    });
 }
 
 /// Claims and runs each piece of scheduled work whose turn has come.
