@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn when_formats_utc() {
         assert_eq!(super::when(0), "");
-        assert_eq!(super::when(1_795_000_000), "2026-11-18 09:46 UTC");
+        assert_eq!(super::when(1_795_000_000), "2026-11-18 11:06 UTC");
     }
 
     #[test]
