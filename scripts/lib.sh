@@ -117,3 +117,91 @@ ensure_admin_accounts() {
         fi
     } >/dev/null
 }
+
+# ---- the daemon ---------------------------------------------------------------------------------
+# Where the supervised daemon (no systemd) keeps its pid and log; HOME_DIR is the vmoodle home.
+daemon_pidfile() { echo "$HOME_DIR/serve.pid"; }
+daemon_log() { echo "$HOME_DIR/logs/serve.log"; }
+
+# The daemon's base URL, from web.listen and whether TLS is set.
+daemon_url() {
+    local listen cert
+    listen="$(vmoodle settings get web.listen 2>/dev/null || echo 127.0.0.1:8700)"
+    cert="$(vmoodle settings get web.tls_cert 2>/dev/null || true)"
+    listen="${listen/0.0.0.0/127.0.0.1}"
+    if [ -n "$cert" ]; then echo "https://$listen"; else echo "http://$listen"; fi
+}
+
+daemon_healthy() { curl -fsSk --max-time 2 "$(daemon_url)/healthz" >/dev/null 2>&1; }
+
+# The supervisor's pid when it runs.
+supervisor_pid() {
+    local f pid
+    f="$(daemon_pidfile)"
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# Creates the first administrator `admin` with a random password in a 0600 file of the home,
+# only when the register has no administrator at all.
+ensure_first_admin() {
+    local pwfile="$HOME_DIR/admin.pw"
+    if [ "$(vmoodle admin list --json)" != "[]" ]; then
+        return 0
+    fi
+    (umask 077 && openssl rand -base64 18 | tr -d '\n' >"$pwfile")
+    chmod 600 "$pwfile"
+    vmoodle admin add admin --password-stdin <"$pwfile" >/dev/null 2>&1
+    log "administrator \`admin\` created; its password is in $pwfile"
+}
+
+# Runs the daemon as a systemd unit where systemd is PID 1, otherwise under a small supervisor
+# loop (setsid, pidfile and log in the home; restarted 2 s after it stops). A healthy daemon
+# (answering /healthz) is left alone.
+ensure_daemon() {
+    if daemon_healthy; then
+        log "the daemon already answers at $(daemon_url)"
+        return 0
+    fi
+    if [ -d /run/systemd/system ]; then
+        sed -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$(id -un)|g" "$ROOT/packaging/vmoodle.service" |
+            as_root tee /etc/systemd/system/vmoodle.service >/dev/null
+        as_root systemctl daemon-reload
+        as_root systemctl enable vmoodle.service
+        as_root systemctl restart vmoodle.service
+    elif ! supervisor_pid >/dev/null; then
+        mkdir -p "$(dirname "$(daemon_log)")"
+        setsid bash -c '
+            echo $$ >"$1"
+            child=
+            trap "[ -n \"\$child\" ] && kill -TERM \$child 2>/dev/null; wait; rm -f \"$1\"; exit 0" TERM INT
+            while :; do
+                "$3" serve >>"$2" 2>&1 &
+                child=$!
+                wait $child || true
+                echo "$(date -Is) vmoodle serve stopped; restarting in 2 s" >>"$2"
+                sleep 2
+            done' supervisor "$(daemon_pidfile)" "$(daemon_log)" "$(command -v vmoodle)" \
+            </dev/null >/dev/null 2>&1 &
+    fi
+    wait_for 60 daemon_healthy || {
+        log "the daemon does not answer at $(daemon_url)/healthz; see $(daemon_log)"
+        return 1
+    }
+    log "the daemon answers at $(daemon_url)"
+}
+
+# Stops the daemon (the unit, or the supervisor and its daemon).
+stop_daemon() {
+    local pid
+    if [ -d /run/systemd/system ] && [ -f /etc/systemd/system/vmoodle.service ]; then
+        as_root systemctl stop vmoodle.service
+    elif pid="$(supervisor_pid)"; then
+        kill -TERM "$pid"
+        wait_for 130 bash -c "! kill -0 $pid 2>/dev/null"
+        rm -f "$(daemon_pidfile)"
+    fi
+    log "the daemon is stopped"
+}

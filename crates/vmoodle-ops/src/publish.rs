@@ -74,6 +74,24 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
         return Ok(());
     }
     let server = home.registry.dbserver_by_id(i.dbserver_id).await?;
+    let master_config = home
+        .registry
+        .master()
+        .await?
+        .map(|m| m.config)
+        .unwrap_or_default();
+    let text = render_host_file(home, i, &server, &master_config)?;
+    write_host_text(home, &i.host, &text)
+}
+
+/// The text of an instance's host file, given its database server and the master's config
+/// (the daemon's sync renders many with one read of each, and writes only those that differ).
+pub fn render_host_file(
+    home: &Home,
+    i: &Instance,
+    server: &vmoodle_registry::DbServer,
+    master_config: &vmoodle_registry::CfgExtras,
+) -> Result<String> {
     let dbpass = home
         .secrets
         .open(
@@ -81,7 +99,7 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
             &vmoodle_core::Binding::instance_dbpass(&i.shortname),
         )
         .with_context(|| format!("the database password of instance `{}`", i.shortname))?;
-    let mut hf = HostFile {
+    let hf = HostFile {
         shortname: i.shortname.clone(),
         host: i.host.clone(),
         enabled: i.enabled,
@@ -96,22 +114,20 @@ pub async fn write_host_file(home: &Home, i: &Instance) -> Result<()> {
         prefix: i.prefix.clone(),
         dbpersist: i.dbpersist,
         dataroot: i.dataroot.clone(),
-        layout: Default::default(),
+        layout: hostfile::instance_layout(&i.dataroot, &i.shortname, master_config),
         extras: i.config.clone(),
     };
-    let master_layout = home
-        .registry
-        .master()
-        .await?
-        .map(|m| m.config)
-        .unwrap_or_default();
-    hf.layout = hostfile::instance_layout(&i.dataroot, &i.shortname, &master_layout);
+    Ok(hf.render())
+}
+
+/// Writes a host file's text atomically, 0640, group = the web server's.
+pub fn write_host_text(home: &Home, host: &str, text: &str) -> Result<()> {
     let gid = home.web_gid()?;
     let hosts = home.hosts_dir();
     files::ensure_dir(&hosts, 0o750, Some((gid, &home.settings.web.group)))?;
     files::write_atomic(
-        &hosts.join(hostfile::file_name(&i.host)),
-        hf.render().as_bytes(),
+        &hosts.join(hostfile::file_name(host)),
+        text.as_bytes(),
         0o640,
         Some((gid, &home.settings.web.group)),
     )?;

@@ -12,8 +12,10 @@ use vmoodle_core::{now_unix, DbKind};
 
 mod daemon;
 mod pool;
+mod stats;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
 pub use pool::{PoolFilter, PoolSort};
+pub use stats::JobCount;
 
 #[derive(Debug, Error)]
 pub enum RegistryError {

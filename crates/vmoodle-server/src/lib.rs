@@ -8,6 +8,8 @@ pub mod auth;
 pub mod metrics;
 pub mod runner;
 pub mod sched;
+pub mod sync;
+pub mod tls;
 pub mod web;
 
 use anyhow::{Context, Result};
@@ -45,6 +47,8 @@ pub struct Inner {
     pub limiter: auth::RateLimiter,
     pub runner: runner::Runner,
     pub started: std::time::Instant,
+    /// What the scheduler learnt for the metrics (MNET key expiry, warm spares).
+    pub cache: metrics::Cache,
 }
 
 impl std::ops::Deref for AppState {
@@ -71,6 +75,7 @@ impl AppState {
             limiter: auth::RateLimiter::default(),
             runner: runner::Runner::default(),
             started: std::time::Instant::now(),
+            cache: metrics::Cache::default(),
             cfg,
         })))
     }
@@ -105,13 +110,19 @@ pub async fn launch(
         None
     };
     let app = router(state.clone());
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving HTTP");
+    let served = match &state.cfg.tls {
+        Some((cert, key)) => match tls::acceptor(cert, key) {
+            Ok(acceptor) => tls::serve(listener, acceptor, app, shutdown).await,
+            Err(e) => Err(e),
+        },
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP"),
+    };
     let _ = stop_tx.send(true);
     if let Some(bg) = bg {
         let _ = bg.await;

@@ -53,6 +53,8 @@ impl Cmd {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        // The bound address (with --listen ADDR:0, the port the system chose).
+        let addr = listener.local_addr().unwrap_or(addr);
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
             "vmoodle serving on {scheme}://{addr}/ (home {})",

@@ -204,6 +204,8 @@ mod api;
 mod api_schema;
 mod auth;
 mod browser;
+mod metrics;
+mod nodes;
 mod pages_fleet;
 mod pages_ops;
 mod smoke;
