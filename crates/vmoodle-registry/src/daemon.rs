@@ -359,7 +359,7 @@ impl Registry {
     pub async fn adopt_job(&self, id: i64, kind: &str, target: &str, owner: &str) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE jobs SET state = 'running', kind = $1, target = $2, owner = $3, updated_at = $4 \
-             WHERE id = $5 AND state = 'queued'",
+             WHERE id = $5 AND (state = 'queued' OR (state = 'running' AND owner = $3))",
         )
         .bind(kind)
         .bind(target)
@@ -372,8 +372,24 @@ impl Registry {
         Ok(r.rows_affected() == 1)
     }
 
+    /// A queued job starts under `owner` (the daemon that queued it); false when it was
+    /// cancelled meanwhile.
+    pub async fn start_queued_job(&self, id: i64, owner: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'running', updated_at = $1 WHERE id = $2 AND state = 'queued' AND owner = $3",
+        )
+        .bind(now_unix())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(q("starting a job"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Sets the state (and error) of a job that has no journal of its own: a queued job that
-    /// never started, or a bulk run.
+    /// never started, or a bulk run. A job that already ended (cancelled meanwhile) keeps its
+    /// state.
     pub async fn set_job_state(&self, id: i64, state: &str, error: Option<&str>) -> Result<()> {
         let now = now_unix();
         let finished = match state {
@@ -381,7 +397,8 @@ impl Registry {
             _ => Some(now),
         };
         sqlx::query(
-            "UPDATE jobs SET state = $1, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE jobs SET state = $1, error = $2, finished_at = $3, updated_at = $4 \
+             WHERE id = $5 AND state IN ('queued', 'running', 'recovering')",
         )
         .bind(state)
         .bind(error)

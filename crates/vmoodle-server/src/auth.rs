@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub const SESSION_COOKIE: &str = "vmoodle_session";
 pub const LOGIN_CSRF_COOKIE: &str = "vmoodle_login";
+pub const FLASH_COOKIE: &str = "vmoodle_flash";
 /// Sessions last this long (seconds).
 pub const SESSION_TTL: i64 = 12 * 3600;
 
@@ -77,6 +78,9 @@ pub fn same(a: &str, b: &str) -> bool {
 pub struct Principal {
     pub admin: String,
     pub via: Via,
+    /// A one-time message for this page, left by the previous answer (`web::see_other`) in a
+    /// cookie of this site, so no link from elsewhere can put words in the page's banner.
+    pub flash: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,13 +148,23 @@ pub async fn principal(state: &AppState, headers: &HeaderMap) -> Option<Principa
                 write: t.scope == "write",
                 name: t.name,
             },
+            flash: None,
         });
     }
     let sid = cookie(headers, SESSION_COOKIE)?;
     let s = reg.session(&token_hash(&sid)).await.ok()??;
+    let flash = cookie(headers, FLASH_COOKIE)
+        .map(|v| {
+            url::form_urlencoded::parse(format!("m={v}").as_bytes())
+                .next()
+                .map(|(_, m)| m.chars().take(400).collect::<String>())
+                .unwrap_or_default()
+        })
+        .filter(|m| !m.is_empty());
     Some(Principal {
         admin: s.admin,
         via: Via::Session { csrf: s.csrf },
+        flash,
     })
 }
 
@@ -216,7 +230,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        if !ctype.starts_with("multipart/form-data") {
+        let multipart = ctype.starts_with("multipart/form-data");
+        if multipart && !MULTIPART_CHECKED.contains(&path.as_str()) {
+            // Only the handlers listed read a multipart body, and they check its CSRF field
+            // themselves; anywhere else a multipart body would slip past the check below.
+            return csrf_refused();
+        }
+        if !multipart {
             let (parts, body) = req.into_parts();
             let Ok(bytes) = axum::body::to_bytes(body, 4 << 20).await else {
                 return (StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response();
@@ -228,8 +248,34 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             req = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
     }
+    let had_flash = p.flash.is_some();
     req.extensions_mut().insert(p);
-    next.run(req).await
+    let mut res = next.run(req).await;
+    // A page has shown the one-time message: it goes.
+    if had_flash && !res.status().is_redirection() {
+        if let Ok(v) = header::HeaderValue::from_str(&set_cookie(
+            FLASH_COOKIE,
+            "",
+            0,
+            state.cfg.secure_cookies,
+        )) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    res
+}
+
+/// Page routes that take a multipart form (file uploads) and check its `csrf` field themselves.
+const MULTIPART_CHECKED: &[&str] = &["/platforms/bulk/preview"];
+
+/// A path of this site to go back to: absolute, not protocol-relative, no backslash, no control
+/// characters or spaces (browsers drop tabs and newlines, turning `/\t/evil` into `//evil`).
+pub fn local_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && !p
+            .chars()
+            .any(|c| c == '\\' || c.is_control() || c.is_whitespace())
 }
 
 /// The page shown when a form's CSRF token is missing or wrong.
@@ -272,43 +318,115 @@ pub fn client_ip(req_peer: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
 }
 
 /// Failed logins: at most `MAX_FAILURES` per address and per name within `WINDOW`; then the
-/// login answers 429 with Retry-After until the oldest failure leaves the window.
+/// login answers 429 with Retry-After until the oldest failure leaves the window. An attempt is
+/// counted from its start (`begin`) until its end (`end`), so a burst of concurrent guesses
+/// cannot slip past the count while their passwords are being checked.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    entries: Mutex<HashMap<String, Attempts>>,
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    failures: Vec<Instant>,
+    in_flight: usize,
 }
 
 pub const MAX_FAILURES: usize = 5;
 pub const WINDOW: Duration = Duration::from_secs(300);
+/// Keys kept before old ones are dropped (each unknown address or name adds one).
+const MAX_KEYS: usize = 10_000;
+
+fn keys(ip: IpAddr, name: &str) -> [String; 2] {
+    // Administrator names have at most 64 characters; a longer one is some other string.
+    let name: String = name.chars().take(64).collect();
+    [format!("ip:{ip}"), format!("name:{name}")]
+}
 
 impl RateLimiter {
-    /// Seconds to wait before trying again, if the address or the name is blocked.
-    pub fn blocked(&self, ip: IpAddr, name: &str) -> Option<u64> {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+    /// Starts a login attempt, or says how many seconds to wait when the address or the name
+    /// has used up its attempts. Every `Ok` must be followed by `end`.
+    pub fn begin(&self, ip: IpAddr, name: &str) -> Result<(), u64> {
+        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        if m.len() > MAX_KEYS {
+            m.retain(|_, a| {
+                a.failures.retain(|t| now.duration_since(*t) < WINDOW);
+                a.in_flight > 0 || !a.failures.is_empty()
+            });
+        }
+        let keys = keys(ip, name);
         let mut wait = None;
-        for key in [format!("ip:{ip}"), format!("name:{name}")] {
-            if let Some(v) = f.get_mut(&key) {
-                v.retain(|t| now.duration_since(*t) < WINDOW);
-                if v.len() >= MAX_FAILURES {
-                    let left = WINDOW.saturating_sub(now.duration_since(v[0])).as_secs() + 1;
+        for key in &keys {
+            if let Some(a) = m.get_mut(key) {
+                a.failures.retain(|t| now.duration_since(*t) < WINDOW);
+                if a.failures.len() + a.in_flight >= MAX_FAILURES {
+                    let left = a.failures.first().map_or(1, |t| {
+                        WINDOW.saturating_sub(now.duration_since(*t)).as_secs() + 1
+                    });
                     wait = Some(wait.map_or(left, |w: u64| w.max(left)));
                 }
             }
         }
-        wait
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        for key in keys {
+            m.entry(key).or_default().in_flight += 1;
+        }
+        Ok(())
     }
 
-    pub fn failed(&self, ip: IpAddr, name: &str) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+    /// Ends an attempt begun with `begin`: a failure counts against the address and the name;
+    /// a success clears the name's failures.
+    pub fn end(&self, ip: IpAddr, name: &str, ok: bool) {
+        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        for key in [format!("ip:{ip}"), format!("name:{name}")] {
-            f.entry(key).or_default().push(now);
+        let [ip_key, name_key] = keys(ip, name);
+        for key in [&ip_key, &name_key] {
+            if let Some(a) = m.get_mut(key) {
+                a.in_flight = a.in_flight.saturating_sub(1);
+                if !ok {
+                    a.failures.push(now);
+                }
+            }
+        }
+        if ok {
+            if let Some(a) = m.get_mut(&name_key) {
+                a.failures.clear();
+            }
         }
     }
+}
 
-    pub fn succeeded(&self, name: &str) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        f.remove(&format!("name:{name}"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_attempts_is_counted_before_the_passwords_are_checked() {
+        let l = RateLimiter::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            l.begin(ip, "alice").unwrap();
+        }
+        // Five attempts in flight: the sixth waits, before any of them failed.
+        assert!(l.begin(ip, "alice").is_err());
+        for _ in 0..MAX_FAILURES {
+            l.end(ip, "alice", false);
+        }
+        assert!(l.begin(ip, "bob").is_err(), "the address is blocked too");
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(l.begin(other, "alice").is_err(), "and the name");
+        l.begin(other, "bob").unwrap();
+        l.end(other, "bob", true);
+    }
+
+    #[test]
+    fn local_paths_only() {
+        assert!(local_path("/jobs/1?x=2"));
+        for bad in ["//evil", "/\\evil", "/\t/evil", "https://evil", "", "/a b"] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
     }
 }

@@ -49,6 +49,53 @@ pub struct Inner {
     pub started: std::time::Instant,
     /// What the scheduler learnt for the metrics (MNET key expiry, warm spares).
     pub cache: metrics::Cache,
+    /// Turns true when the daemon is asked to stop.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The home as its settings are now (`fresh`): reopened when vmoodle.toml changed.
+    fresh: tokio::sync::Mutex<Option<(std::time::SystemTime, Arc<Home>)>>,
+}
+
+/// How long one event stream lasts; the browser's EventSource then reconnects by itself.
+pub const MAX_STREAM: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Inner {
+    /// Completes when an event stream should end: after `MAX_STREAM`, or when the daemon stops.
+    pub fn stream_end(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let stopped = async move {
+                while !*rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(MAX_STREAM) => {}
+                _ = stopped => {}
+            }
+        }
+    }
+
+    /// The home with its current settings: `home` keeps the settings it was opened with, while
+    /// the settings page, `vmoodle settings set` or an editor may change vmoodle.toml. Checks
+    /// and previews (what a token expands to, a deploy's plan) and the scheduler use this, so
+    /// they agree with the jobs, which open the home afresh under its lock.
+    pub async fn fresh(&self) -> Result<Arc<Home>> {
+        let path = Home::settings_path(&self.cfg.root);
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut cur = self.fresh.lock().await;
+        if let Some((t, h)) = cur.as_ref() {
+            if *t == mtime {
+                return Ok(h.clone());
+            }
+        }
+        let h = Arc::new(Home::open(&self.cfg.root).await?);
+        *cur = Some((mtime, h.clone()));
+        Ok(h)
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -76,6 +123,8 @@ impl AppState {
             runner: runner::Runner::default(),
             started: std::time::Instant::now(),
             cache: metrics::Cache::default(),
+            fresh: tokio::sync::Mutex::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
             cfg,
         })))
     }
@@ -110,6 +159,13 @@ pub async fn launch(
         None
     };
     let app = router(state.clone());
+    // Long answers (event streams) end when the daemon is asked to stop, so a graceful shutdown
+    // does not wait for browsers to go away.
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let served = match &state.cfg.tls {
         Some((cert, key)) => match tls::acceptor(cert, key) {
             Ok(acceptor) => tls::serve(listener, acceptor, app, shutdown).await,

@@ -237,7 +237,6 @@ impl Op {
                 serde_json::to_value(deploy::execute(home, plan, events).await?)?
             }
             Op::BulkDeploy { items, parallel } => {
-                home.registry.set_job_state(job, "running", None).await?;
                 let reqs = items.iter().map(DeployParams::request).collect();
                 let done = deploy::deploy_many(home, reqs, *parallel, events).await;
                 for item in done.iter().filter(|i| !i.ok) {
@@ -305,6 +304,9 @@ impl Op {
         Ok(("done", v))
     }
 }
+
+/// Results of finished jobs kept in memory.
+const MAX_RESULTS: usize = 500;
 
 /// What a running job of this daemon is doing now (for live pages), beyond what its journal
 /// records at each step.
@@ -396,7 +398,7 @@ impl Runner {
 /// Starts `op` for `actor` (`web:NAME`, `api:TOKEN`, `scheduler`): checks it, records the
 /// queued job, and runs it in the background. Returns the job id.
 pub async fn submit(state: &AppState, actor: &str, op: Op) -> Result<i64> {
-    op.check(&state.home).await?;
+    op.check(&*state.fresh().await?).await?;
     let params = serde_json::to_string(&op)?;
     let id = state
         .home
@@ -435,9 +437,13 @@ async fn run_job(state: &AppState, id: i64, actor: &str, op: Op) {
             return;
         }
     };
-    // Cancelled while it waited for the lock?
-    if let Ok(j) = reg.job(id).await {
-        if j.state != "queued" {
+    // Cancelled while it waited for the lock? Otherwise it runs from now on (a cancel then asks
+    // it to stop at its next step).
+    match reg.start_queued_job(id, &state.owner).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::error!("job {id}: {e}");
             return;
         }
     }
@@ -449,7 +455,17 @@ async fn run_job(state: &AppState, id: i64, actor: &str, op: Op) {
     });
     let runner = &state.runner;
     let events = |e: &JobEvent| runner.on_event(e);
-    let r = op.run(&home, id, &events).await;
+    // A panic in an operation fails its job instead of leaving it running for ever.
+    let r = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(op.run(
+        &home, id, &events,
+    )))
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!(
+            "the operation stopped on an internal error (a bug: please report it with the daemon's log)"
+        )),
+    };
     // The operation's journal took the queued row over, or it had none (enable, a bulk run,
     // a failure before its journal started): then the row's state is set here.
     let own_row = parent.is_some() || home.take_adopt().is_some();
@@ -458,11 +474,13 @@ async fn run_job(state: &AppState, id: i64, actor: &str, op: Op) {
             if own_row {
                 let _ = reg.set_job_state(id, state_hint, None).await;
             }
-            runner
-                .results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, v);
+            let mut results = runner.results.lock().unwrap_or_else(|p| p.into_inner());
+            results.insert(id, v);
+            // The newest results are kept for the API's job answers; older ones are dropped.
+            while results.len() > MAX_RESULTS {
+                let oldest = *results.keys().min().unwrap_or(&id);
+                results.remove(&oldest);
+            }
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -506,6 +524,11 @@ pub async fn cancel(state: &AppState, id: i64, by: &str) -> Result<String> {
     if job.owner == state.owner {
         vmoodle_ops::cancel::request_job(id);
         return Ok("stopping at its next step; what it did is undone".into());
+    }
+    // Another daemon (of this node or another) reads the request from the register; it is never
+    // signalled, as that would stop all of its jobs.
+    if reg.nodes().await?.iter().any(|n| n.owner == job.owner) {
+        return Ok("asked its daemon to stop it at its next step; what it did is undone".into());
     }
     if let Some(pid) = local_cli_pid(&job.owner) {
         nix::sys::signal::kill(

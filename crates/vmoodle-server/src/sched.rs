@@ -175,7 +175,7 @@ async fn mnet_turn(state: &AppState) -> anyhow::Result<String> {
 /// or running, or one failed within `SPARES_BACKOFF_SECS`).
 async fn spares_turn(state: &AppState) -> anyhow::Result<String> {
     let home = &state.home;
-    let keep = i64::from(home.settings.spares.keep);
+    let keep = i64::from(state.fresh().await?.settings.spares.keep);
     let templates = home.registry.templates().await?;
     let servers: Vec<_> = home
         .registry

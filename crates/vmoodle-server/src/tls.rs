@@ -67,10 +67,14 @@ async fn connection(
 ) -> Result<()> {
     let ssl = Ssl::new(acceptor.context())?;
     let mut stream = tokio_openssl::SslStream::new(ssl, tcp)?;
-    Pin::new(&mut stream)
-        .accept()
-        .await
-        .context("TLS handshake")?;
+    // A client that never finishes its handshake does not hold a connection for ever.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        Pin::new(&mut stream).accept(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("TLS handshake: no answer within 10 s"))?
+    .context("TLS handshake")?;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();

@@ -43,7 +43,7 @@ pub struct JobQuery {
     responses((status = 200, body = JobPage), (status = 422, body = Problem)))]
 async fn list(State(state): State<AppState>, Q(q): Q<JobQuery>) -> ApiResult<JobPage> {
     let limit = super::instances::limit_of(q.limit)?;
-    let offset = q.offset.unwrap_or(0);
+    let offset = q.offset.unwrap_or(0).min(i64::MAX as usize / 2);
     let f = JobFilter {
         states: q
             .state
@@ -98,6 +98,7 @@ async fn events(State(state): State<AppState>, Path(id): Path<i64>) -> Response 
         Ok(j) => j,
         Err(p) => return p.into_response(),
     };
+    let end = state.stream_end();
     let stream = futures::stream::unfold(
         (state, Some(first), String::new(), false),
         move |(state, mut pending, last, done)| async move {
@@ -126,7 +127,7 @@ async fn events(State(state): State<AppState>, Path(id): Path<i64>) -> Response 
             }
         },
     );
-    Sse::new(stream)
+    Sse::new(futures::StreamExt::take_until(stream, end))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }

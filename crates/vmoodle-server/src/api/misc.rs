@@ -40,7 +40,8 @@ pub struct Expansion {
 #[utoipa::path(get, path = "/schema/expand", tag = "settings", params(ExpandQuery),
     responses((status = 200, body = Expansion), (status = 422, body = Problem)))]
 async fn expand(State(state): State<AppState>, Q(q): Q<ExpandQuery>) -> ApiResult<Expansion> {
-    let e = vmoodle_core::schema::expand(&state.home.settings.schema, &q.token)
+    let home = state.fresh().await.map_err(read_err)?;
+    let e = vmoodle_core::schema::expand(&home.settings.schema, &q.token)
         .map_err(|v| Problem::invalid(&v.field, &v.to_string()))?;
     Ok(Json(Expansion {
         token: e.token,
@@ -70,7 +71,8 @@ pub struct SettingsView {
 #[utoipa::path(get, path = "/settings", tag = "settings",
     responses((status = 200, body = SettingsView)))]
 async fn settings(State(state): State<AppState>) -> ApiResult<SettingsView> {
-    let mut v = serde_json::to_value(&state.home.settings).map_err(read_err)?;
+    let home = state.fresh().await.map_err(read_err)?;
+    let mut v = serde_json::to_value(&home.settings).map_err(read_err)?;
     if let Some(p) = v.pointer_mut("/schema/db_password") {
         let set = p.as_str().is_some_and(|s| !s.is_empty());
         *p = serde_json::Value::String(if set { "(set)" } else { "" }.into());

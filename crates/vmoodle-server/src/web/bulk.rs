@@ -28,6 +28,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Most rows one preview takes.
 const MAX_ROWS: usize = 2000;
+/// Previews kept per administrator.
+const MAX_STASHED: usize = 5;
 /// How long a preview can be run.
 const STASH_TTL: Duration = Duration::from_secs(3600);
 
@@ -120,8 +122,16 @@ fn pattern_rows(f: &PatternForm) -> Result<Vec<DeployParams>, String> {
         "" => 1,
         s => s
             .parse()
-            .map_err(|_| format!("start `{s}` must be a number"))?,
+            .ok()
+            .filter(|n| *n <= 1_000_000_000)
+            .ok_or_else(|| format!("start `{s}` must be a number from 0 to 1000000000"))?,
     };
+    if f.pattern.trim().len() > 40 {
+        return Err(format!(
+            "pattern `{}` is too long: tokens have at most 20 characters",
+            f.pattern.trim().chars().take(40).collect::<String>()
+        ));
+    }
     if !f.pattern.contains("{N}") {
         return Err(format!(
             "pattern `{}` must contain {{N}}, e.g. school{{N}}",
@@ -262,6 +272,17 @@ async fn preview(
     {
         let mut s = stash().lock().unwrap_or_else(|e| e.into_inner());
         s.retain(|_, (_, _, t)| t.elapsed() < STASH_TTL);
+        // A few previews per administrator wait for "Run"; older ones give way.
+        let mut mine: Vec<(String, Instant)> = s
+            .iter()
+            .filter(|(_, (a, _, _))| *a == p.admin)
+            .map(|(k, (_, _, t))| (k.clone(), *t))
+            .collect();
+        mine.sort_by_key(|(_, t)| *t);
+        while mine.len() >= MAX_STASHED {
+            let (k, _) = mine.remove(0);
+            s.remove(&k);
+        }
         s.insert(id.clone(), (p.admin.clone(), valid, Instant::now()));
     }
     page(BulkPage {
@@ -280,6 +301,8 @@ async fn validate(state: &AppState, rows: ReadRows) -> (Vec<Row>, Vec<DeployPara
     let mut seen = HashSet::new();
     let mut shown = Vec::new();
     let mut valid = Vec::new();
+    let fresh = state.fresh().await.ok();
+    let home = fresh.as_deref().unwrap_or(&state.home);
     for (label, r) in rows {
         let (token, template, verdict) = match r {
             Err(e) => (String::new(), String::new(), Err(e)),
@@ -287,7 +310,7 @@ async fn validate(state: &AppState, rows: ReadRows) -> (Vec<Row>, Vec<DeployPara
                 let v = if !seen.insert(d.token.clone()) {
                     Err(format!("token `{}` is twice in the list", d.token))
                 } else {
-                    vmoodle_ops::deploy::plan(&state.home, &d.request())
+                    vmoodle_ops::deploy::plan(home, &d.request())
                         .await
                         .map(|_| ())
                         .map_err(|e| format!("{e:#}"))

@@ -6,7 +6,7 @@ use super::{page, see_other, Chrome};
 use crate::auth::Principal;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -69,11 +69,6 @@ impl ListPage {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
 async fn rows(state: &AppState) -> Vec<Row> {
     let reg = &state.home.registry;
     let servers = reg.dbservers().await.unwrap_or_default();
@@ -120,12 +115,8 @@ async fn render(
     r
 }
 
-async fn list(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Query(q): Query<MsgQuery>,
-) -> Response {
-    render(&state, &p, q.msg, AddForm::default(), None, None).await
+async fn list(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    render(&state, &p, None, AddForm::default(), None, None).await
 }
 
 /// Turns the form into what `dbservers::add` takes; the error names the field.

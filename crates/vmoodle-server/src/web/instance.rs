@@ -8,7 +8,7 @@ use super::{page, see_other, when, Chrome};
 use crate::auth::Principal;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -142,11 +142,6 @@ struct InstancePage {
     jobs: Vec<(Job, String)>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
 async fn render(
     state: &AppState,
     p: &Principal,
@@ -202,12 +197,11 @@ async fn show(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    Query(q): Query<MsgQuery>,
 ) -> Response {
     match state.home.registry.find_instance(&name).await {
         Ok(Some(i)) => {
             let form = EditForm::of(&i);
-            render(&state, &p, i, form, FieldErrors::default(), q.msg).await
+            render(&state, &p, i, form, FieldErrors::default(), None).await
         }
         Ok(None) => super::message(
             &p,

@@ -71,7 +71,6 @@ struct ListQuery {
     /// Show the deploys of bulk runs too.
     all: Option<String>,
     page: Option<usize>,
-    msg: Option<String>,
 }
 
 fn some(s: &Option<String>) -> Option<String> {
@@ -116,7 +115,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Response {
     let all = q.all.as_deref().is_some_and(|v| !v.is_empty());
-    let page_no = q.page.unwrap_or(1).max(1);
+    let page_no = q.page.unwrap_or(1).clamp(1, 10_000_000);
     let mut filter = JobFilter {
         states: some(&q.state).into_iter().collect(),
         kind: some(&q.kind),
@@ -164,7 +163,7 @@ async fn list(
     }
     let pages = (total.max(0) as usize).div_ceil(PAGE).max(1);
     page(ListPage {
-        chrome: Chrome::new(&p, "jobs").flash(q.msg),
+        chrome: Chrome::new(&p, "jobs"),
         rows,
         states: STATES,
         state: some(&q.state).unwrap_or_default(),
@@ -259,16 +258,10 @@ impl JobPage {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
 async fn show(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<i64>,
-    Query(q): Query<MsgQuery>,
 ) -> Response {
     let (s, params) = match snapshot(&state, id).await {
         Ok(x) => x,
@@ -285,7 +278,7 @@ async fn show(
             "failed" | "rolled back" | "cancelled" | "partial"
         );
     page(JobPage {
-        chrome: Chrome::new(&p, "jobs").flash(q.msg),
+        chrome: Chrome::new(&p, "jobs"),
         badge: badge(&s.job.state),
         started: when(s.job.started_at),
         finished: s.job.finished_at.map(when).unwrap_or_default(),
@@ -306,6 +299,7 @@ async fn events(
         return message(&p, StatusCode::NOT_FOUND, "No such job", &format!("{e:#}"));
     }
     // (state, last JSON sent, finished)
+    let end = state.stream_end();
     let init = (state, String::new(), false);
     let stream = futures::stream::unfold(init, move |(state, last, finished)| async move {
         if finished {
@@ -330,7 +324,7 @@ async fn events(
             }
         }
     });
-    Sse::new(stream)
+    Sse::new(futures::StreamExt::take_until(stream, end))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

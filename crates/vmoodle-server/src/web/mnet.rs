@@ -6,7 +6,7 @@ use crate::auth::Principal;
 use crate::runner::{self, Op};
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
@@ -54,11 +54,6 @@ struct MnetPage {
     instances: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
 /// Says what is wrong with one side of a pair.
 fn side(holder: &str, other: &str, holds: bool, deleted: bool) -> Option<String> {
     match (holds, deleted) {
@@ -70,12 +65,8 @@ fn side(holder: &str, other: &str, holds: bool, deleted: bool) -> Option<String>
     }
 }
 
-async fn show(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Query(q): Query<MsgQuery>,
-) -> Response {
-    let chrome = Chrome::new(&p, "mnet").flash(q.msg);
+async fn show(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    let chrome = Chrome::new(&p, "mnet");
     let st = match vmoodle_ops::mnet::status(&state.home).await {
         Ok(st) => st,
         Err(e) => {

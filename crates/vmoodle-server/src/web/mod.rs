@@ -58,11 +58,15 @@ impl Chrome {
             admin: p.admin.clone(),
             csrf: p.csrf().to_string(),
             section,
-            flash: None,
+            flash: p.flash.clone(),
         }
     }
+    /// A message of this answer's own (a check's result), shown instead of the one left by
+    /// the previous answer.
     pub fn flash(mut self, msg: Option<String>) -> Self {
-        self.flash = msg.filter(|m| !m.is_empty());
+        if let Some(m) = msg.filter(|m| !m.is_empty()) {
+            self.flash = Some(m);
+        }
         self
     }
 }
@@ -101,10 +105,18 @@ pub fn message(p: &Principal, status: StatusCode, heading: &str, text: &str) -> 
     r
 }
 
-/// Redirect after a POST, with a one-time message in the query (`?msg=`).
+/// Redirect after a POST, with a one-time message for the next page (in a cookie, never in the
+/// URL: a link from elsewhere cannot make a page say something).
 pub fn see_other(to: &str, msg: &str) -> Response {
-    let sep = if to.contains('?') { '&' } else { '?' };
-    Redirect::to(&format!("{to}{sep}msg={}", auth::urlencode(msg))).into_response()
+    let mut r = Redirect::to(to).into_response();
+    let value: String = url::form_urlencoded::byte_serialize(msg.as_bytes()).collect();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=120",
+        auth::FLASH_COOKIE
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// Headers on every answer: a strict Content-Security-Policy, no framing, no sniffing, and no
@@ -183,7 +195,7 @@ struct NextQuery {
 /// Only a path of this site is a place to go after login.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        Some(n) if auth::local_path(n) => n.into(),
         _ => "/".into(),
     }
 }
@@ -267,7 +279,7 @@ async fn login(
     }
     let ip = peer.ip();
     let name = f.name.trim().to_string();
-    if let Some(wait) = state.limiter.blocked(ip, &name) {
+    if let Err(wait) = state.limiter.begin(ip, &name) {
         let mut r = login_form(
             &state,
             &headers,
@@ -285,15 +297,17 @@ async fn login(
     }
     let admin = state.home.registry.find_admin(&name).await.ok().flatten();
     // Verify against a dummy hash for an unknown name, so timing does not tell names apart.
-    let ok = match &admin {
-        Some(a) => auth::verify_password(&f.password, &a.password_hash),
-        None => {
-            auth::verify_password(&f.password, dummy_hash());
-            false
-        }
-    };
+    // argon2 takes tens of milliseconds of CPU: off the server's workers.
+    let hash = admin
+        .as_ref()
+        .map_or_else(|| dummy_hash().to_string(), |a| a.password_hash.clone());
+    let password = f.password.clone();
+    let verified = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let ok = verified && admin.is_some();
+    state.limiter.end(ip, &name, ok);
     let Some(admin) = admin.filter(|_| ok) else {
-        state.limiter.failed(ip, &name);
         return login_form(
             &state,
             &headers,
@@ -303,7 +317,6 @@ async fn login(
             StatusCode::UNAUTHORIZED,
         );
     };
-    state.limiter.succeeded(&name);
     // A new session id at each login.
     let sid = auth::random_token();
     let csrf = auth::random_token();
@@ -392,5 +405,7 @@ mod tests {
         assert_eq!(super::safe_next(Some("//evil.example")), "/");
         assert_eq!(super::safe_next(Some("https://evil.example")), "/");
         assert_eq!(super::safe_next(Some("/\\evil")), "/");
+        assert_eq!(super::safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(super::safe_next(Some("/ok?x=1")), "/ok?x=1");
     }
 }

@@ -236,7 +236,11 @@ pub struct Expanded {
 }
 
 async fn expansion(state: &AppState, token: &str) -> Result<Expanded, ValidationError> {
-    let e = vmoodle_core::schema::expand(&state.home.settings.schema, token.trim())?;
+    let schema = match state.fresh().await {
+        Ok(h) => h.settings.schema.clone(),
+        Err(_) => state.home.settings.schema.clone(),
+    };
+    let e = vmoodle_core::schema::expand(&schema, token.trim())?;
     let dbserver =
         vmoodle_ops::dbservers::find_matching(&state.home, e.db_type, &e.db_host, Some(e.db_port))
             .await

@@ -69,7 +69,7 @@ impl PoolQuery {
             p => p
                 .parse::<i64>()
                 .ok()
-                .filter(|n| *n >= 1)
+                .filter(|n| (1..=10_000_000).contains(n))
                 .ok_or_else(|| format!("page `{p}` is not a page number (1, 2, ...)"))?,
         };
         let some = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
@@ -222,7 +222,7 @@ async fn pool(
     .collect();
     let shown = rows.len() as i64;
     page(PoolPage {
-        chrome: Chrome::new(&p, "pool").flash(q.msg.clone()),
+        chrome: Chrome::new(&p, "pool"),
         error,
         total,
         page: page_no,
@@ -275,7 +275,7 @@ fn selection(body: &[u8]) -> Selection {
         s.names = rows;
     }
     s.names.dedup();
-    if !s.back.starts_with('/') || s.back.starts_with("//") {
+    if !crate::auth::local_path(&s.back) {
         s.back = "/".into();
     }
     s

@@ -8,12 +8,11 @@ use super::{page, see_other, Chrome};
 use crate::auth::Principal;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Form, Router};
-use serde::Deserialize;
 use std::collections::HashMap;
 use vmoodle_core::settings::{set_in_document, Settings, SECRET_KEYS};
 use vmoodle_core::Secret;
@@ -239,17 +238,8 @@ fn current(state: &AppState) -> anyhow::Result<(String, Settings)> {
     Ok((text, s))
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
-async fn show(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Query(q): Query<MsgQuery>,
-) -> Response {
-    let chrome = Chrome::new(&p, "settings").flash(q.msg);
+async fn show(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    let chrome = Chrome::new(&p, "settings");
     match current(&state) {
         Ok((_, s)) => page(SettingsPage {
             chrome,

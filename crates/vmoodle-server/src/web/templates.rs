@@ -7,7 +7,7 @@ use crate::auth::Principal;
 use crate::runner::{self, Op};
 use crate::AppState;
 use askama::Template as Askama;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -57,16 +57,7 @@ struct ListPage {
     rows: Vec<Row>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct MsgQuery {
-    msg: Option<String>,
-}
-
-async fn list(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    Query(q): Query<MsgQuery>,
-) -> Response {
+async fn list(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
     let reg = &state.home.registry;
     let all = reg.templates().await.unwrap_or_default();
     let instances = reg.instances().await.unwrap_or_default();
@@ -94,7 +85,7 @@ async fn list(
         })
         .collect();
     page(ListPage {
-        chrome: Chrome::new(&p, "templates").flash(q.msg),
+        chrome: Chrome::new(&p, "templates"),
         rows,
     })
 }
@@ -202,9 +193,8 @@ async fn show(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    Query(q): Query<MsgQuery>,
 ) -> Response {
-    render(&state, &p, &name, q.msg, None, false).await
+    render(&state, &p, &name, None, None, false).await
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -164,11 +164,7 @@ fn disabling_from_the_pool_publishes_a_503_host_file_and_forms_need_csrf() {
             ("row", "s010"),
         ],
     );
-    assert_eq!(
-        (status, loc.starts_with("/jobs?msg=Started%202%20job")),
-        (303, true),
-        "{loc}"
-    );
+    assert_eq!((status, loc.as_str()), (303, "/jobs"), "{loc}");
     // Delete asks first, listing what will go.
     let (status, page) = b.post_form("/", "/pool/act", &[("action", "delete"), ("sel", "s002")]);
     assert_eq!(status, 200);
