@@ -35,6 +35,10 @@ pub enum PoolSort {
     State,
     Mnet,
     Template,
+    /// The site's full name.
+    Title,
+    Created,
+    Updated,
 }
 
 impl PoolSort {
@@ -47,6 +51,9 @@ impl PoolSort {
             "state" => Self::State,
             "mnet" => Self::Mnet,
             "template" => Self::Template,
+            "title" => Self::Title,
+            "created" => Self::Created,
+            "updated" => Self::Updated,
             _ => return None,
         })
     }
@@ -59,6 +66,9 @@ impl PoolSort {
             Self::State => "state",
             Self::Mnet => "mnet",
             Self::Template => "template",
+            Self::Title => "title",
+            Self::Created => "created",
+            Self::Updated => "updated",
         }
     }
 
@@ -71,6 +81,9 @@ impl PoolSort {
             Self::State => "i.enabled",
             Self::Mnet => "i.mnet",
             Self::Template => "COALESCE(i.template, '')",
+            Self::Title => "i.name",
+            Self::Created => "i.created_at",
+            Self::Updated => "i.updated_at",
         }
     }
 }

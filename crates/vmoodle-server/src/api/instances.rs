@@ -11,6 +11,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use vmoodle_core::Secret;
+use vmoodle_registry::{PoolFilter, PoolSort};
 
 pub fn add(api: Api) -> Api {
     api.op::<__path_list, _, _>(list)
@@ -26,7 +27,7 @@ pub fn add(api: Api) -> Api {
 #[serde(default)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Words found in the shortname, name, host or wwwroot (case-insensitive).
+    /// Found inside the shortname, host or name (case-insensitive).
     pub q: Option<String>,
     /// `enabled` or `disabled`.
     pub state: Option<String>,
@@ -55,11 +56,11 @@ pub fn limit_of(limit: Option<usize>) -> Result<usize, Problem> {
     }
 }
 
-/// Filters, sorts and cuts the fleet in memory: the register holds at most some thousands of
-/// instances, and the same list serves every filter without a query per combination.
-fn select(all: Vec<vmoodle_registry::Instance>, q: &ListQuery) -> Result<InstancePage, Problem> {
+/// Asks the register for one page: search, filters, sort and the cut are SQL (LIMIT/OFFSET
+/// and a COUNT with the same WHERE), so the cost stays flat as the fleet grows.
+async fn select(state: &AppState, q: &ListQuery) -> Result<InstancePage, Problem> {
     let limit = limit_of(q.limit)?;
-    let offset = q.offset.unwrap_or(0);
+    let offset = q.offset.unwrap_or(0).min(i64::MAX as usize / 2);
     let enabled = match q.state.as_deref() {
         None | Some("") => None,
         Some("enabled") => Some(true),
@@ -71,60 +72,51 @@ fn select(all: Vec<vmoodle_registry::Instance>, q: &ListQuery) -> Result<Instanc
             ))
         }
     };
-    let words: Vec<String> =
-        q.q.as_deref()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(str::to_lowercase)
-            .collect();
-    let mut v: Vec<_> = all
-        .into_iter()
-        .filter(|i| enabled.is_none_or(|e| i.enabled == e))
-        .filter(|i| q.dbserver.as_ref().is_none_or(|d| &i.dbserver == d))
-        .filter(|i| {
-            q.template
-                .as_ref()
-                .is_none_or(|t| i.template.as_ref() == Some(t))
-        })
-        .filter(|i| q.subnetwork.is_none_or(|m| i.mnet == m))
-        .filter(|i| {
-            let hay = format!("{} {} {} {}", i.shortname, i.name, i.host, i.wwwroot).to_lowercase();
-            words.iter().all(|w| hay.contains(w))
-        })
-        .collect();
     let sort = q.sort.as_deref().unwrap_or("shortname");
-    let (desc, key) = match sort.strip_prefix('-') {
+    let (descending, key) = match sort.strip_prefix('-') {
         Some(k) => (true, k),
         None => (false, sort),
     };
-    match key {
-        "shortname" => v.sort_by(|a, b| a.shortname.cmp(&b.shortname)),
-        "name" => v.sort_by(|a, b| a.name.cmp(&b.name)),
-        "host" => v.sort_by(|a, b| a.host.cmp(&b.host)),
-        "created" => v.sort_by_key(|i| i.created_at),
-        "updated" => v.sort_by_key(|i| i.updated_at),
+    let by = match key {
+        "shortname" => PoolSort::Name,
+        "name" => PoolSort::Title,
+        "host" => PoolSort::Host,
+        "created" => PoolSort::Created,
+        "updated" => PoolSort::Updated,
         _ => {
             return Err(Problem::invalid(
                 "sort",
                 &format!("sort `{sort}` is not one of: {SORTS}"),
             ))
         }
-    }
-    if desc {
-        v.reverse();
-    }
-    let total = v.len();
-    let items = v
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(InstanceView::from)
-        .collect();
+    };
+    let some = |s: &Option<String>| {
+        s.as_ref()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let filter = PoolFilter {
+        search: some(&q.q),
+        enabled,
+        dbserver: some(&q.dbserver),
+        template: some(&q.template),
+        mnet: q.subnetwork,
+        sort: by,
+        descending,
+        limit: limit as i64,
+        offset: offset as i64,
+    };
+    let (rows, total) = state
+        .home
+        .registry
+        .pool_page(&filter)
+        .await
+        .map_err(read_err)?;
     Ok(InstancePage {
-        total,
+        total: total as usize,
         offset,
         limit,
-        items,
+        items: rows.into_iter().map(InstanceView::from).collect(),
     })
 }
 
@@ -132,8 +124,7 @@ fn select(all: Vec<vmoodle_registry::Instance>, q: &ListQuery) -> Result<Instanc
 #[utoipa::path(get, path = "/instances", tag = "instances", params(ListQuery),
     responses((status = 200, body = InstancePage), (status = 422, body = Problem)))]
 async fn list(State(state): State<AppState>, Q(q): Q<ListQuery>) -> ApiResult<InstancePage> {
-    let all = state.home.registry.instances().await.map_err(read_err)?;
-    Ok(Json(select(all, &q)?))
+    Ok(Json(select(&state, &q).await?))
 }
 
 /// One instance.
