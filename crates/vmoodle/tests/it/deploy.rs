@@ -103,7 +103,12 @@ fn extract(tar: &str, into: &Path) {
 }
 
 pub(crate) fn setup() -> Setup {
-    let vm = Vm::new(Backend::Sqlite);
+    setup_on(Backend::Sqlite)
+}
+
+/// `setup` with the register in SQLite or in a PostgreSQL database of its own.
+pub(crate) fn setup_on(backend: Backend) -> Setup {
+    let vm = Vm::new(backend);
     vm.add_local_servers();
     let data = TempDir::new("data");
     let base = data.path().join("instances");

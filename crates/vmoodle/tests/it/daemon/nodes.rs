@@ -166,7 +166,8 @@ fn two_daemons_share_scheduled_work_and_keep_host_files_in_step() {
 /// dead and rolls the job back, dropping the half-made database.
 #[test]
 fn a_job_of_a_killed_daemon_is_recovered_by_the_other() {
-    let mut s = crate::deploy::setup();
+    // Two nodes on one PostgreSQL register, as web nodes share it.
+    let mut s = crate::deploy::setup_on(crate::common::Backend::Postgres);
     let tpl = crate::deploy::token("nk");
     s.clean.templates.push(tpl.clone());
     s.vm.ok(&["snapshot", "srcmaria", "--template", &tpl]);
