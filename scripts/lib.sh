@@ -133,6 +133,7 @@ daemon_url() {
 }
 
 daemon_healthy() { curl -fsSk --max-time 2 "$(daemon_url)/healthz" >/dev/null 2>&1; }
+daemon_down() { ! daemon_healthy; }
 
 # The supervisor's pid when it runs.
 supervisor_pid() {
@@ -160,10 +161,33 @@ ensure_first_admin() {
 # Runs the daemon as a systemd unit where systemd is PID 1, otherwise under a small supervisor
 # loop (setsid, pidfile and log in the home; restarted 2 s after it stops). A healthy daemon
 # (answering /healthz) is left alone.
+# Whether the running daemon's binary has been replaced since it started (an upgrade by
+# scripts/up): its /proc/PID/exe then ends with " (deleted)".
+daemon_outdated() {
+    local pid="" sup
+    if [ -d /run/systemd/system ]; then
+        pid="$(systemctl show -p MainPID --value vmoodle.service 2>/dev/null || true)"
+    elif sup="$(supervisor_pid)"; then
+        pid="$(pgrep -P "$sup" -f 'vmoodle serve' | head -n1 || true)"
+    fi
+    [ -n "$pid" ] && [ "$pid" != 0 ] && readlink "/proc/$pid/exe" 2>/dev/null | grep -q ' (deleted)$'
+}
+
 ensure_daemon() {
-    if daemon_healthy; then
+    if daemon_healthy && ! daemon_outdated; then
         log "the daemon already answers at $(daemon_url)"
         return 0
+    fi
+    if daemon_healthy; then
+        # vmoodle was upgraded: the daemon restarts on the new binary (its running jobs stop at
+        # their next step and are undone, as on any SIGTERM).
+        log "restarting the daemon on the upgraded vmoodle"
+        if [ -d /run/systemd/system ]; then
+            as_root systemctl restart vmoodle.service
+        else
+            pkill -TERM -P "$(supervisor_pid)" -f 'vmoodle serve' || true
+            wait_for 130 daemon_down || true
+        fi
     fi
     if [ -d /run/systemd/system ]; then
         sed -e "s|@HOME@|$HOME_DIR|g" -e "s|@USER@|$(id -un)|g" "$ROOT/packaging/vmoodle.service" |
