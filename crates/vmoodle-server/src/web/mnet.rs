@@ -80,6 +80,13 @@ async fn show(State(state): State<AppState>, Extension(p): Extension<Principal>)
             })
         }
     };
+    // What was just read also feeds the pool's expiry column and the metrics.
+    state.cache.set_mnet_expiry(
+        st.instances
+            .iter()
+            .filter_map(|i| Some((i.instance.clone(), i.expires?)))
+            .collect(),
+    );
     let mut groups: BTreeMap<i64, Vec<Member>> = BTreeMap::new();
     for i in st.instances.iter().filter(|i| i.mnet >= 0) {
         let (renewal, badge) = match (i.has_key, i.due) {

@@ -142,6 +142,9 @@ struct PoolPage {
 struct PoolRow {
     i: Instance,
     mnet: String,
+    /// Its MNET key's expiry as last read by the scheduler or the MNET page (reading every
+    /// site's database on each page load would not stay fast at 10,000 instances).
+    expiry: String,
 }
 
 /// How an MNET value reads.
@@ -170,6 +173,12 @@ async fn pool(
             Some(e),
         ),
     };
+    let expiry = state
+        .cache
+        .mnet_expiry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let (rows, total) = match reg.pool_page(&filter).await {
         Ok(r) => r,
         Err(e) => {
@@ -236,6 +245,14 @@ async fn pool(
             .into_iter()
             .map(|i| PoolRow {
                 mnet: mnet_words(&i.mnet),
+                expiry: if i.mnet < 0 {
+                    "—".into()
+                } else {
+                    expiry
+                        .get(&i.shortname)
+                        .map(|t| super::when(*t))
+                        .unwrap_or_else(|| "not read yet".into())
+                },
                 i,
             })
             .collect(),

@@ -29,4 +29,5 @@ fn healthz_is_public_and_the_rest_needs_a_login() {
     let (status, page) = b.get("/");
     assert_eq!(status, 200);
     assert!(page.contains("Pool"), "{page}");
+    assert!(page.contains("Key expiry"), "{page}");
 }
