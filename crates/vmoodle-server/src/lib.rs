@@ -130,6 +130,27 @@ impl AppState {
     }
 }
 
+/// Runs a change on the home opened with its lock (waiting while the CLI or a job changes
+/// it), on a thread of its own driven by the runtime's handle, as the runner runs jobs: the
+/// operations' futures are not Send.
+pub async fn with_lock<F, Fut, T>(state: &AppState, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Home) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    let root = state.cfg.root.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        rt.block_on(async move {
+            let home = Home::open_locked(&root).await?;
+            f(home).await
+        })
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the change stopped: {e}"))?
+}
+
 /// Every route: pages, API, metrics, health.
 pub fn router(state: AppState) -> Router {
     Router::new()

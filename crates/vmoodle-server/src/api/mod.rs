@@ -311,21 +311,4 @@ where
     }
 }
 
-/// Runs a quick register change on the home opened WITH its lock (waiting while a job holds
-/// it), on a blocking thread: the operations' futures are not Send.
-pub async fn with_lock<F, Fut, T>(state: &AppState, f: F) -> anyhow::Result<T>
-where
-    F: FnOnce(vmoodle_ops::Home) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-    T: Send + 'static,
-{
-    let root = state.cfg.root.clone();
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        rt.block_on(async move {
-            let home = vmoodle_ops::Home::open_locked(&root).await?;
-            f(home).await
-        })
-    })
-    .await?
-}
+pub use crate::with_lock;

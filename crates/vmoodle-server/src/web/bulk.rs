@@ -65,15 +65,7 @@ struct BulkPage {
 }
 
 async fn templates(state: &AppState) -> Vec<String> {
-    state
-        .home
-        .registry
-        .templates()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.name)
-        .collect()
+    super::template_names(&state.home).await
 }
 
 async fn bulk_page(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {

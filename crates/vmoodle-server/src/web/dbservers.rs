@@ -14,7 +14,7 @@ use axum::{Extension, Form, Router};
 use serde::Deserialize;
 use vmoodle_core::{DbKind, Secret};
 use vmoodle_dbserver::CheckReport;
-use vmoodle_ops::{dbservers, Home};
+use vmoodle_ops::dbservers;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -154,9 +154,7 @@ async fn add(
     Form(f): Form<AddForm>,
 ) -> Response {
     let parsed = parse(&f);
-    let root = state.cfg.root.clone();
-    let result = off_thread(move || async move {
-        let home = Home::open_locked(&root).await?;
+    let result = crate::with_lock(&state, move |home| async move {
         dbservers::add(&home, parsed?).await
     })
     .await;
@@ -194,9 +192,8 @@ async fn check(
 }
 
 async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let (root, n) = (state.cfg.root.clone(), name.clone());
-    let result = off_thread(move || async move {
-        let home = Home::open_locked(&root).await?;
+    let n = name.clone();
+    let result = crate::with_lock(&state, move |home| async move {
         home.registry.remove_dbserver(&n).await?;
         anyhow::Ok(())
     })
@@ -211,18 +208,4 @@ async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Resp
             &format!("Database server {name} was not removed: {e:#}"),
         ),
     }
-}
-
-/// Runs a change on a thread of its own (driven by the runtime's handle), as the runner runs
-/// jobs: the operations of vmoodle-ops on a locked home are futures that need not be Send.
-pub(super) async fn off_thread<T, F, Fut>(f: F) -> anyhow::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || rt.block_on(f()))
-        .await
-        .map_err(|e| anyhow::anyhow!("the change stopped: {e}"))?
 }

@@ -16,7 +16,6 @@ use axum::{Extension, Form, Router};
 use serde::Deserialize;
 use vmoodle_core::Secret;
 use vmoodle_ops::instances::InstanceEdit;
-use vmoodle_ops::Home;
 use vmoodle_registry::{Instance, Job, JobFilter};
 
 pub fn routes() -> Router<AppState> {
@@ -165,13 +164,7 @@ async fn render(
             (j, t)
         })
         .collect();
-    let dbservers = reg
-        .dbservers()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let dbservers = super::dbserver_names(&state.home).await;
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -218,21 +211,6 @@ async fn show(
     }
 }
 
-/// Runs the edit on a locked home, on a thread of its own (the operation's future is not Send,
-/// as the runner's jobs are not).
-async fn locked_edit(state: &AppState, name: String, e: InstanceEdit) -> anyhow::Result<Instance> {
-    let root = state.cfg.root.clone();
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        rt.block_on(async {
-            let home = Home::open_locked(&root).await?;
-            vmoodle_ops::instances::edit(&home, &name, &e).await
-        })
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("the edit stopped: {e}"))?
-}
-
 /// Applies the edit under the home's lock (a quick register change plus its host file), so the
 /// form can show the error next to the field at once.
 async fn edit(
@@ -267,7 +245,11 @@ async fn edit(
     if e == InstanceEdit::default() {
         return see_other(&format!("/instances/{}", old.shortname), "Nothing changed.");
     }
-    let r = locked_edit(&state, old.shortname.clone(), e).await;
+    let name = old.shortname.clone();
+    let r = crate::with_lock(&state, move |home| async move {
+        vmoodle_ops::instances::edit(&home, &name, &e).await
+    })
+    .await;
     match r {
         Ok(new) => see_other(
             &format!("/instances/{}", new.shortname),

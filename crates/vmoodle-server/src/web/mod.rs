@@ -378,6 +378,18 @@ async fn logout(
     r
 }
 
+/// The registered database servers' names, for a form's choices.
+pub async fn dbserver_names(home: &vmoodle_ops::Home) -> Vec<String> {
+    let all = home.registry.dbservers().await.unwrap_or_default();
+    all.into_iter().map(|s| s.name).collect()
+}
+
+/// The templates' names, for a form's choices.
+pub async fn template_names(home: &vmoodle_ops::Home) -> Vec<String> {
+    let all = home.registry.templates().await.unwrap_or_default();
+    all.into_iter().map(|t| t.name).collect()
+}
+
 /// Formats a unix time for pages (UTC).
 pub fn when(t: i64) -> String {
     const FMT: &[time::format_description::FormatItem<'_>] =

@@ -182,21 +182,8 @@ async fn render(
     errors: FieldErrors,
     check: Option<(bool, String)>,
 ) -> Response {
-    let reg = &state.home.registry;
-    let templates = reg
-        .templates()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    let dbservers = reg
-        .dbservers()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let templates = super::template_names(&state.home).await;
+    let dbservers = super::dbserver_names(&state.home).await;
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {

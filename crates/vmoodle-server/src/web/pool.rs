@@ -191,13 +191,7 @@ async fn pool(
         }
     };
     let (templates, nets) = reg.pool_choices().await.unwrap_or_default();
-    let dbservers = reg
-        .dbservers()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let dbservers = super::dbserver_names(&state.home).await;
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let sort = filter.sort.key();
     let dir = if filter.descending { "desc" } else { "asc" };

@@ -3,7 +3,6 @@
 //! file parsed and validated) and saved only when every changed key is valid. The schema's
 //! database password is write-only: sealed like the CLI seals it, never rendered.
 
-use super::dbservers::off_thread;
 use super::{page, see_other, Chrome};
 use crate::auth::Principal;
 use crate::AppState;
@@ -312,10 +311,8 @@ async fn save(
     Form(mut sent): Form<HashMap<String, String>>,
 ) -> Response {
     sent.remove("csrf");
-    let root = state.cfg.root.clone();
     let form = sent.clone();
-    let result = off_thread(move || async move {
-        let mut home = Home::open_locked(&root).await?;
+    let result = crate::with_lock(&state, move |mut home| async move {
         let text = home.settings_text()?;
         let cur = Settings::parse(&text)?;
         match apply(&home, &text, &cur, &form) {
