@@ -327,7 +327,6 @@ pub struct Runner {
     live: Mutex<HashMap<i64, Live>>,
     /// The summary of each finished job of this daemon (its result value).
     results: Mutex<HashMap<i64, serde_json::Value>>,
-    running: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -391,7 +390,6 @@ impl Runner {
         for t in tasks {
             let _ = t.await;
         }
-        drop(self.running.lock().await);
     }
 }
 
