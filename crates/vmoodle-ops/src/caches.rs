@@ -50,7 +50,7 @@ impl CacheReport {
 }
 
 /// The account php runs as: the web server's when vmoodle runs as root, else vmoodle's own.
-fn run_as(home: &Home) -> Result<Option<(u32, u32, String)>> {
+pub(crate) fn run_as(home: &Home) -> Result<Option<(u32, u32, String)>> {
     if !nix::unistd::geteuid().is_root() || home.settings.web.user == "root" {
         return Ok(None);
     }

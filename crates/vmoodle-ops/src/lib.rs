@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod dbservers;
 pub mod deploy;
 pub mod doctor;
+pub mod fleet;
 pub mod home;
 pub mod import;
 pub mod instances;

@@ -11,9 +11,11 @@ use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
 mod daemon;
+mod fleet;
 mod pool;
 mod stats;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
+pub use fleet::{CronRun, CronState, SiteFacts, SiteLock, CRON_HISTORY};
 pub use pool::{PoolFilter, PoolSort};
 pub use stats::JobCount;
 

@@ -7,6 +7,7 @@ mod dbserver;
 mod delete;
 mod deploy;
 mod doctor;
+mod fleet;
 mod hook;
 mod import;
 mod init;
@@ -132,6 +133,8 @@ enum Command {
     /// Administrators of the web admin and the API, and API tokens.
     #[command(subcommand)]
     Admin(admin::Cmd),
+    /// Run one of Moodle's admin/cli scripts for each selected instance.
+    Run(fleet::RunCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -274,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Doctor(c) => c.run(&home).await,
         Command::Serve(c) => c.run(&home).await,
         Command::Admin(c) => c.run(&home).await,
+        Command::Run(c) => c.run(&home).await,
     }
 }
 

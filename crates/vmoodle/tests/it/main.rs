@@ -6,6 +6,7 @@ mod daemon;
 mod dbserver;
 mod deploy;
 mod doctor;
+mod fleet;
 mod fs_safety;
 mod hook;
 mod hostile;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// PHP's built-in server routes every path that is not a file under public/ to r.php, as nginx's
 /// `try_files $uri $uri/ /r.php` does.
-const ROUTER: &str = r#"<?php
+pub(crate) const ROUTER: &str = r#"<?php
 $path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
 if (is_string($path) && $path !== '' && file_exists($_SERVER['DOCUMENT_ROOT'] . $path)) {
     return false;
@@ -58,7 +58,7 @@ if ($client->send($peer)) {
 
 /// PHP's built-in server in a process group of its own (its workers are forked children),
 /// stopped with the whole group on drop.
-struct PhpServer(Child);
+pub(crate) struct PhpServer(Child);
 
 impl Drop for PhpServer {
     fn drop(&mut self) {
@@ -70,7 +70,7 @@ impl Drop for PhpServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -78,7 +78,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(moodle: &Path, port: u16, openssl_cnf: &Path, router: &Path) -> PhpServer {
+pub(crate) fn serve(moodle: &Path, port: u16, openssl_cnf: &Path, router: &Path) -> PhpServer {
     // OPENSSL_CONF=... PHP_CLI_SERVER_WORKERS=4 php -d max_input_vars=5000 -S 127.0.0.1:PORT -t public router.php
     let child = Command::new("php")
         .args(["-d", "max_input_vars=5000", "-S"])

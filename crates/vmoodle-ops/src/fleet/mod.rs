@@ -1,0 +1,632 @@
+//! Operations across the fleet: one piece of work (a Moodle CLI script, a cron pass, an upgrade,
+//! a setting) done for each selected instance, a few at a time, each with its own log file under
+//! the home's `logs/fleet/`, with a per-instance timeout, a failure budget (`--max-failures`: no
+//! new site is started once that many failed), and a report of every site's outcome. The run is a
+//! job in the register (its log holds one line per site), visible in `vmoodle jobs` and the web
+//! admin like any other.
+//!
+//! Selection (`Selection::resolve`): names (shortnames or hosts), or the whole register with
+//! `--all`, narrowed by `--subnetwork`, `--dbserver`, `--template`, `--match GLOB` and
+//! `--exclude`; disabled instances are left out unless `--include-disabled`.
+
+pub mod moodle;
+pub mod run;
+pub mod sitedb;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use vmoodle_registry::Instance;
+
+use crate::Home;
+
+/// Which instances a fleet command acts on.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Shortnames or hosts.
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    /// MNET subnetwork number.
+    #[serde(default)]
+    pub subnetwork: Option<i64>,
+    #[serde(default)]
+    pub dbserver: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Shell-style patterns (`*`, `?`, `[a-z]`) matched against shortname and host.
+    #[serde(default)]
+    pub matches: Vec<String>,
+    /// Shortnames or hosts left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub include_disabled: bool,
+}
+
+/// What a selection resolved to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub instances: Vec<Instance>,
+    /// Disabled instances the selection matched but left out (no `--include-disabled`).
+    pub disabled_left_out: Vec<String>,
+}
+
+impl Selection {
+    /// Whether anything at all was asked for.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+            && !self.all
+            && self.subnetwork.is_none()
+            && self.dbserver.is_none()
+            && self.template.is_none()
+            && self.matches.is_empty()
+    }
+
+    /// A short description for job targets and logs (`--all`, `a1,a2`, `dbserver=maria`...).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.names.is_empty() {
+            let mut n = self.names[..self.names.len().min(3)].join(",");
+            if self.names.len() > 3 {
+                n.push_str(&format!(",+{}", self.names.len() - 3));
+            }
+            parts.push(n);
+        }
+        if self.all {
+            parts.push("all".into());
+        }
+        if let Some(s) = self.subnetwork {
+            parts.push(format!("subnetwork={s}"));
+        }
+        if let Some(s) = &self.dbserver {
+            parts.push(format!("dbserver={s}"));
+        }
+        if let Some(t) = &self.template {
+            parts.push(format!("template={t}"));
+        }
+        for m in &self.matches {
+            parts.push(format!("match={m}"));
+        }
+        if !self.exclude.is_empty() {
+            parts.push(format!("exclude={}", self.exclude.join(",")));
+        }
+        parts.join(" ")
+    }
+
+    /// The instances selected, in register order (master first, then by shortname). Every name,
+    /// server, template and pattern is checked first; an unknown one is an error naming it.
+    pub async fn resolve(&self, home: &Home) -> Result<Selected> {
+        if self.is_empty() {
+            bail!(
+                "no instances selected: name them (shortnames or hosts), or select with --all, \
+                 --subnetwork N, --dbserver NAME, --template NAME or --match GLOB"
+            );
+        }
+        let reg = &home.registry;
+        let patterns = self
+            .matches
+            .iter()
+            .map(|m| {
+                glob::Pattern::new(m).map_err(|e| {
+                    anyhow!("--match `{m}` is not a valid pattern ({e}); use *, ? and [a-z], e.g. --match 'school-*'")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(s) = &self.dbserver {
+            if reg.find_dbserver(s).await?.is_none() {
+                let known: Vec<String> =
+                    reg.dbservers().await?.into_iter().map(|d| d.name).collect();
+                bail!(
+                    "--dbserver `{s}`: no such database server; registered: {}",
+                    list_or_none(&known)
+                );
+            }
+        }
+        if let Some(t) = &self.template {
+            if reg.find_template(t).await?.is_none() {
+                let known: Vec<String> =
+                    reg.templates().await?.into_iter().map(|t| t.name).collect();
+                bail!(
+                    "--template `{t}`: no such template; registered: {}",
+                    list_or_none(&known)
+                );
+            }
+        }
+        if let Some(n) = self.subnetwork {
+            if n < 1 {
+                bail!("--subnetwork {n}: subnetworks are numbered from 1 (see `vmoodle mnet subnetworks`)");
+            }
+        }
+        let all = reg.instances().await?;
+        let find = |key: &str| -> Option<&Instance> {
+            let k = key.trim().to_ascii_lowercase();
+            all.iter().find(|i| {
+                i.shortname.eq_ignore_ascii_case(&k)
+                    || i.host.eq_ignore_ascii_case(&k)
+                    || i.wwwroot
+                        .trim_end_matches('/')
+                        .eq_ignore_ascii_case(k.trim_end_matches('/'))
+            })
+        };
+        let mut unknown = Vec::new();
+        let mut candidates: Vec<&Instance> = Vec::new();
+        if self.names.is_empty() {
+            candidates.extend(all.iter());
+        } else {
+            for n in &self.names {
+                match find(n) {
+                    Some(i) if !candidates.iter().any(|c| c.id == i.id) => candidates.push(i),
+                    Some(_) => {}
+                    None => unknown.push(n.clone()),
+                }
+            }
+        }
+        for n in &self.exclude {
+            if find(n).is_none() {
+                unknown.push(n.clone());
+            }
+        }
+        if !unknown.is_empty() {
+            bail!(
+                "no such instance: {} (see `vmoodle instance list`)",
+                unknown
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let excluded: Vec<i64> = self
+            .exclude
+            .iter()
+            .filter_map(|n| find(n).map(|i| i.id))
+            .collect();
+        let mut out = Selected {
+            instances: Vec::new(),
+            disabled_left_out: Vec::new(),
+        };
+        for i in candidates {
+            if excluded.contains(&i.id)
+                || self.dbserver.as_ref().is_some_and(|s| &i.dbserver != s)
+                || self
+                    .template
+                    .as_ref()
+                    .is_some_and(|t| i.template.as_ref() != Some(t))
+                || self.subnetwork.is_some_and(|n| i.mnet != n)
+                || (!patterns.is_empty()
+                    && !patterns
+                        .iter()
+                        .any(|p| p.matches(&i.shortname) || p.matches(&i.host)))
+            {
+                continue;
+            }
+            if !i.enabled && !self.include_disabled {
+                out.disabled_left_out.push(i.shortname.clone());
+                continue;
+            }
+            out.instances.push(i.clone());
+        }
+        Ok(out)
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// How a fleet run goes.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Sites worked on at once (at least 1).
+    pub parallel: usize,
+    /// Per-site time limit.
+    pub timeout: Duration,
+    /// Stop starting new sites once this many failed.
+    pub max_failures: Option<usize>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            timeout: Duration::from_secs(600),
+            max_failures: None,
+        }
+    }
+}
+
+/// How one site's part of a fleet run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteStatus {
+    Ok,
+    Failed,
+    /// Killed at the per-site time limit.
+    Timeout,
+    /// Nothing to do, or the site was busy (another pass holds its lock).
+    Skipped,
+    /// Never started: the failure budget ran out, or the run was cancelled.
+    NotStarted,
+}
+
+impl SiteStatus {
+    pub fn word(self) -> &'static str {
+        match self {
+            SiteStatus::Ok => "ok",
+            SiteStatus::Failed => "failed",
+            SiteStatus::Timeout => "timeout",
+            SiteStatus::Skipped => "skipped",
+            SiteStatus::NotStarted => "not started",
+        }
+    }
+    /// Counts against the failure budget and the exit code.
+    pub fn is_failure(self) -> bool {
+        matches!(self, SiteStatus::Failed | SiteStatus::Timeout)
+    }
+}
+
+/// One site's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteOutcome {
+    pub instance: String,
+    pub host: String,
+    pub status: SiteStatus,
+    /// The script's exit code, when one ran to its end.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// One line: why it failed or was skipped, or what it did.
+    pub message: String,
+    /// The site's log file for this run.
+    pub log: Option<PathBuf>,
+    /// What the operation reports per site (a setting's value, a version...).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl SiteOutcome {
+    pub fn new(inst: &Instance, status: SiteStatus, message: impl Into<String>) -> Self {
+        Self {
+            instance: inst.shortname.clone(),
+            host: inst.host.clone(),
+            status,
+            exit_code: None,
+            duration_ms: 0,
+            message: message.into(),
+            log: None,
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// The report of a fleet run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    /// `run`, `cron`, `upgrade`, `config-set`...
+    pub operation: String,
+    /// The job row of this run.
+    pub job: Option<i64>,
+    /// This run's log directory.
+    pub log_dir: PathBuf,
+    pub elapsed_ms: u64,
+    pub sites: Vec<SiteOutcome>,
+    pub disabled_left_out: Vec<String>,
+}
+
+impl FleetReport {
+    pub fn count(&self, s: SiteStatus) -> usize {
+        self.sites.iter().filter(|o| o.status == s).count()
+    }
+    pub fn failures(&self) -> usize {
+        self.sites.iter().filter(|o| o.status.is_failure()).count()
+    }
+    /// 0 when no site failed or was left unstarted, else 3 (partial).
+    pub fn exit_code(&self) -> i32 {
+        if self.failures() > 0 || self.count(SiteStatus::NotStarted) > 0 {
+            3
+        } else {
+            0
+        }
+    }
+    /// `12 ok, 1 failed, 2 skipped` (only the non-zero counts).
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = [
+            SiteStatus::Ok,
+            SiteStatus::Failed,
+            SiteStatus::Timeout,
+            SiteStatus::Skipped,
+            SiteStatus::NotStarted,
+        ]
+        .iter()
+        .filter_map(|s| {
+            let n = self.count(*s);
+            (n > 0).then(|| format!("{n} {}", s.word()))
+        })
+        .collect();
+        if parts.is_empty() {
+            "no instances".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Progress of a fleet run, for bars and live pages.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    Started { total: usize },
+    SiteStarted { instance: String },
+    SiteDone(SiteOutcome),
+}
+
+/// Where a fleet run keeps its logs, and its job row.
+#[derive(Debug)]
+pub struct FleetRun {
+    pub operation: String,
+    pub job: Option<i64>,
+    pub log_dir: PathBuf,
+    started: Instant,
+}
+
+impl FleetRun {
+    /// Makes the run's log directory (`logs/fleet/OPERATION-YYYYMMDD-HHMMSS-JOB/`) and its job
+    /// row (kind `fleet-OPERATION`, target the selection).
+    pub async fn start(home: &Home, operation: &str, target: &str) -> Result<Self> {
+        let ctx = home.job_context();
+        let owner = crate::journal::this_owner();
+        let job = home
+            .registry
+            .start_job_by(
+                &format!("fleet-{operation}"),
+                target,
+                &owner,
+                &ctx.actor,
+                ctx.parent,
+            )
+            .await?;
+        let stamp = utc_stamp(vmoodle_core::now_unix());
+        let log_dir = home
+            .root
+            .join("logs/fleet")
+            .join(format!("{operation}-{stamp}-{job}"));
+        make_private_dir(&log_dir)?;
+        Ok(Self {
+            operation: operation.into(),
+            job: Some(job),
+            log_dir,
+            started: Instant::now(),
+        })
+    }
+
+    /// A log directory without a job row (the scheduler's cron passes, which record each run in
+    /// the register's cron runs instead of flooding the job list).
+    pub fn unjournaled(home: &Home, operation: &str) -> Result<Self> {
+        let stamp = utc_stamp(vmoodle_core::now_unix());
+        let log_dir = home
+            .root
+            .join("logs/fleet")
+            .join(format!("{operation}-{stamp}-{}", std::process::id()));
+        make_private_dir(&log_dir)?;
+        Ok(Self {
+            operation: operation.into(),
+            job: None,
+            log_dir,
+            started: Instant::now(),
+        })
+    }
+
+    /// The log file of one site in this run.
+    pub fn log_path(&self, inst: &Instance) -> PathBuf {
+        self.log_dir.join(format!("{}.log", inst.shortname))
+    }
+
+    /// Runs `work` for every instance, `opts.parallel` at a time, and records the outcome of each
+    /// in the job's log. A site is not started once `max_failures` sites failed, or once the run
+    /// was cancelled (SIGINT/SIGTERM, or an administrator's cancel of its job).
+    pub async fn for_each<'a, F, Fut>(
+        &self,
+        home: &'a Home,
+        instances: &'a [Instance],
+        opts: &FleetOptions,
+        events: &'a (dyn Fn(&FleetEvent) + Sync),
+        work: F,
+    ) -> Vec<SiteOutcome>
+    where
+        F: Fn(&'a Instance) -> Fut,
+        Fut: Future<Output = SiteOutcome> + 'a,
+    {
+        use futures::StreamExt;
+        events(&FleetEvent::Started {
+            total: instances.len(),
+        });
+        let failures = AtomicUsize::new(0);
+        let failures = &failures;
+        let job = self.job;
+        let work = &work;
+        let max = opts.max_failures;
+        let results: Vec<SiteOutcome> = futures::stream::iter(instances.iter())
+            .map(|inst| async move {
+                let stop = if max.is_some_and(|m| failures.load(Ordering::SeqCst) >= m) {
+                    Some(format!(
+                        "not started: {} sites failed (--max-failures {})",
+                        failures.load(Ordering::SeqCst),
+                        max.unwrap_or(0)
+                    ))
+                } else if let Some(sig) = crate::cancel::requested() {
+                    Some(format!("not started: stopped by {sig}"))
+                } else if job.is_some_and(crate::cancel::job_requested) {
+                    Some("not started: cancelled by an administrator".into())
+                } else {
+                    None
+                };
+                let outcome = match stop {
+                    Some(why) => SiteOutcome::new(inst, SiteStatus::NotStarted, why),
+                    None => {
+                        events(&FleetEvent::SiteStarted {
+                            instance: inst.shortname.clone(),
+                        });
+                        let t = Instant::now();
+                        let mut o = work(inst).await;
+                        if o.duration_ms == 0 {
+                            o.duration_ms = t.elapsed().as_millis() as u64;
+                        }
+                        o
+                    }
+                };
+                if outcome.status.is_failure() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                if let Some(id) = job {
+                    let line = format!(
+                        "{}: {} ({:.1} s){}",
+                        outcome.instance,
+                        outcome.status.word(),
+                        outcome.duration_ms as f64 / 1000.0,
+                        if outcome.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", outcome.message)
+                        }
+                    );
+                    if let Err(e) = home.registry.append_job_log(id, &line).await {
+                        tracing::warn!("job {id}: cannot write its log: {e:#}");
+                    }
+                }
+                events(&FleetEvent::SiteDone(outcome.clone()));
+                outcome
+            })
+            .buffer_unordered(opts.parallel.max(1))
+            .collect()
+            .await;
+        // Report in selection order, whatever order the sites finished in.
+        let mut results = results;
+        results.sort_by_key(|o| {
+            instances
+                .iter()
+                .position(|i| i.shortname == o.instance)
+                .unwrap_or(usize::MAX)
+        });
+        results
+    }
+
+    /// Ends the run: the job is `done` when every site went well, `partial` when some failed or
+    /// were not started, `failed` when none succeeded.
+    pub async fn finish(
+        self,
+        home: &Home,
+        sites: Vec<SiteOutcome>,
+        disabled_left_out: Vec<String>,
+    ) -> Result<FleetReport> {
+        let report = FleetReport {
+            operation: self.operation,
+            job: self.job,
+            log_dir: self.log_dir,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            sites,
+            disabled_left_out,
+        };
+        if let Some(id) = report.job {
+            let (state, error) = if report.exit_code() == 0 {
+                ("done", None)
+            } else if report.count(SiteStatus::Ok) + report.count(SiteStatus::Skipped) == 0 {
+                ("failed", Some(report.summary()))
+            } else {
+                ("partial", Some(report.summary()))
+            };
+            home.registry
+                .set_job_state(id, state, error.as_deref())
+                .await
+                .context("recording the end of the fleet run")?;
+            crate::cancel::forget_job(id);
+        }
+        Ok(report)
+    }
+}
+
+/// `20261123-063700` (UTC).
+pub fn utc_stamp(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A directory only root (or vmoodle's user) reads: logs may show site data.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(1_795_416_000), "20261123-064000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+    }
+
+    #[test]
+    fn exit_codes() {
+        let o = |s| SiteOutcome {
+            instance: "a".into(),
+            host: "a".into(),
+            status: s,
+            exit_code: None,
+            duration_ms: 0,
+            message: String::new(),
+            log: None,
+            data: serde_json::Value::Null,
+        };
+        let r = |sites| FleetReport {
+            operation: "run".into(),
+            job: None,
+            log_dir: PathBuf::new(),
+            elapsed_ms: 0,
+            sites,
+            disabled_left_out: vec![],
+        };
+        assert_eq!(
+            r(vec![o(SiteStatus::Ok), o(SiteStatus::Skipped)]).exit_code(),
+            0
+        );
+        assert_eq!(
+            r(vec![o(SiteStatus::Ok), o(SiteStatus::Timeout)]).exit_code(),
+            3
+        );
+        assert_eq!(r(vec![o(SiteStatus::NotStarted)]).exit_code(), 3);
+        assert_eq!(
+            r(vec![o(SiteStatus::Ok), o(SiteStatus::Failed)]).summary(),
+            "1 ok, 1 failed"
+        );
+    }
+}
