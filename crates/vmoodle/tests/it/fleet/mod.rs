@@ -18,6 +18,7 @@ pub(crate) struct LiveFleet {
     pub(crate) port: u16,
     /// The deployed instances' shortnames (= their tokens).
     pub(crate) tokens: Vec<String>,
+    #[allow(dead_code)] // the template the instances came from (upgrade tests snapshot again)
     pub(crate) template: String,
 }
 
