@@ -127,6 +127,8 @@ pub enum Op {
     TemplateDelete {
         name: String,
     },
+    /// A fleet operation (script, cron, upgrade, setting) on a selection of instances.
+    Fleet(crate::fleet::FleetParams),
 }
 
 fn default_parallel() -> usize {
@@ -150,6 +152,10 @@ impl Op {
             Op::MnetRepair => "mnet repair",
             Op::SparesFill { .. } => "spares fill",
             Op::TemplateDelete { .. } => "template delete",
+            Op::Fleet(f) => match f.operation.name() {
+                "run" => "fleet-run",
+                _ => "fleet",
+            },
         }
     }
 
@@ -172,7 +178,14 @@ impl Op {
                 template, dbserver, ..
             } => format!("{template}@{dbserver}"),
             Op::TemplateDelete { name } => name.clone(),
+            Op::Fleet(f) => f.target(),
         }
+    }
+
+    /// Whether it changes the home and so runs under the home's lock (fleet operations change
+    /// sites, each under its own lock in the register).
+    fn takes_home_lock(&self) -> bool {
+        !matches!(self, Op::Fleet(_))
     }
 
     /// Checks what can be checked without the lock, so a form shows the error at once.
@@ -219,6 +232,7 @@ impl Op {
                 home.registry.template(name).await?;
             }
             Op::MnetRenew { .. } | Op::MnetRepair => {}
+            Op::Fleet(f) => f.check(home).await?,
         }
         Ok(())
     }
@@ -299,6 +313,15 @@ impl Op {
             Op::TemplateDelete { name } => {
                 vmoodle_ops::templates::delete(home, name).await?;
                 serde_json::json!({ "deleted": name })
+            }
+            Op::Fleet(f) => {
+                // The fleet run ends its job row itself (done, partial or failed).
+                let r = f.run(home, &|_| {}).await?;
+                let state = match r.exit_code() {
+                    0 => "done",
+                    _ => "partial",
+                };
+                return Ok((state, serde_json::to_value(&r)?));
             }
         };
         Ok(("done", v))
@@ -426,7 +449,12 @@ pub async fn submit(state: &AppState, actor: &str, op: Op) -> Result<i64> {
 
 async fn run_job(state: &AppState, id: i64, actor: &str, op: Op) {
     let reg = &state.home.registry;
-    let home = match Home::open_locked(&state.cfg.root).await {
+    let opened = if op.takes_home_lock() {
+        Home::open_locked(&state.cfg.root).await
+    } else {
+        Home::open(&state.cfg.root).await
+    };
+    let home = match opened {
         Ok(h) => h,
         Err(e) => {
             let _ = reg

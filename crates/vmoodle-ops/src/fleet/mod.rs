@@ -382,16 +382,17 @@ impl FleetRun {
     pub async fn start(home: &Home, operation: &str, target: &str) -> Result<Self> {
         let ctx = home.job_context();
         let owner = crate::journal::this_owner();
-        let job = home
-            .registry
-            .start_job_by(
-                &format!("fleet-{operation}"),
-                target,
-                &owner,
-                &ctx.actor,
-                ctx.parent,
-            )
-            .await?;
+        let kind = format!("fleet-{operation}");
+        // The daemon queued the row already (its page exists): take it over.
+        let job = match home.take_adopt() {
+            Some(id) if home.registry.adopt_job(id, &kind, target, &owner).await? => id,
+            Some(id) => bail!("job {id} was cancelled before it started"),
+            None => {
+                home.registry
+                    .start_job_by(&kind, target, &owner, &ctx.actor, ctx.parent)
+                    .await?
+            }
+        };
         let stamp = utc_stamp(vmoodle_core::now_unix());
         let log_dir = home
             .root

@@ -103,22 +103,28 @@ impl MoodleCode {
             .map(|m| m.file_type().is_file())
             .unwrap_or(false);
         if !valid || !is_file {
-            let mut known: Vec<String> = std::fs::read_dir(&dir)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.ends_with(".php"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            known.sort();
             bail!(
                 "`{name}` is not one of Moodle's admin/cli scripts in {}; available: {}",
                 dir.display(),
-                known.join(", ")
+                self.cli_scripts().join(", ")
             );
         }
         Ok(path)
+    }
+
+    /// The names of Moodle's admin/cli scripts (regular files only), sorted.
+    pub fn cli_scripts(&self) -> Vec<String> {
+        let mut known: Vec<String> = std::fs::read_dir(self.dir.join("admin/cli"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".php"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        known.sort();
+        known
     }
 
     /// The version of the code (version.php: public/version.php in Moodle 5.x).

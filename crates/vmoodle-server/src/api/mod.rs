@@ -7,6 +7,7 @@
 
 mod dbservers;
 mod deploy;
+mod fleet;
 mod instances;
 mod jobs;
 mod misc;
@@ -59,6 +60,7 @@ pub fn build() -> Api {
     let api = dbservers::add(api);
     let api = mnet::add(api);
     let api = jobs::add(api);
+    let api = fleet::add(api);
     misc::add(api)
 }
 

@@ -3,6 +3,7 @@
 
 mod bulk;
 mod dbservers;
+mod fleet;
 mod instance;
 mod jobs;
 mod mnet;
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .merge(instance::routes())
         .merge(platform::routes())
         .merge(snapshot::routes())
+        .merge(fleet::routes())
         .merge(templates::routes())
         .merge(dbservers::routes())
         .merge(mnet::routes())

@@ -10,7 +10,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde::Deserialize;
@@ -340,14 +340,16 @@ async fn act(
             }]
         }
         "delete" => return confirm_delete(&state, &p, s.names).await,
-        a => {
-            return see_other(
-                &s.back,
-                &format!("Unknown action `{a}`: use enable, disable, snapshot, delete or renew."),
-            )
-        }
+        "fleet" => return to_fleet(&s.names),
+        a => return see_other(&s.back, &format!("Unknown action `{a}`: see the buttons.")),
     };
     start(&state, &p, ops, &s.back).await
+}
+
+/// A fleet operation on the selected rows: the fleet page, with them filled in.
+fn to_fleet(names: &[String]) -> Response {
+    let names: String = url::form_urlencoded::byte_serialize(names.join(",").as_bytes()).collect();
+    Redirect::to(&format!("/fleet?instances={names}")).into_response()
 }
 
 /// Submits each operation; redirects to the job when there is one, else to the jobs list.

@@ -200,6 +200,46 @@ pub fn wait_job(vm: &Vm, id: i64) -> serde_json::Value {
     }
 }
 
+/// Holds the home's lock (as a running CLI command would) until dropped.
+pub struct Locked {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Locked {
+    pub fn take(vm: &Vm) -> Self {
+        let root = vm.home.clone();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let home = rt.block_on(vmoodle_ops::Home::open_locked(&root)).unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = stop_rx.recv();
+            drop(home);
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap();
+        Self {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 mod api;
 mod api_schema;
 mod auth;

@@ -15,44 +15,6 @@ fn job_of(location: &str) -> i64 {
     rest.split(['?', '/']).next().unwrap().parse().unwrap()
 }
 
-/// Holds the home's lock (as a running CLI command would) until dropped.
-struct Locked {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Locked {
-    fn take(vm: &Vm) -> Self {
-        let root = vm.home.clone();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let home = rt.block_on(vmoodle_ops::Home::open_locked(&root)).unwrap();
-            ready_tx.send(()).unwrap();
-            let _ = stop_rx.recv();
-            drop(home);
-        });
-        ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-        Self {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A job started from the web stays queued while the CLI holds the lock; Cancel stops it before
 /// it starts; Retry runs its request again as a new job that ends; the list filters by state and
 /// by who started it.
