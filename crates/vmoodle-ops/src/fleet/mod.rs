@@ -12,6 +12,11 @@
 pub mod moodle;
 pub mod run;
 pub mod sitedb;
+pub mod sql;
+pub mod sql_text;
+pub mod config;
+pub mod report;
+pub mod compare;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
