@@ -351,7 +351,7 @@ pub async fn set(
                     let config = code.dir.join("config.php").display().to_string();
                     code.run_with_stdin(
                         &inst.host,
-                        Path::new("-"),
+                        Path::new("--"),
                         &[config],
                         opts.timeout,
                         &log,

@@ -72,11 +72,11 @@ pub struct SetCmd {
     /// The setting's name (letters, digits, `_`, `-`).
     #[arg(value_name = "NAME")]
     name: String,
-    /// The new value (or --value-stdin).
+    /// The new value (with --value-stdin there is none: the instances follow NAME).
     #[arg(value_name = "VALUE", required_unless_present = "value_stdin")]
     value: Option<String>,
     /// Read the value from stdin (all of it; one trailing newline is dropped).
-    #[arg(long, conflicts_with = "value")]
+    #[arg(long)]
     value_stdin: bool,
     /// The plugin (frankenstyle component); core when absent.
     #[arg(long, value_name = "PLUGIN")]
@@ -156,7 +156,14 @@ impl Cmd {
                 }
                 Ok(r.exit_code() as u8)
             }
-            Cmd::Set(c) => {
+            Cmd::Set(mut c) => {
+                if c.value_stdin {
+                    // `config set NAME --value-stdin school1`: the first positional after NAME
+                    // is an instance.
+                    if let Some(first) = c.value.take() {
+                        c.select.names.insert(0, first);
+                    }
+                }
                 let setting = Setting::new(&c.name, c.plugin.as_deref())?;
                 let change = if c.value_stdin {
                     let mut v = String::new();

@@ -74,9 +74,9 @@ fn config_across_sites(server: &str) {
         &["config", "set", "recaptchaprivatekey", "--value-stdin", a, "--json"],
         &format!("{secret}\n"),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["sites"][0]["status"], "ok", "{r}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         db_value(&da, "SELECT value FROM mdl_config WHERE name = 'recaptchaprivatekey'"),
         secret
