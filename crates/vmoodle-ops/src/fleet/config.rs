@@ -172,18 +172,24 @@ pub async fn get(
     let run = FleetRun::unjournaled(home, "config-get")?;
     let (code, run_ref) = (&code, &run);
     let outcomes = run
-        .for_each(home, &selected.instances, opts, &|_| {}, |inst| async move {
-            let log = run_ref.log_path(inst);
-            let mut o = SiteOutcome::new(inst, SiteStatus::Failed, "");
-            match read_value(code, inst, setting, opts.timeout, &log).await {
-                Ok((status, v)) => {
-                    o.status = status;
-                    o.data = serde_json::json!({ "value": v });
+        .for_each(
+            home,
+            &selected.instances,
+            opts,
+            &|_| {},
+            |inst| async move {
+                let log = run_ref.log_path(inst);
+                let mut o = SiteOutcome::new(inst, SiteStatus::Failed, "");
+                match read_value(code, inst, setting, opts.timeout, &log).await {
+                    Ok((status, v)) => {
+                        o.status = status;
+                        o.data = serde_json::json!({ "value": v });
+                    }
+                    Err(e) => o.message = e,
                 }
-                Err(e) => o.message = e,
-            }
-            o
-        })
+                o
+            },
+        )
         .await;
     let mut sites: Vec<SiteValue> = outcomes
         .into_iter()
@@ -233,7 +239,10 @@ pub fn mark_differences(sites: &mut [SiteValue]) -> Option<String> {
 #[derive(Debug, Clone)]
 pub enum Change {
     /// The value, and whether it came from stdin (then it never goes on a command line).
-    Set { value: String, from_stdin: bool },
+    Set {
+        value: String,
+        from_stdin: bool,
+    },
     Unset,
 }
 
@@ -296,7 +305,12 @@ pub async fn set(
     let run = if dry_run {
         FleetRun::unjournaled(home, op)?
     } else {
-        FleetRun::start(home, op, &format!("{} {}", setting.label(), selection.describe())).await?
+        FleetRun::start(
+            home,
+            op,
+            &format!("{} {}", setting.label(), selection.describe()),
+        )
+        .await?
     };
     let new = match change {
         Change::Set { value, .. } => Some(value.clone()),
@@ -342,7 +356,8 @@ pub async fn set(
                 } => {
                     let mut args = setting.args();
                     args.push(format!("--set={value}"));
-                    code.run(&inst.host, script, &args, opts.timeout, &log).await
+                    code.run(&inst.host, script, &args, opts.timeout, &log)
+                        .await
                 }
                 Change::Set {
                     value,
@@ -362,7 +377,8 @@ pub async fn set(
                 Change::Unset => {
                     let mut args = setting.args();
                     args.push("--unset".into());
-                    code.run(&inst.host, script, &args, opts.timeout, &log).await
+                    code.run(&inst.host, script, &args, opts.timeout, &log)
+                        .await
                 }
             };
             match r {
@@ -404,9 +420,14 @@ mod tests {
     #[test]
     fn names_follow_moodles_rules() {
         assert!(Setting::new("forcelogin", None).is_ok());
-        assert!(Setting::new("auth_instructions", Some("core")).unwrap().plugin.is_none());
+        assert!(Setting::new("auth_instructions", Some("core"))
+            .unwrap()
+            .plugin
+            .is_none());
         assert_eq!(
-            Setting::new("autohide", Some("tool_recyclebin")).unwrap().label(),
+            Setting::new("autohide", Some("tool_recyclebin"))
+                .unwrap()
+                .label(),
             "tool_recyclebin/autohide"
         );
         assert!(Setting::new("x;drop", None).is_err());
@@ -425,7 +446,12 @@ mod tests {
             differs: false,
             error: None,
         };
-        let mut s = vec![v("a", Some("1")), v("b", None), v("c", Some("1")), v("d", Some(""))];
+        let mut s = vec![
+            v("a", Some("1")),
+            v("b", None),
+            v("c", Some("1")),
+            v("d", Some("")),
+        ];
         assert_eq!(mark_differences(&mut s), Some("1".into()));
         let d: Vec<bool> = s.iter().map(|s| s.differs).collect();
         assert_eq!(d, vec![false, true, false, true]);

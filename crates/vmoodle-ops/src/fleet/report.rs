@@ -182,8 +182,8 @@ async fn read_db(home: &Home, inst: &Instance, now: i64, u: &mut Usage) -> Resul
         u.users = num(0);
         u.active_users = num(1);
         u.last_login = num(2).filter(|t| *t > 0);
-        u.courses = one(
-            c.rows(
+        u.courses = one(c
+            .rows(
                 &format!(
                     "SELECT {} FROM {} WHERE category > 0",
                     db.cast("COUNT(*)"),
@@ -191,18 +191,14 @@ async fn read_db(home: &Home, inst: &Instance, now: i64, u: &mut Usage) -> Resul
                 ),
                 &[],
             )
-            .await?,
-        );
+            .await?);
         let size = if db.kind.is_mysql_family() {
             format!(
                 "SELECT {} FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
                 db.cast("COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0)")
             )
         } else {
-            format!(
-                "SELECT {}",
-                db.cast("pg_database_size(current_database())")
-            )
+            format!("SELECT {}", db.cast("pg_database_size(current_database())"))
         };
         u.db_bytes = one(c.rows(&size, &[]).await?);
         let v = db.version(&mut c).await?;
@@ -238,7 +234,11 @@ pub fn dataroot_size(dir: &Path) -> Result<DirSize> {
         let e = match e {
             Ok(e) => e,
             // A file removed while walking (caches, sessions) is not an error.
-            Err(err) if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => continue,
+            Err(err)
+                if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) =>
+            {
+                continue
+            }
             Err(err) => return Err(err.into()),
         };
         if !e.file_type().is_file() {

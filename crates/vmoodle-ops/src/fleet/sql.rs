@@ -87,7 +87,10 @@ pub fn expand_tables(sql: &str, prefix: &str, kind: DbKind) -> String {
             && after.as_bytes()[0].is_ascii_lowercase()
             && after.as_bytes().get(name_len) == Some(&b'}');
         if valid {
-            out.push_str(&quote_ident(kind, &format!("{prefix}{}", &after[..name_len])));
+            out.push_str(&quote_ident(
+                kind,
+                &format!("{prefix}{}", &after[..name_len]),
+            ));
             rest = &after[name_len + 1..];
         } else {
             out.push('{');
@@ -284,11 +287,19 @@ mod tests {
     #[test]
     fn tables_expand_like_moodles() {
         assert_eq!(
-            expand_tables("SELECT * FROM {user} u JOIN {role_assignments} ra", "mdl_", DbKind::Pgsql),
+            expand_tables(
+                "SELECT * FROM {user} u JOIN {role_assignments} ra",
+                "mdl_",
+                DbKind::Pgsql
+            ),
             "SELECT * FROM \"mdl_user\" u JOIN \"mdl_role_assignments\" ra"
         );
         assert_eq!(
-            expand_tables("SELECT '{x' , {Bad}, {a-b}, {}, {ok1}", "p_", DbKind::Mariadb),
+            expand_tables(
+                "SELECT '{x' , {Bad}, {a-b}, {}, {ok1}",
+                "p_",
+                DbKind::Mariadb
+            ),
             "SELECT '{x' , {Bad}, {a-b}, {}, `p_ok1`"
         );
     }

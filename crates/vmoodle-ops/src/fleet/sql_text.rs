@@ -51,9 +51,13 @@ fn my_value(row: &sqlx::mysql::MySqlRow, i: usize) -> Option<String> {
     match base {
         "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
             if unsigned {
-                row.try_get_unchecked::<u64, _>(i).ok().map(|v| v.to_string())
+                row.try_get_unchecked::<u64, _>(i)
+                    .ok()
+                    .map(|v| v.to_string())
             } else {
-                row.try_get_unchecked::<i64, _>(i).ok().map(|v| v.to_string())
+                row.try_get_unchecked::<i64, _>(i)
+                    .ok()
+                    .map(|v| v.to_string())
             }
         }
         "FLOAT" => row.try_get::<f32, _>(i).ok().map(|v| v.to_string()),
@@ -321,10 +325,7 @@ mod tests {
             pg_numeric(&num(1, -1, 0x4000, 5, &[50])).unwrap(),
             "-0.00500"
         );
-        assert_eq!(
-            pg_numeric(&num(1, 1, 0, 0, &[7])).unwrap(),
-            "70000"
-        );
+        assert_eq!(pg_numeric(&num(1, 1, 0, 0, &[7])).unwrap(), "70000");
     }
 
     #[test]
@@ -335,10 +336,10 @@ mod tests {
             my_datetime(&[7, 0xEA, 0x07, 11, 23, 6, 40, 5], false).unwrap(),
             "2026-11-23 06:40:05"
         );
-        assert_eq!(my_datetime(&[4, 0xEA, 0x07, 11, 23], true).unwrap(), "2026-11-23");
         assert_eq!(
-            my_time(&[8, 1, 1, 0, 0, 0, 2, 3, 4]).unwrap(),
-            "-26:03:04"
+            my_datetime(&[4, 0xEA, 0x07, 11, 23], true).unwrap(),
+            "2026-11-23"
         );
+        assert_eq!(my_time(&[8, 1, 1, 0, 0, 0, 2, 3, 4]).unwrap(), "-26:03:04");
     }
 }

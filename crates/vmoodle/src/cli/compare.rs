@@ -69,7 +69,11 @@ impl Cmd {
                         None => "(not set)".to_string(),
                         Some(v) => super::fleet::shorten(v, 60),
                     }));
-                    line.push(if row.differs { "*".into() } else { String::new() });
+                    line.push(if row.differs {
+                        "*".into()
+                    } else {
+                        String::new()
+                    });
                     line
                 })
                 .collect();

@@ -110,8 +110,8 @@ impl Cmd {
         match self {
             Cmd::Get(c) => {
                 let setting = Setting::new(&c.name, c.plugin.as_deref())?;
-                let r = config::get(&home, &c.select.selection(), &setting, &c.run.options())
-                    .await?;
+                let r =
+                    config::get(&home, &c.select.selection(), &setting, &c.run.options()).await?;
                 if c.run.json {
                     output::json(&r)?;
                 } else {
@@ -188,7 +188,15 @@ impl Cmd {
             }
             Cmd::Unset(c) => {
                 let setting = Setting::new(&c.name, c.plugin.as_deref())?;
-                apply(&home, &c.select, &c.run, &setting, &Change::Unset, c.dry_run).await
+                apply(
+                    &home,
+                    &c.select,
+                    &c.run,
+                    &setting,
+                    &Change::Unset,
+                    c.dry_run,
+                )
+                .await
             }
         }
     }

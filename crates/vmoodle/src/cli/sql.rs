@@ -142,7 +142,11 @@ fn csv_field(v: &str) -> String {
 }
 
 fn csv_line(fields: &[String]) -> String {
-    fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",")
+    fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// RFC 4180 CSV; NULL is an empty field.

@@ -13,7 +13,12 @@ fn config_across_sites(server: &str) {
     let r = vm.json(&["config", "get", "forcelogin", a, b, c, "--json"]);
     let sites = r["sites"].as_array().unwrap();
     assert_eq!(sites.len(), 3, "{r}");
-    assert!(sites.iter().all(|s| s["status"] == "ok" && s["differs"] == false), "{r}");
+    assert!(
+        sites
+            .iter()
+            .all(|s| s["status"] == "ok" && s["differs"] == false),
+        "{r}"
+    );
     let before = sites[0]["value"].clone();
     assert_ne!(before, "1", "{r}");
 
@@ -24,7 +29,10 @@ fn config_across_sites(server: &str) {
     assert_eq!(r["sites"][0]["data"]["old"], before, "{r}");
     assert!(r["job"].is_null(), "{r}");
     assert_ne!(
-        db_value(&da, "SELECT COALESCE((SELECT value FROM mdl_config WHERE name = 'forcelogin'), 'none')"),
+        db_value(
+            &da,
+            "SELECT COALESCE((SELECT value FROM mdl_config WHERE name = 'forcelogin'), 'none')"
+        ),
         "1"
     );
 
@@ -35,15 +43,24 @@ fn config_across_sites(server: &str) {
     let job = r["job"].as_i64().unwrap().to_string();
     assert_eq!(vm.json(&["jobs", "show", &job, "--json"])["state"], "done");
     assert_eq!(
-        db_value(&da, "SELECT value FROM mdl_config WHERE name = 'forcelogin'"),
+        db_value(
+            &da,
+            "SELECT value FROM mdl_config WHERE name = 'forcelogin'"
+        ),
         "1"
     );
     assert_eq!(
-        db_value(&da, "SELECT COUNT(*) FROM mdl_config_log WHERE name = 'forcelogin' AND value = '1'"),
+        db_value(
+            &da,
+            "SELECT COUNT(*) FROM mdl_config_log WHERE name = 'forcelogin' AND value = '1'"
+        ),
         "1"
     );
     assert_ne!(
-        db_value(&db, "SELECT COALESCE((SELECT value FROM mdl_config WHERE name = 'forcelogin'), 'none')"),
+        db_value(
+            &db,
+            "SELECT COALESCE((SELECT value FROM mdl_config WHERE name = 'forcelogin'), 'none')"
+        ),
         "1"
     );
     // Setting it again is a no-op, reported as skipped.
@@ -54,7 +71,11 @@ fn config_across_sites(server: &str) {
     let r = vm.json(&["config", "get", "forcelogin", a, b, c, "--json"]);
     assert_eq!(r["norm"], before, "{r}");
     let s = r["sites"].as_array().unwrap();
-    assert_eq!((s[0]["value"].clone(), s[0]["differs"].clone()), ("1".into(), true.into()), "{r}");
+    assert_eq!(
+        (s[0]["value"].clone(), s[0]["differs"].clone()),
+        ("1".into(), true.into()),
+        "{r}"
+    );
     assert_eq!(s[1]["differs"], false, "{r}");
     let table = vm.ok(&["config", "get", "forcelogin", a, b, c]);
     assert!(table.contains('*'), "{table}");
@@ -71,14 +92,28 @@ fn config_across_sites(server: &str) {
     // A value from stdin: set, never on a command line, never in the logs.
     let secret = "s3cr3t words; 'quoted' \"too\"";
     let out = vm.run_with_stdin(
-        &["config", "set", "recaptchaprivatekey", "--value-stdin", a, "--json"],
+        &[
+            "config",
+            "set",
+            "recaptchaprivatekey",
+            "--value-stdin",
+            a,
+            "--json",
+        ],
         &format!("{secret}\n"),
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["sites"][0]["status"], "ok", "{r}");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
-        db_value(&da, "SELECT value FROM mdl_config WHERE name = 'recaptchaprivatekey'"),
+        db_value(
+            &da,
+            "SELECT value FROM mdl_config WHERE name = 'recaptchaprivatekey'"
+        ),
         secret
     );
     for e in std::fs::read_dir(r["log_dir"].as_str().unwrap()).unwrap() {
@@ -88,7 +123,11 @@ fn config_across_sites(server: &str) {
 
     // compare config: the changed setting differs; the secret one is compared, not shown.
     let out = vm.run(&["compare", "config", a, b, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!text.contains("s3cr3t"), "{text}");
     let r: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -107,7 +146,14 @@ fn config_across_sites(server: &str) {
     assert_eq!(key["values"][0], "(hidden)", "{r}");
     assert!(row("siteidentifier").is_none(), "{r}");
     // Only differing rows unless --all-rows.
-    assert!(r["rows"].as_array().unwrap().iter().all(|x| x["differs"] == true), "{r}");
+    assert!(
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["differs"] == true),
+        "{r}"
+    );
     let all = vm.json(&["compare", "config", a, b, "--all-rows", "--json"]);
     assert!(all["rows"].as_array().unwrap().len() > r["rows"].as_array().unwrap().len());
 
@@ -120,23 +166,48 @@ fn config_across_sites(server: &str) {
     assert!(table.contains("(not set)"), "{table}");
 
     // A plugin's setting.
-    let r = vm.json(&["config", "get", "version", "--plugin", "mod_forum", a, "--json"]);
-    let v = r["sites"][0]["value"].as_str().unwrap_or_else(|| panic!("{r}"));
+    let r = vm.json(&[
+        "config",
+        "get",
+        "version",
+        "--plugin",
+        "mod_forum",
+        a,
+        "--json",
+    ]);
+    let v = r["sites"][0]["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
     assert_eq!(
         v,
-        db_value(&da, "SELECT value FROM mdl_config_plugins WHERE plugin = 'mod_forum' AND name = 'version'")
+        db_value(
+            &da,
+            "SELECT value FROM mdl_config_plugins WHERE plugin = 'mod_forum' AND name = 'version'"
+        )
     );
 
     // compare plugins: a version changed and a plugin missing on one site.
     db_value(&da, "UPDATE mdl_config_plugins SET value = '2000010100' WHERE plugin = 'mod_forum' AND name = 'version'");
-    db_value(&da, "DELETE FROM mdl_config_plugins WHERE plugin = 'block_rss_client' AND name = 'version'");
+    db_value(
+        &da,
+        "DELETE FROM mdl_config_plugins WHERE plugin = 'block_rss_client' AND name = 'version'",
+    );
     let r = vm.json(&["compare", "plugins", a, b, "--json"]);
     let rows = r["rows"].as_array().unwrap();
-    let forum = rows.iter().find(|x| x["key"] == "mod_forum").unwrap_or_else(|| panic!("{r}"));
+    let forum = rows
+        .iter()
+        .find(|x| x["key"] == "mod_forum")
+        .unwrap_or_else(|| panic!("{r}"));
     assert_eq!(forum["values"][0], "2000010100", "{r}");
     assert_ne!(forum["values"][1], "2000010100", "{r}");
-    let rss = rows.iter().find(|x| x["key"] == "block_rss_client").unwrap_or_else(|| panic!("{r}"));
-    assert!(rss["values"][0].is_null() && rss["values"][1].is_string(), "{r}");
+    let rss = rows
+        .iter()
+        .find(|x| x["key"] == "block_rss_client")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        rss["values"][0].is_null() && rss["values"][1].is_string(),
+        "{r}"
+    );
     assert_eq!(r["differing"], 2, "{r}");
     let table = vm.ok(&["compare", "plugins", a, b]);
     assert!(table.contains("(missing)"), "{table}");

@@ -31,7 +31,9 @@ fn usage_report(server: &str) {
     // Make the sites differ: one active user on a.
     db_value(
         &da,
-        &format!("UPDATE mdl_user SET lastaccess = {now}, currentlogin = {now} WHERE username = 'admin'"),
+        &format!(
+            "UPDATE mdl_user SET lastaccess = {now}, currentlogin = {now} WHERE username = 'admin'"
+        ),
     );
     // A hard link inside a's dataroot counts once.
     let ia = vm.json(&["instance", "show", a, "--json"]);
@@ -50,7 +52,10 @@ fn usage_report(server: &str) {
         let d = Db::of(&f, t);
         assert_eq!(s["instance"], t.as_str(), "{r}");
         assert!(s["error"].is_null(), "{r}");
-        let users = db_value(&d, "SELECT COUNT(*) FROM mdl_user WHERE deleted = 0 AND username <> 'guest'");
+        let users = db_value(
+            &d,
+            "SELECT COUNT(*) FROM mdl_user WHERE deleted = 0 AND username <> 'guest'",
+        );
         assert_eq!(s["users"].to_string(), users, "{r}");
         let since = now - 30 * 86_400;
         let active = db_value(
@@ -83,7 +88,10 @@ fn usage_report(server: &str) {
         );
     }
     let table = vm.ok(&["report", "usage", a, b]);
-    assert!(table.contains("TOTAL") && table.contains(a.as_str()), "{table}");
+    assert!(
+        table.contains("TOTAL") && table.contains(a.as_str()),
+        "{table}"
+    );
 
     // An unreachable site is reported, the others still are; exit 3.
     let user = vm.json(&["instance", "show", b, "--json"])["dbuser"]
@@ -105,7 +113,12 @@ fn usage_report(server: &str) {
     db_value(&db_b, &lock);
     let out = vm.run(&["report", "usage", a, b, "--json"]);
     db_value(&db_b, &unlock);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["sites"][0]["error"].is_null(), "{r}");
     assert!(r["sites"][1]["error"].is_string(), "{r}");

@@ -47,16 +47,41 @@ fn sql_across_sites(server: &str) {
     assert_eq!(sites.len(), 2, "{r}");
     for s in sites {
         assert_eq!(s["status"], "ok", "{r}");
-        assert_eq!(s["columns"], serde_json::json!(["id", "username", "deleted", "firstaccess"]));
-        assert_eq!(s["rows"].as_array().unwrap().len().to_string(), users, "{r}");
+        assert_eq!(
+            s["columns"],
+            serde_json::json!(["id", "username", "deleted", "firstaccess"])
+        );
+        assert_eq!(
+            s["rows"].as_array().unwrap().len().to_string(),
+            users,
+            "{r}"
+        );
     }
     assert_eq!(sites[0]["rows"][0][0], "1", "{r}");
     assert_eq!(sites[0]["rows"][0][1], "guest", "{r}");
-    let csv = vm.ok(&["sql", "SELECT username FROM {user} WHERE id = 2", a, b, "--format", "csv"]);
+    let csv = vm.ok(&[
+        "sql",
+        "SELECT username FROM {user} WHERE id = 2",
+        a,
+        b,
+        "--format",
+        "csv",
+    ]);
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines, vec!["instance,username", &format!("{a},admin"), &format!("{b},admin")], "{csv}");
+    assert_eq!(
+        lines,
+        vec![
+            "instance,username",
+            &format!("{a},admin"),
+            &format!("{b},admin")
+        ],
+        "{csv}"
+    );
     let table = vm.ok(&["sql", "SELECT username FROM {user} WHERE id = 2", a]);
-    assert!(table.contains("instance") && table.contains("admin"), "{table}");
+    assert!(
+        table.contains("instance") && table.contains("admin"),
+        "{table}"
+    );
 
     // Columns of any type come back as text: counts, sums, averages (NUMERIC/DECIMAL), floats,
     // NULL, dates, booleans.
@@ -78,10 +103,26 @@ fn sql_across_sites(server: &str) {
     assert_eq!(row[5], "2026-11-23", "{r}");
     assert!(row[6] == "1" || row[6] == "t", "{r}");
     // No rows: the columns are still named.
-    let r = vm.json(&["sql", "SELECT id, email FROM {user} WHERE id < 0", a, "--json"]);
-    assert_eq!(r["sites"][0]["columns"], serde_json::json!(["id", "email"]), "{r}");
+    let r = vm.json(&[
+        "sql",
+        "SELECT id, email FROM {user} WHERE id < 0",
+        a,
+        "--json",
+    ]);
+    assert_eq!(
+        r["sites"][0]["columns"],
+        serde_json::json!(["id", "email"]),
+        "{r}"
+    );
     // --max-rows keeps that many and says so.
-    let r = vm.json(&["sql", "SELECT name FROM {config}", a, "--max-rows", "3", "--json"]);
+    let r = vm.json(&[
+        "sql",
+        "SELECT name FROM {config}",
+        a,
+        "--max-rows",
+        "3",
+        "--json",
+    ]);
     assert_eq!(r["sites"][0]["rows"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(r["sites"][0]["truncated"], true, "{r}");
 
@@ -94,9 +135,16 @@ fn sql_across_sites(server: &str) {
         "CREATE TABLE {pwned} (id INT)",
     ] {
         let out = vm.run(&["sql", write, a, "--json"]);
-        assert_eq!(out.status.code(), Some(3), "{write}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{write}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let err = r["sites"][0]["error"].as_str().unwrap_or_else(|| panic!("{r}"));
+        let err = r["sites"][0]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"));
         assert_eq!(r["sites"][0]["status"], "failed", "{r}");
         let read_only = if server == "pg" {
             err.contains("read-only transaction")
@@ -111,8 +159,17 @@ fn sql_across_sites(server: &str) {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["sites"][0]["status"], "failed", "{r}");
     assert_eq!(db_value(&da, "SELECT COUNT(*) FROM mdl_user"), users);
-    assert_eq!(db_value(&da, "SELECT COUNT(*) FROM mdl_user WHERE firstname = 'Pwned'"), "0");
-    assert_eq!(db_value(&da, "SELECT COUNT(*) FROM mdl_config"), config_rows);
+    assert_eq!(
+        db_value(
+            &da,
+            "SELECT COUNT(*) FROM mdl_user WHERE firstname = 'Pwned'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        db_value(&da, "SELECT COUNT(*) FROM mdl_config"),
+        config_rows
+    );
     let pwned = if server == "pg" {
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'mdl_pwned'"
     } else {
@@ -121,19 +178,36 @@ fn sql_across_sites(server: &str) {
     assert_eq!(db_value(&da, pwned), "0");
 
     // One site fails (a table only the other has); the other answers; exit 3.
-    db_value(&dbb, "CREATE TABLE mdl_only_here (x INT); INSERT INTO mdl_only_here VALUES (42)");
+    db_value(
+        &dbb,
+        "CREATE TABLE mdl_only_here (x INT); INSERT INTO mdl_only_here VALUES (42)",
+    );
     if server == "pg" {
         let user = f.s.vm.json(&["instance", "show", b, "--json"])["dbuser"]
             .as_str()
             .unwrap()
             .to_string();
-        db_value(&dbb, &format!("GRANT SELECT ON mdl_only_here TO \"{user}\""));
+        db_value(
+            &dbb,
+            &format!("GRANT SELECT ON mdl_only_here TO \"{user}\""),
+        );
     }
     let out = vm.run(&["sql", "SELECT x FROM {only_here}", a, b, "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["sites"][0]["status"], "failed", "{r}");
-    assert!(r["sites"][0]["error"].as_str().unwrap().contains("only_here"), "{r}");
+    assert!(
+        r["sites"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("only_here"),
+        "{r}"
+    );
     assert_eq!(r["sites"][1]["status"], "ok", "{r}");
     assert_eq!(r["sites"][1]["rows"][0][0], "42", "{r}");
 
