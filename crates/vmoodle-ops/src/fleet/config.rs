@@ -334,8 +334,22 @@ pub async fn set(
                     return o;
                 }
             };
-            o.data = serde_json::json!({ "old": old, "new": new });
+            // A value from stdin is never shown (nor the one it replaces): not in the report,
+            // not in the job's log.
+            let hide = matches!(
+                change,
+                Change::Set {
+                    from_stdin: true,
+                    ..
+                }
+            );
+            let shown = |v: &Option<String>| match v {
+                Some(_) if hide => Some("(hidden)".to_string()),
+                other => other.clone(),
+            };
+            o.data = serde_json::json!({ "old": shown(&old), "new": shown(new) });
             let show = |v: &Option<String>| match v {
+                Some(_) if hide => "(hidden)".into(),
                 Some(v) => format!("{:?}", clip(v)),
                 None => "(not set)".into(),
             };
