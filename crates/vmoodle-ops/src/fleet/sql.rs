@@ -5,7 +5,8 @@
 //! statement after `;` is refused by the server's prepare), inside a read-only transaction that
 //! is rolled back at the end, with a statement time limit set on the server:
 //! - MariaDB/MySQL: `SET SESSION TRANSACTION READ ONLY` (so DDL, which commits implicitly, still
-//!   runs read-only), `SET SESSION max_statement_time`, `START TRANSACTION READ ONLY`;
+//!   runs read-only), `SET SESSION max_statement_time` (MySQL: `max_execution_time`),
+//!   `START TRANSACTION READ ONLY`;
 //! - PostgreSQL: `BEGIN READ ONLY`, `SET LOCAL statement_timeout`, and a first `SELECT 1` (the
 //!   transaction's snapshot is taken, so it cannot be switched to read-write any more).
 //!
@@ -182,13 +183,18 @@ async fn query_site(home: &Home, inst: &Instance, sql: &str, opts: &SqlOptions) 
     let db = SiteDb::new(home, inst).await?;
     let expanded = expand_tables(sql, &inst.prefix, db.kind);
     let mut conn = db.conn().await?;
-    let r = read_only_query(&mut conn, &expanded, opts).await;
+    let r = read_only_query(&mut conn, db.kind, &expanded, opts).await;
     vmoodle_dbserver::close(conn).await;
     r
 }
 
 /// The statement, alone, in a read-only transaction rolled back at the end.
-async fn read_only_query(conn: &mut Conn, sql: &str, opts: &SqlOptions) -> Result<Answer> {
+async fn read_only_query(
+    conn: &mut Conn,
+    kind: DbKind,
+    sql: &str,
+    opts: &SqlOptions,
+) -> Result<Answer> {
     use sqlx::Executor;
     let max = opts.max_rows;
     let server_err = |e: sqlx::Error| match e {
@@ -197,10 +203,21 @@ async fn read_only_query(conn: &mut Conn, sql: &str, opts: &SqlOptions) -> Resul
     };
     match conn {
         Conn::My(c) => {
-            let secs = opts.timeout.as_secs_f64().max(0.001);
             c.execute("SET SESSION TRANSACTION READ ONLY").await?;
-            c.execute(format!("SET SESSION max_statement_time = {secs:.3}").as_str())
-                .await?;
+            // MariaDB: max_statement_time (seconds, any statement); MySQL: max_execution_time
+            // (milliseconds, SELECT only; MySQL has no limit for other statements).
+            let limit = if kind == DbKind::Mysql {
+                format!(
+                    "SET SESSION max_execution_time = {}",
+                    opts.timeout.as_millis().max(1)
+                )
+            } else {
+                format!(
+                    "SET SESSION max_statement_time = {:.3}",
+                    opts.timeout.as_secs_f64().max(0.001)
+                )
+            };
+            c.execute(limit.as_str()).await?;
             c.execute("START TRANSACTION READ ONLY").await?;
             let mut columns = Vec::new();
             let mut rows = Vec::new();

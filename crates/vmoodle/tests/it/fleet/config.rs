@@ -121,7 +121,10 @@ fn config_across_sites(server: &str) {
     assert_eq!(r["sites"][0]["data"]["new"], "(hidden)", "{r}");
     let job = r["job"].as_i64().unwrap().to_string();
     let shown = vm.ok(&["jobs", "show", &job, "--json"]);
-    assert!(!shown.contains("s3cr3t") && shown.contains("(hidden)"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t") && shown.contains("(hidden)"),
+        "{shown}"
+    );
     for e in std::fs::read_dir(r["log_dir"].as_str().unwrap()).unwrap() {
         let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
         assert!(!text.contains("s3cr3t"), "{text}");

@@ -110,9 +110,19 @@ fn sql_across_sites(server: &str) {
              CAST('{\"a\":1}' AS JSONB) AS j, CAST('f' AS BOOLEAN) AS b, \
              CAST(123456789012 AS NUMERIC) AS big, CAST(0.0001 AS NUMERIC) AS small, \
              CAST('2026-11-23' AS DATE) + 1 AS day, INTERVAL '1 day' AS iv",
-            serde_json::json!(["2026-11-23 06:40:05", "-5", "1.250", "\\x00ff", "é", "{\"a\": 1}", "f",
-                "123456789012", "0.0001", "2026-11-24",
-                "(cannot show a INTERVAL value: cast it in the query, e.g. x::text)"])
+            serde_json::json!([
+                "2026-11-23 06:40:05",
+                "-5",
+                "1.250",
+                "\\x00ff",
+                "é",
+                "{\"a\": 1}",
+                "f",
+                "123456789012",
+                "0.0001",
+                "2026-11-24",
+                "(cannot show a INTERVAL value: cast it in the query, e.g. x::text)"
+            ])
             .as_array()
             .unwrap()
             .clone(),
@@ -123,8 +133,16 @@ fn sql_across_sites(server: &str) {
              CAST(1.25 AS DECIMAL(10,3)) AS d, X'00FF' AS bin, 'é' AS utf, \
              CAST('12:34:56' AS TIME) AS tm, CAST(18446744073709551615 AS UNSIGNED) AS u, \
              CAST('2026-11-23 06:40:05.5' AS DATETIME(6)) AS us",
-            serde_json::json!(["2026-11-23 06:40:05", "-5", "1.250", "0x00ff", "é", "12:34:56",
-                "18446744073709551615", "2026-11-23 06:40:05.500000"])
+            serde_json::json!([
+                "2026-11-23 06:40:05",
+                "-5",
+                "1.250",
+                "0x00ff",
+                "é",
+                "12:34:56",
+                "18446744073709551615",
+                "2026-11-23 06:40:05.500000"
+            ])
             .as_array()
             .unwrap()
             .clone(),
