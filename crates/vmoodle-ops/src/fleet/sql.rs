@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use vmoodle_core::DbKind;
-use vmoodle_dbserver::{quote_ident, Conn};
+use vmoodle_dbserver::{quote_ident, Conn, Param};
 use vmoodle_registry::Instance;
 
 use super::sitedb::SiteDb;
@@ -140,16 +140,13 @@ async fn one_site(home: &Home, inst: &Instance, sql: &str, opts: &SqlOptions) ->
         rows: Vec::new(),
         truncated: false,
     };
-    // The server's limit first; this one only catches a server that does not answer at all.
-    let guard = opts.timeout + Duration::from_secs(10);
-    let r = tokio::time::timeout(guard, query_site(home, inst, sql, opts)).await;
-    match r {
-        Ok(Ok((columns, rows, truncated))) => {
+    match query_site(home, inst, sql, opts).await {
+        Ok((columns, rows, truncated)) => {
             site.columns = columns;
             site.rows = rows;
             site.truncated = truncated;
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let msg = format!("{e:#}");
             site.status = if is_timeout_error(&msg) {
                 SiteStatus::Timeout
@@ -157,13 +154,6 @@ async fn one_site(home: &Home, inst: &Instance, sql: &str, opts: &SqlOptions) ->
                 SiteStatus::Failed
             };
             site.error = Some(msg);
-        }
-        Err(_) => {
-            site.status = SiteStatus::Timeout;
-            site.error = Some(format!(
-                "no answer from the database server within {} s",
-                guard.as_secs()
-            ));
         }
     }
     site.duration_ms = started.elapsed().as_millis() as u64;
@@ -183,9 +173,58 @@ async fn query_site(home: &Home, inst: &Instance, sql: &str, opts: &SqlOptions) 
     let db = SiteDb::new(home, inst).await?;
     let expanded = expand_tables(sql, &inst.prefix, db.kind);
     let mut conn = db.conn().await?;
-    let r = read_only_query(&mut conn, db.kind, &expanded, opts).await;
-    vmoodle_dbserver::close(conn).await;
-    r
+    let backend = conn
+        .column(
+            if db.kind.is_mysql_family() {
+                "SELECT CAST(CONNECTION_ID() AS CHAR)"
+            } else {
+                "SELECT pg_backend_pid()::text"
+            },
+            &[],
+        )
+        .await?
+        .pop()
+        .unwrap_or_default();
+    // The server's limit stops the statement; this one catches a statement that lifted it
+    // (`SET STATEMENT max_statement_time = 0 FOR ...`) or a server that does not answer: the
+    // statement is cancelled from a second connection (an account may cancel its own).
+    let guard = opts.timeout + Duration::from_secs(5);
+    match tokio::time::timeout(guard, read_only_query(&mut conn, db.kind, &expanded, opts)).await {
+        Ok(r) => {
+            vmoodle_dbserver::close(conn).await;
+            r
+        }
+        Err(_) => {
+            drop(conn);
+            let cancelled = cancel(&db, &backend).await;
+            bail!(
+                "statement timeout: no answer within {} s; {}",
+                guard.as_secs(),
+                match cancelled {
+                    Ok(()) => "the statement was cancelled on the server".to_string(),
+                    Err(e) => format!("cancelling it on the server failed: {e:#}"),
+                }
+            )
+        }
+    }
+}
+
+/// Cancels the statement running on connection `backend` (its id on the server).
+async fn cancel(db: &SiteDb, backend: &str) -> Result<()> {
+    let id: i64 = backend
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("no connection id ({backend:?})"))?;
+    let mut c = db.conn().await?;
+    let r = if db.kind.is_mysql_family() {
+        c.exec(&format!("KILL QUERY {id}"), &[]).await.map(|_| ())
+    } else {
+        c.rows("SELECT pg_cancel_backend(?::int)::text", &[Param::I64(id)])
+            .await
+            .map(|_| ())
+    };
+    vmoodle_dbserver::close(c).await;
+    Ok(r?)
 }
 
 /// The statement, alone, in a read-only transaction rolled back at the end.
