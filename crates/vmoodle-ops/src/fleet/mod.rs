@@ -9,9 +9,14 @@
 //! `--all`, narrowed by `--subnetwork`, `--dbserver`, `--template`, `--match GLOB` and
 //! `--exclude`; disabled instances are left out unless `--include-disabled`.
 
+pub mod compare;
+pub mod config;
 pub mod moodle;
+pub mod report;
 pub mod run;
 pub mod sitedb;
+pub mod sql;
+pub mod sql_text;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;

@@ -158,7 +158,7 @@ impl MoodleCode {
             .await
     }
 
-    /// [`run`] with `script` `-` and a PHP program fed on stdin (for vmoodle's own small
+    /// [`run`] with `script` `--` and a PHP program fed on stdin (for vmoodle's own small
     /// scripts that bootstrap Moodle: `require $argv[1]` is the config.php).
     pub async fn run_with_stdin(
         &self,

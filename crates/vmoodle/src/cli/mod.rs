@@ -3,6 +3,8 @@
 //! JSON with `--json`) and diagnostics on stderr.
 
 mod admin;
+mod compare;
+mod config;
 mod dbserver;
 mod delete;
 mod deploy;
@@ -17,11 +19,13 @@ mod master;
 mod mnet;
 mod output;
 mod progress;
+mod report;
 mod schema;
 mod serve;
 mod settings;
 mod snapshot;
 mod spares;
+mod sql;
 mod template;
 
 use clap::{Parser, Subcommand};
@@ -135,6 +139,16 @@ enum Command {
     Admin(admin::Cmd),
     /// Run one of Moodle's admin/cli scripts for each selected instance.
     Run(fleet::RunCmd),
+    /// A Moodle setting across the fleet: get (differences marked), set, unset.
+    #[command(subcommand)]
+    Config(config::Cmd),
+    /// One read-only SQL query on each selected instance's database (`{user}` for mdl_user).
+    Sql(sql::Cmd),
+    /// Reports across the fleet: usage.
+    #[command(subcommand)]
+    Report(report::Cmd),
+    /// Compare instances: plugins and their versions, or core settings.
+    Compare(compare::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -278,6 +292,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(c) => c.run(&home).await,
         Command::Admin(c) => c.run(&home).await,
         Command::Run(c) => c.run(&home).await,
+        Command::Config(c) => c.run(&home).await,
+        Command::Sql(c) => c.run(&home).await,
+        Command::Report(c) => c.run(&home).await,
+        Command::Compare(c) => c.run(&home).await,
     }
 }
 

@@ -3,7 +3,10 @@
 //! database, and Moodle's own admin/cli scripts run for them by `vmoodle run`, `cron`,
 //! `upgrade`, `config`.
 
+mod config;
+mod report;
 mod run;
+mod sql;
 mod web;
 
 use crate::deploy::{deploy_json, setup, token, Setup};
