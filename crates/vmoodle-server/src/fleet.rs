@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
+use vmoodle_ops::fleet::config::{self, Change, Setting};
 use vmoodle_ops::fleet::{FleetEvent, FleetOptions, FleetReport, Selection};
 use vmoodle_ops::Home;
 
@@ -70,6 +71,25 @@ pub enum FleetOperation {
         #[serde(default)]
         args: Vec<String>,
     },
+    /// Set a Moodle setting (through admin/cli/cfg.php, so caches and the config log stay right).
+    ConfigSet {
+        name: String,
+        /// The plugin (component) of a plugin setting; empty or absent for core.
+        #[serde(default)]
+        plugin: Option<String>,
+        /// The new value (write-only when `secret`: never stored with the job, shown or logged).
+        #[serde(default)]
+        value: String,
+        /// The value is a secret: it is handed to Moodle on stdin and never shown or logged.
+        #[serde(default)]
+        secret: bool,
+    },
+    /// Remove a Moodle setting.
+    ConfigUnset {
+        name: String,
+        #[serde(default)]
+        plugin: Option<String>,
+    },
 }
 
 impl FleetOperation {
@@ -77,7 +97,26 @@ impl FleetOperation {
     pub fn name(&self) -> &'static str {
         match self {
             FleetOperation::Run { .. } => "run",
+            FleetOperation::ConfigSet { .. } => "config-set",
+            FleetOperation::ConfigUnset { .. } => "config-unset",
         }
+    }
+}
+
+impl FleetParams {
+    /// The request as the job records it: a secret value left out (a retry of such a job asks
+    /// for the value again).
+    pub fn for_record(&self) -> Self {
+        let mut p = self.clone();
+        if let FleetOperation::ConfigSet {
+            value,
+            secret: true,
+            ..
+        } = &mut p.operation
+        {
+            value.clear();
+        }
+        p
     }
 }
 
@@ -118,6 +157,30 @@ impl FleetParams {
     pub fn target(&self) -> String {
         let what = match &self.operation {
             FleetOperation::Run { script, .. } => script.clone(),
+            FleetOperation::ConfigSet {
+                name,
+                plugin,
+                value,
+                secret,
+            } => format!(
+                "{}{name} = {}",
+                plugin
+                    .as_deref()
+                    .map(|p| format!("{p}/"))
+                    .unwrap_or_default(),
+                if *secret {
+                    "(hidden)".to_string()
+                } else {
+                    vmoodle_ops::fleet::config::clip(value)
+                }
+            ),
+            FleetOperation::ConfigUnset { name, plugin } => format!(
+                "unset {}{name}",
+                plugin
+                    .as_deref()
+                    .map(|p| format!("{p}/"))
+                    .unwrap_or_default()
+            ),
         };
         format!("{what} {}", self.selection.selection().describe())
             .trim()
@@ -136,9 +199,24 @@ impl FleetParams {
                 self.timeout_secs
             );
         }
+        let code = vmoodle_ops::fleet::moodle::MoodleCode::from_home(home)?;
         match &self.operation {
             FleetOperation::Run { script, .. } => {
-                vmoodle_ops::fleet::moodle::MoodleCode::from_home(home)?.cli_script(script)?;
+                code.cli_script(script)?;
+            }
+            FleetOperation::ConfigSet {
+                name,
+                plugin,
+                value,
+                secret,
+            } => {
+                Setting::new(name, plugin.as_deref())?;
+                if *secret && value.is_empty() {
+                    bail!("the value of a secret setting is not kept with a job: give it again");
+                }
+            }
+            FleetOperation::ConfigUnset { name, plugin } => {
+                Setting::new(name, plugin.as_deref())?;
             }
         }
         self.selection.selection().resolve(home).await?;
@@ -156,6 +234,23 @@ impl FleetParams {
         match &self.operation {
             FleetOperation::Run { script, args } => {
                 vmoodle_ops::fleet::run::run_script(home, &sel, script, args, &opts, events).await
+            }
+            FleetOperation::ConfigSet {
+                name,
+                plugin,
+                value,
+                secret,
+            } => {
+                let change = Change::Set {
+                    value: value.clone(),
+                    from_stdin: *secret,
+                };
+                let setting = Setting::new(name, plugin.as_deref())?;
+                config::set(home, &sel, &setting, &change, false, &opts, events).await
+            }
+            FleetOperation::ConfigUnset { name, plugin } => {
+                let setting = Setting::new(name, plugin.as_deref())?;
+                config::set(home, &sel, &setting, &Change::Unset, false, &opts, events).await
             }
         }
     }

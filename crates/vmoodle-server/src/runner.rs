@@ -154,6 +154,8 @@ impl Op {
             Op::TemplateDelete { .. } => "template delete",
             Op::Fleet(f) => match f.operation.name() {
                 "run" => "fleet-run",
+                "config-set" => "fleet-config-set",
+                "config-unset" => "fleet-config-unset",
                 _ => "fleet",
             },
         }
@@ -420,7 +422,11 @@ impl Runner {
 /// queued job, and runs it in the background. Returns the job id.
 pub async fn submit(state: &AppState, actor: &str, op: Op) -> Result<i64> {
     op.check(&*state.fresh().await?).await?;
-    let params = serde_json::to_string(&op)?;
+    // What the job records of the request: never a secret.
+    let params = match &op {
+        Op::Fleet(f) => serde_json::to_string(&Op::Fleet(f.for_record()))?,
+        op => serde_json::to_string(op)?,
+    };
     let id = state
         .home
         .registry

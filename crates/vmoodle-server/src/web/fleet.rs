@@ -39,6 +39,11 @@ pub struct FleetForm {
     pub script: String,
     /// The script's arguments, one per line.
     pub args: String,
+    /// A setting's name, plugin and value; `secret` hides the value.
+    pub name: String,
+    pub plugin: String,
+    pub value: String,
+    pub secret: Option<String>,
     pub parallel: String,
     pub timeout: String,
     pub max_failures: String,
@@ -123,6 +128,28 @@ impl FleetForm {
                         .collect(),
                 }
             }
+            "config_set" | "config_unset" => {
+                let plugin = Some(self.plugin.trim().to_string()).filter(|p| !p.is_empty());
+                let name = self.name.trim().to_string();
+                if let Err(e) = vmoodle_ops::fleet::config::Setting::new(&name, plugin.as_deref()) {
+                    let field = if format!("{e}").contains("--plugin") {
+                        "plugin"
+                    } else {
+                        "name"
+                    };
+                    errors.insert(field.into(), format!("{e:#}").replace("--plugin ", ""));
+                }
+                if self.op == "config_set" {
+                    FleetOperation::ConfigSet {
+                        name,
+                        plugin,
+                        value: self.value.clone(),
+                        secret: self.secret.is_some(),
+                    }
+                } else {
+                    FleetOperation::ConfigUnset { name, plugin }
+                }
+            }
             other => {
                 errors.insert(
                     "op".into(),
@@ -144,7 +171,11 @@ impl FleetForm {
 }
 
 /// The operations the page offers.
-const OPS: &[(&str, &str)] = &[("run", "Run a Moodle CLI script")];
+const OPS: &[(&str, &str)] = &[
+    ("run", "Run a Moodle CLI script"),
+    ("config_set", "Change a setting"),
+    ("config_unset", "Remove a setting"),
+];
 
 #[derive(Template)]
 #[template(path = "fleet.html")]
@@ -244,7 +275,9 @@ async fn post(
         Ok(id) => Redirect::to(&format!("/jobs/{id}")).into_response(),
         Err(e) => {
             let msg = format!("{e:#}");
-            let field = if msg.contains("admin/cli") || msg.contains("moodle.dir") {
+            let field = if msg.contains("secret setting") {
+                "value"
+            } else if msg.contains("admin/cli") || msg.contains("moodle.dir") {
                 "script"
             } else if msg.contains("parallel") {
                 "parallel"

@@ -90,6 +90,71 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
     assert_eq!(status, 200);
     assert!(page.contains(&format!("{a}: ok")), "{page}");
 
+    // A setting through the page (Moodle's cfg.php), seen by `config get`.
+    let (status, location) = br.post_form(
+        "/fleet",
+        "/fleet",
+        &[
+            ("op", "config_set"),
+            ("name", "forcelogin"),
+            ("value", "1"),
+            ("instances", &a),
+            ("action", "run"),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
+    let j = wait_job(vm, id);
+    assert_eq!(
+        (j["state"].as_str(), j["kind"].as_str()),
+        (Some("done"), Some("fleet-config-set")),
+        "{j}"
+    );
+    let r = vm.json(&["config", "get", "forcelogin", &a, &b, "--json"]);
+    assert_eq!(r["sites"][0]["value"], "1", "{r}");
+    assert_ne!(r["sites"][1]["value"], "1", "{r}");
+    // A secret value: set, but never on the job's page, in its log or its recorded request.
+    let secret = "s3cr3t-Value-93f1";
+    let (status, location) = br.post_form(
+        "/fleet",
+        "/fleet",
+        &[
+            ("op", "config_set"),
+            ("name", "smtppass"),
+            ("value", secret),
+            ("secret", "1"),
+            ("instances", &b),
+            ("action", "run"),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
+    let j = wait_job(vm, id);
+    assert_eq!(j["state"], "done", "{j}");
+    assert!(!j.to_string().contains(secret), "{j}");
+    let (_, page) = br.get(&location);
+    assert!(!page.contains(secret), "{page}");
+    assert_eq!(
+        crate::deploy::pg_value(
+            &format!("vmt_{b}"),
+            "SELECT value FROM mdl_config WHERE name = 'smtppass'"
+        ),
+        secret
+    );
+    // A bad setting name is refused on the form.
+    let (status, page) = br.post_form(
+        "/fleet",
+        "/fleet",
+        &[
+            ("op", "config_set"),
+            ("name", "bad name;"),
+            ("all", "1"),
+            ("action", "run"),
+        ],
+    );
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("is not a Moodle setting name"), "{page}");
+
     // The API: a write token starts it; a read token may only look.
     let api = reqwest::blocking::Client::new();
     let body = serde_json::json!({
