@@ -845,7 +845,7 @@ async fn pg_clone(spec: &ConnSpec, template_db: &str, db: &str, owner: &str) -> 
 
 /// PostgreSQL: the instance's role owns its database and every table and sequence in it, nobody
 /// else may connect, and the tables carry the instance's prefix.
-async fn pg_hand_over(
+pub(crate) async fn pg_hand_over(
     spec: &ConnSpec,
     db: &str,
     owner: &str,

@@ -10,8 +10,10 @@
 //! `--exclude`; disabled instances are left out unless `--include-disabled`.
 
 pub mod moodle;
+pub mod rollback;
 pub mod run;
 pub mod sitedb;
+pub mod upgrade;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;

@@ -23,6 +23,7 @@ mod settings;
 mod snapshot;
 mod spares;
 mod template;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -135,6 +136,8 @@ enum Command {
     Admin(admin::Cmd),
     /// Run one of Moodle's admin/cli scripts for each selected instance.
     Run(fleet::RunCmd),
+    /// Upgrade the sites behind the Moodle code; status and rollback of upgrades.
+    Upgrade(Box<upgrade::Cmd>),
 }
 
 pub fn main() -> ExitCode {
@@ -278,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(c) => c.run(&home).await,
         Command::Admin(c) => c.run(&home).await,
         Command::Run(c) => c.run(&home).await,
+        Command::Upgrade(c) => c.run(&home).await,
     }
 }
 
