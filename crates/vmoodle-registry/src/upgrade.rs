@@ -98,7 +98,11 @@ impl Registry {
     }
 
     /// Records the pre-upgrade snapshot of a site (a template's name), or forgets it.
-    pub async fn set_upgrade_snapshot(&self, instance_id: i64, snapshot: Option<&str>) -> Result<()> {
+    pub async fn set_upgrade_snapshot(
+        &self,
+        instance_id: i64,
+        snapshot: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("UPDATE upgrades SET snapshot = $1 WHERE instance_id = $2")
             .bind(snapshot)
             .bind(instance_id)

@@ -132,7 +132,11 @@ pub async fn rollback(
     };
     let row = row.expect("a snapshot comes from a row");
     if row.state == "running" && crate::journal::owner_alive(&row.owner) {
-        bail!("`{}` is being upgraded right now (by {}); wait for it to end", inst.shortname, row.owner);
+        bail!(
+            "`{}` is being upgraded right now (by {}); wait for it to end",
+            inst.shortname,
+            row.owner
+        );
     }
     let template = home.registry.find_template(&snapshot).await?.ok_or_else(|| {
         anyhow!(
@@ -145,7 +149,11 @@ pub async fn rollback(
     if manifest.source.kind != server.kind || manifest.source.prefix != inst.prefix {
         bail!(
             "the snapshot `{snapshot}` ({} tables `{}*`) does not fit `{}` ({} tables `{}*`)",
-            manifest.source.kind, manifest.source.prefix, inst.shortname, server.kind, inst.prefix
+            manifest.source.kind,
+            manifest.source.prefix,
+            inst.shortname,
+            server.kind,
+            inst.prefix
         );
     }
     let code = MoodleCode::from_home(home)?;
@@ -156,26 +164,56 @@ pub async fn rollback(
     if let Some(busy) = lock_site(home, &inst, &owner, Duration::from_secs(3600)).await? {
         bail!("`{}` is busy: {busy}", inst.shortname);
     }
-    let mut j = crate::journal::Journal::start(home, "upgrade-rollback", &inst.shortname, 3, events).await?;
+    let mut j =
+        crate::journal::Journal::start(home, "upgrade-rollback", &inst.shortname, 3, events)
+            .await?;
     let r = async {
         let timeout = Duration::from_secs(600);
         j.step("maintenance on").await?;
-        script(&code, &inst, "maintenance.php", &["--enable"], timeout, &log).await?;
+        script(
+            &code,
+            &inst,
+            "maintenance.php",
+            &["--enable"],
+            timeout,
+            &log,
+        )
+        .await?;
         j.step("restore the database").await?;
         let spec = dbservers::admin_spec(home, &server)?;
         drop_tables(&spec, &inst).await?;
-        tools::load(&templates::clients(home)?, &spec, &inst.dbname, &dir.join(&manifest.database.file))
-            .await
-            .context("loading the pre-upgrade dump")?;
+        tools::load(
+            &templates::clients(home)?,
+            &spec,
+            &inst.dbname,
+            &dir.join(&manifest.database.file),
+        )
+        .await
+        .context("loading the pre-upgrade dump")?;
         if !server.kind.is_mysql_family() {
-            crate::deploy::pg_hand_over(&spec, &inst.dbname, &inst.dbuser, &inst.prefix, &inst.prefix).await?;
+            crate::deploy::pg_hand_over(
+                &spec,
+                &inst.dbname,
+                &inst.dbuser,
+                &inst.prefix,
+                &inst.prefix,
+            )
+            .await?;
         }
         j.step("maintenance").await?;
         let v = db_version(home, &inst).await?;
         let pending = is_pending(&code, &inst, timeout, &log).await?;
         if !pending {
             script(&code, &inst, "purge_caches.php", &[], timeout, &log).await?;
-            script(&code, &inst, "maintenance.php", &["--disable"], timeout, &log).await?;
+            script(
+                &code,
+                &inst,
+                "maintenance.php",
+                &["--disable"],
+                timeout,
+                &log,
+            )
+            .await?;
         }
         anyhow::Ok((v, pending))
     }
@@ -186,14 +224,19 @@ pub async fn rollback(
         Ok((v, pending)) => {
             let job = j.id;
             j.finish().await?;
-            home.registry.finish_upgrade(inst.id, "rolled_back", None, now).await?;
+            home.registry
+                .finish_upgrade(inst.id, "rolled_back", None, now)
+                .await?;
             let message = if pending {
                 format!(
-                    "`{}` is back at its pre-upgrade database ({}), behind the code ({}): it stays in maintenance. Revert the code to the old version and `vmoodle run maintenance.php {} -- --disable`, or fix what failed and run `vmoodle upgrade {}` again",
+                    "`{}` is back at its pre-upgrade database (Moodle {}); the code (Moodle {}) is ahead of it, its upgrade is pending, so it stays in maintenance. Revert the code to the old version and `vmoodle run maintenance.php {} -- --disable`, or fix what failed and run `vmoodle upgrade {}` again",
                     inst.shortname, v.version, cv.version, inst.shortname, inst.shortname
                 )
             } else {
-                format!("`{}` is back at its pre-upgrade database ({}) and out of maintenance", inst.shortname, v.version)
+                format!(
+                    "`{}` is back at its pre-upgrade database ({}) and out of maintenance",
+                    inst.shortname, v.version
+                )
             };
             Ok(RollbackOutcome {
                 instance: inst.shortname.clone(),
@@ -256,7 +299,11 @@ async fn drop_tables(spec: &vmoodle_dbserver::ConnSpec, inst: &Instance) -> Resu
     let stmts: Vec<String> = names
         .chunks(100)
         .map(|ch| {
-            let list = ch.iter().map(|n| quote_ident(kind, n)).collect::<Vec<_>>().join(", ");
+            let list = ch
+                .iter()
+                .map(|n| quote_ident(kind, n))
+                .collect::<Vec<_>>()
+                .join(", ");
             if kind.is_mysql_family() {
                 format!("DROP TABLE IF EXISTS {list}")
             } else {
@@ -264,7 +311,13 @@ async fn drop_tables(spec: &vmoodle_dbserver::ConnSpec, inst: &Instance) -> Resu
             }
         })
         .collect();
-    admin::run(spec, Some(&inst.dbname), "dropping the upgraded tables", &stmts).await?;
+    admin::run(
+        spec,
+        Some(&inst.dbname),
+        "dropping the upgraded tables",
+        &stmts,
+    )
+    .await?;
     if !kind.is_mysql_family() {
         // Sequences of their own (not owned by a dropped table).
         admin::run(

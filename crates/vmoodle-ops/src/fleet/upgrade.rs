@@ -49,10 +49,14 @@ pub async fn is_pending(
     match r.exit_code {
         Some(0) => Ok(false),
         Some(2) => Ok(true),
-        _ if r.timed_out => anyhow::bail!("upgrade.php --is-pending: killed after {} s", timeout.as_secs()),
+        _ if r.timed_out => anyhow::bail!(
+            "upgrade.php --is-pending: killed after {} s",
+            timeout.as_secs()
+        ),
         c => anyhow::bail!(
             "upgrade.php --is-pending ended with {}: {}",
-            c.map(|c| format!("exit code {c}")).unwrap_or_else(|| "a signal".into()),
+            c.map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| "a signal".into()),
             r.tail.lines().last().unwrap_or("")
         ),
     }
@@ -73,13 +77,21 @@ pub async fn db_version(home: &Home, inst: &Instance) -> Result<MoodleVersion> {
 
 /// Takes the upgrade and cron locks of a site (a lock left by a dead process on this node is
 /// taken over). Returns who holds the one it could not take.
-pub async fn lock_site(home: &Home, inst: &Instance, owner: &str, lease: Duration) -> Result<Option<String>> {
+pub async fn lock_site(
+    home: &Home,
+    inst: &Instance,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<String>> {
     let reg = &home.registry;
     let now = vmoodle_core::now_unix();
     let mut taken = Vec::new();
     for purpose in LOCKS {
         for l in reg.site_locks(purpose, now).await? {
-            if l.instance_id == inst.id && l.owner != owner && !crate::journal::owner_alive(&l.owner) {
+            if l.instance_id == inst.id
+                && l.owner != owner
+                && !crate::journal::owner_alive(&l.owner)
+            {
                 reg.unlock_site(inst.id, purpose, &l.owner).await?;
             }
         }
@@ -108,7 +120,10 @@ pub async fn lock_site(home: &Home, inst: &Instance, owner: &str, lease: Duratio
 pub async fn unlock_site(home: &Home, inst: &Instance, owner: &str) {
     for purpose in LOCKS {
         if let Err(e) = home.registry.unlock_site(inst.id, purpose, owner).await {
-            tracing::warn!("{}: cannot release its {purpose} lock: {e:#}", inst.shortname);
+            tracing::warn!(
+                "{}: cannot release its {purpose} lock: {e:#}",
+                inst.shortname
+            );
         }
     }
 }
@@ -119,7 +134,13 @@ pub fn snapshot_name(shortname: &str, unix: i64) -> String {
     let short: String = shortname
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(21)
         .collect();
     format!("pre_{short}_{}", super::utc_stamp(unix).replace('-', ""))
@@ -160,34 +181,47 @@ pub async fn upgrade(
         .collect();
     // 1. Which sites are behind the code.
     let (code_ref, run_ref, to_ref, interrupted_ref) = (&code, &run, &to, &interrupted);
-    let checks: Vec<(Instance, Result<(bool, String)>)> = futures::stream::iter(selected.instances.iter())
-        .map(|inst| async move {
-            let r = async {
-                let from = db_version(home, inst).await.map(|v| v.version).unwrap_or_default();
-                let resume = interrupted_ref.contains(&inst.id);
-                let pending = resume
-                    || is_pending(code_ref, inst, opts.fleet.timeout, &run_ref.log_path(inst)).await?;
-                anyhow::Ok((pending, from))
-            }
+    let checks: Vec<(Instance, Result<(bool, String)>)> =
+        futures::stream::iter(selected.instances.iter())
+            .map(|inst| async move {
+                let r = async {
+                    let from = db_version(home, inst)
+                        .await
+                        .map(|v| v.version)
+                        .unwrap_or_default();
+                    let resume = interrupted_ref.contains(&inst.id);
+                    let pending = resume
+                        || is_pending(code_ref, inst, opts.fleet.timeout, &run_ref.log_path(inst))
+                            .await?;
+                    anyhow::Ok((pending, from))
+                }
+                .await;
+                (inst.clone(), r)
+            })
+            .buffered(opts.fleet.parallel.max(1))
+            .collect()
             .await;
-            (inst.clone(), r)
-        })
-        .buffered(opts.fleet.parallel.max(1))
-        .collect()
-        .await;
     let mut sites = Vec::new();
     let mut todo: Vec<(Instance, String)> = Vec::new();
     for (inst, r) in checks {
         match r {
             Ok((true, from)) if opts.dry_run => {
-                let mut o = SiteOutcome::new(&inst, SiteStatus::Ok, format!("pending: {} -> {}", shown(&from), to_ref.version));
+                let mut o = SiteOutcome::new(
+                    &inst,
+                    SiteStatus::Ok,
+                    format!("pending: {} -> {}", shown(&from), to_ref.version),
+                );
                 o.data = serde_json::json!({"pending": true, "from_version": from, "to_version": to.version,
                     "interrupted": interrupted.contains(&inst.id)});
                 sites.push(o);
             }
             Ok((true, from)) => todo.push((inst, from)),
             Ok((false, from)) => {
-                let mut o = SiteOutcome::new(&inst, SiteStatus::Skipped, format!("up to date ({})", shown(&from)));
+                let mut o = SiteOutcome::new(
+                    &inst,
+                    SiteStatus::Skipped,
+                    format!("up to date ({})", shown(&from)),
+                );
                 o.data = serde_json::json!({"pending": false, "from_version": from, "to_version": to.version});
                 sites.push(o);
             }
@@ -233,7 +267,14 @@ pub async fn upgrade(
         let why = if canaries_ok {
             "not started: the failure budget ran out".to_string()
         } else {
-            format!("not started: a canary failed ({})", first.iter().map(|i| i.shortname.as_str()).collect::<Vec<_>>().join(", "))
+            format!(
+                "not started: a canary failed ({})",
+                first
+                    .iter()
+                    .map(|i| i.shortname.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         for inst in &rest {
             done.push(SiteOutcome::new(inst, SiteStatus::NotStarted, why.clone()));
@@ -253,7 +294,12 @@ fn shown(v: &str) -> &str {
 }
 
 fn sort_like(sites: &mut [SiteOutcome], order: &[Instance]) {
-    sites.sort_by_key(|o| order.iter().position(|i| i.shortname == o.instance).unwrap_or(usize::MAX));
+    sites.sort_by_key(|o| {
+        order
+            .iter()
+            .position(|i| i.shortname == o.instance)
+            .unwrap_or(usize::MAX)
+    });
 }
 
 /// One site's upgrade, every step recorded in its `upgrades` row.
@@ -313,7 +359,9 @@ async fn upgrade_site(
                 if !r.ok() {
                     anyhow::bail!(
                         "{step}: {name} ended with {}: {}",
-                        r.exit_code.map(|c| format!("exit code {c}")).unwrap_or_else(|| "a signal".into()),
+                        r.exit_code
+                            .map(|c| format!("exit code {c}"))
+                            .unwrap_or_else(|| "a signal".into()),
                         r.tail.lines().last().unwrap_or("")
                     );
                 }
@@ -393,7 +441,11 @@ impl std::error::Error for StepTimeout {}
 struct StepError;
 impl StepError {
     fn timeout(step: &str, t: Duration) -> anyhow::Error {
-        StepTimeout(format!("{step}: killed after {} s (time limit)", t.as_secs())).into()
+        StepTimeout(format!(
+            "{step}: killed after {} s (time limit)",
+            t.as_secs()
+        ))
+        .into()
     }
 }
 

@@ -89,7 +89,8 @@ impl Cmd {
                     return Ok(exit::ERROR);
                 }
                 let home = super::open_locked(root).await?;
-                let r = rollback::rollback(&home, &instance, &vmoodle_ops::journal::no_events).await?;
+                let r =
+                    rollback::rollback(&home, &instance, &vmoodle_ops::journal::no_events).await?;
                 if json {
                     output::json(&r)?;
                 } else {
@@ -158,7 +159,15 @@ async fn status(root: &Path, json: bool) -> anyhow::Result<u8> {
         })
         .collect();
     output::table(
-        &["instance", "database", "pending", "last upgrade", "step", "snapshot", "error"],
+        &[
+            "instance",
+            "database",
+            "pending",
+            "last upgrade",
+            "step",
+            "snapshot",
+            "error",
+        ],
         rows,
     );
     Ok(exit::OK)

@@ -4,6 +4,7 @@
 //! `upgrade`, `config`.
 
 mod run;
+mod upgrade;
 
 use crate::deploy::{deploy_json, setup, token, Setup};
 use crate::mnet_live::{free_port, serve, PhpServer, ROUTER};

@@ -1,0 +1,316 @@
+//! `vmoodle upgrade`: a local plugin added to the shared code and bumped, upgraded across live
+//! Moodle 5.1 sites on MariaDB and PostgreSQL, a failing site left in maintenance, rolled back
+//! from its pre-upgrade snapshot and upgraded again; a failing canary stops the wave.
+
+use super::LiveFleet;
+use crate::deploy::{my_value, pg_value};
+use std::path::Path;
+
+/// Writes (as new files, never in place: the copy is hard-linked to the shared unpack) a local
+/// plugin `local_vmtest` at `version` into the Moodle code. Its upgrade step to version 2 throws
+/// when the site's database has the setting `local_vmtest|failhere`, and otherwise records the
+/// marker `local_vmtest|marker`.
+pub(crate) fn write_plugin(moodle: &Path, version: u32) {
+    let dir = moodle.join("public/local/vmtest");
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::create_dir_all(dir.join("lang/en")).unwrap();
+    let put = |rel: &str, text: String| {
+        let p = dir.join(rel);
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, text).unwrap();
+    };
+    put(
+        "version.php",
+        format!(
+            "<?php\ndefined('MOODLE_INTERNAL') || die();\n$plugin->component = 'local_vmtest';\n\
+             $plugin->version = {version};\n$plugin->requires = 2025100600;\n$plugin->maturity = MATURITY_STABLE;\n"
+        ),
+    );
+    put(
+        "lang/en/local_vmtest.php",
+        "<?php\n$string['pluginname'] = 'vmoodle test plugin';\n".into(),
+    );
+    put(
+        "db/upgrade.php",
+        "<?php\ndefined('MOODLE_INTERNAL') || die();\n\
+         function xmldb_local_vmtest_upgrade($oldversion) {\n    global $DB;\n\
+             if ($oldversion < 2) {\n\
+                 if ($DB->record_exists('config_plugins', ['plugin' => 'local_vmtest', 'name' => 'failhere'])) {\n\
+                     throw new coding_exception('vmtest: failure asked for by this site');\n\
+                 }\n\
+                 set_config('marker', 'upgraded-to-2', 'local_vmtest');\n\
+                 upgrade_plugin_savepoint(true, 2, 'local', 'vmtest');\n\
+             }\n    return true;\n}\n"
+            .into(),
+    );
+    // The version.php replaced under a running php-cli's opcache would not matter: every
+    // script run is a new process.
+}
+
+/// Moodle's upgrade checks its environment, max_input_vars >= 5000 among it (`vmoodle doctor`
+/// checks it too); this machine's php-cli has the default 1000, so the home's php is a wrapper
+/// that raises it, as an administrator's php.ini would.
+fn php_with_moodle_env(f: &LiveFleet) {
+    use std::os::unix::fs::PermissionsExt;
+    let php = which_php();
+    let w = f.s._data.path().join("php-moodle-env");
+    std::fs::write(
+        &w,
+        format!("#!/bin/sh\nexec {php} -d max_input_vars=5000 \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    f.s.vm.set("executables.php", w.to_str().unwrap());
+}
+
+fn which_php() -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v php"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn upgrade_json(f: &LiveFleet, args: &[&str], code: i32) -> serde_json::Value {
+    let mut all = vec!["upgrade"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = f.s.vm.run(&all);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{err}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"))
+}
+
+fn site<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instance"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {r}"))
+}
+
+/// A value of a site's database on either backend.
+fn value(server: &str, token: &str, sql: &str) -> String {
+    if server == "maria" {
+        my_value(&format!("vmt_{token}"), sql)
+    } else {
+        pg_value(&format!("vmt_{token}"), sql)
+    }
+}
+
+fn plugin_version(server: &str, token: &str) -> String {
+    value(
+        server,
+        token,
+        "SELECT COALESCE((SELECT value FROM mdl_config_plugins WHERE plugin = 'local_vmtest' AND name = 'version'), 'none')",
+    )
+}
+
+fn marker(server: &str, token: &str) -> String {
+    value(
+        server,
+        token,
+        "SELECT COALESCE((SELECT value FROM mdl_config_plugins WHERE plugin = 'local_vmtest' AND name = 'marker'), 'none')",
+    )
+}
+
+fn maintenance(server: &str, f: &LiveFleet, token: &str) -> (String, bool) {
+    let v = value(
+        server,
+        token,
+        "SELECT COALESCE((SELECT value FROM mdl_config WHERE name = 'maintenance_enabled'), '0')",
+    );
+    (v, f.s.base.join(token).join("climaintenance.html").exists())
+}
+
+fn set_fail_flag(server: &str, token: &str, on: bool) {
+    let sql = if on {
+        "INSERT INTO mdl_config_plugins (plugin, name, value) VALUES ('local_vmtest', 'failhere', '1')"
+    } else {
+        "DELETE FROM mdl_config_plugins WHERE plugin = 'local_vmtest' AND name = 'failhere'"
+    };
+    if server == "maria" {
+        vmoodle_test::mariadb_sql(Some(&format!("vmt_{token}")), sql);
+    } else {
+        vmoodle_test::pg_sql(&format!("vmt_{token}"), sql);
+    }
+}
+
+#[test]
+fn upgrade_fail_rollback_and_again_on_mariadb() {
+    let mut f = LiveFleet::new("maria", 3);
+    php_with_moodle_env(&f);
+    let t: Vec<&str> = f.tokens.iter().map(|s| s.as_str()).collect();
+    let (a, b, c) = (t[0], t[1], t[2]);
+
+    // Nothing pending yet: every site is up to date.
+    let r = upgrade_json(&f, &[a, b, c, "--dry-run"], 0);
+    assert!(
+        r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "skipped"),
+        "{r}"
+    );
+
+    // The plugin appears in the code: install it everywhere.
+    write_plugin(&f.moodle, 1);
+    let r = upgrade_json(&f, &[a, b, c, "--dry-run"], 0);
+    assert!(
+        r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["data"]["pending"] == true),
+        "{r}"
+    );
+    let r = upgrade_json(&f, &[a, b, c], 0);
+    for x in [a, b, c] {
+        assert_eq!(site(&r, x)["status"], "ok", "{r}");
+        assert_eq!(plugin_version("maria", x), "1");
+    }
+
+    // Version 2; site c is made to fail.
+    write_plugin(&f.moodle, 2);
+    set_fail_flag("maria", c, true);
+    let r = upgrade_json(&f, &[a, b, c, "--snapshot", "--parallel", "2"], 3);
+    for x in [a, b] {
+        let s = site(&r, x);
+        assert_eq!(s["status"], "ok", "{r}");
+        let snap = s["data"]["snapshot"].as_str().unwrap().to_string();
+        assert!(snap.starts_with("pre_"), "{r}");
+        f.s.clean.templates.push(snap.clone());
+        assert_eq!(plugin_version("maria", x), "2");
+        assert_eq!(marker("maria", x), "upgraded-to-2");
+        assert_eq!(maintenance("maria", &f, x), ("0".into(), false));
+    }
+    let sc = site(&r, c);
+    assert_eq!(sc["status"], "failed", "{r}");
+    assert!(
+        sc["message"]
+            .as_str()
+            .unwrap()
+            .contains("left in maintenance"),
+        "{r}"
+    );
+    let log = std::fs::read_to_string(sc["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("vmtest: failure asked for by this site"),
+        "{log}"
+    );
+    assert_eq!(plugin_version("maria", c), "1");
+    assert_eq!(maintenance("maria", &f, c), ("cli mode".into(), true));
+
+    // Served: the upgraded sites answer, the failed one is in maintenance.
+    {
+        let _server = f.serve();
+        let (status, page) = f.get(a, "/login/index.php");
+        assert_eq!(status, 200, "{page}");
+        let (status, page) = f.get(b, "/login/index.php");
+        assert_eq!(status, 200, "{page}");
+        let (status, page) = f.get(c, "/login/index.php");
+        assert_eq!(status, 503, "{page}");
+    }
+
+    // Status: c failed at its upgrade step, with its snapshot and error; nothing else pending.
+    let st = f.s.vm.json(&["upgrade", "status", "--json"]);
+    let sc = site(&st, c);
+    assert_eq!(sc["pending"], true, "{st}");
+    assert_eq!(sc["last"]["state"], "failed", "{st}");
+    assert_eq!(sc["last"]["step"], "upgrade", "{st}");
+    let snap_c = sc["last"]["snapshot"].as_str().unwrap().to_string();
+    f.s.clean.templates.push(snap_c.clone());
+    assert_eq!(site(&st, a)["pending"], false, "{st}");
+    assert_eq!(site(&st, a)["last"]["state"], "ok", "{st}");
+
+    // Rollback of a (upgraded): its database is as before the upgrade (plugin 1, no marker);
+    // the code is ahead of it, so it stays in maintenance and says what to do.
+    let rb = f.s.vm.json(&["upgrade", "rollback", a, "--yes", "--json"]);
+    assert_eq!(rb["maintenance"], true, "{rb}");
+    assert!(
+        rb["message"].as_str().unwrap().contains("vmoodle upgrade"),
+        "{rb}"
+    );
+    assert_eq!(plugin_version("maria", a), "1");
+    assert_eq!(marker("maria", a), "none");
+    assert_eq!(maintenance("maria", &f, a).1, true);
+    // The instance's own account still reaches its restored database.
+    let st = f.s.vm.json(&["upgrade", "status", "--json"]);
+    assert_eq!(site(&st, a)["last"]["state"], "rolled_back", "{st}");
+    assert!(site(&st, a)["error"].is_null(), "{st}");
+
+    // Rollback of the failed c, the cause fixed, upgraded again: a and c are done and served.
+    let rb = f.s.vm.json(&["upgrade", "rollback", c, "--yes", "--json"]);
+    assert_eq!(rb["maintenance"], true, "{rb}");
+    set_fail_flag("maria", c, false);
+    let r = upgrade_json(&f, &[a, b, c], 0);
+    assert_eq!(site(&r, b)["status"], "skipped", "{r}");
+    for x in [a, c] {
+        assert_eq!(site(&r, x)["status"], "ok", "{r}");
+        assert_eq!(plugin_version("maria", x), "2");
+        assert_eq!(marker("maria", x), "upgraded-to-2");
+        assert_eq!(maintenance("maria", &f, x), ("0".into(), false));
+    }
+    let _server = f.serve();
+    let (status, page) = f.get(c, "/login/index.php");
+    assert_eq!(status, 200, "{page}");
+
+    // No snapshot in its last upgrade, no rollback.
+    let e = f.s.vm.fails(&["upgrade", "rollback", a, "--yes"], 1);
+    assert!(e.contains("no pre-upgrade snapshot"), "{e}");
+}
+
+#[test]
+fn failing_canary_stops_the_wave_on_postgres() {
+    let f = LiveFleet::new("pg", 3);
+    php_with_moodle_env(&f);
+    let mut t: Vec<&str> = f.tokens.iter().map(|s| s.as_str()).collect();
+    t.sort();
+    let (a, b, c) = (t[0], t[1], t[2]);
+    write_plugin(&f.moodle, 1);
+    let r = upgrade_json(&f, &[a, b, c, "--canary", "1"], 0);
+    for x in [a, b, c] {
+        assert_eq!(site(&r, x)["status"], "ok", "{r}");
+        assert_eq!(plugin_version("pg", x), "1");
+        assert_eq!(maintenance("pg", &f, x), ("0".into(), false));
+    }
+    write_plugin(&f.moodle, 2);
+    set_fail_flag("pg", a, true);
+    let r = upgrade_json(&f, &[a, b, c, "--canary", "1", "--parallel", "2"], 3);
+    assert_eq!(site(&r, a)["status"], "failed", "{r}");
+    for x in [b, c] {
+        assert_eq!(site(&r, x)["status"], "not_started", "{r}");
+        assert!(
+            site(&r, x)["message"].as_str().unwrap().contains("canary"),
+            "{r}"
+        );
+        assert_eq!(plugin_version("pg", x), "1");
+        assert_eq!(maintenance("pg", &f, x), ("0".into(), false));
+    }
+    assert_eq!(maintenance("pg", &f, a), ("cli mode".into(), true));
+    let job = r["job"].as_i64().unwrap();
+    let j = f.s.vm.json(&["jobs", "show", &job.to_string(), "--json"]);
+    assert_eq!(j["state"], "failed", "{j}");
+
+    // The cause fixed, the canary and then the rest go through.
+    set_fail_flag("pg", a, false);
+    let r = upgrade_json(&f, &[a, b, c, "--canary", "1"], 0);
+    for x in [a, b, c] {
+        assert_eq!(site(&r, x)["status"], "ok", "{r}");
+        assert_eq!(plugin_version("pg", x), "2");
+        assert_eq!(marker("pg", x), "upgraded-to-2");
+        assert_eq!(maintenance("pg", &f, x), ("0".into(), false));
+    }
+    let st = f.s.vm.json(&["upgrade", "status", "--json"]);
+    for x in [a, b, c] {
+        assert_eq!(site(&st, x)["pending"], false, "{st}");
+        assert_eq!(site(&st, x)["last"]["state"], "ok", "{st}");
+    }
+}
