@@ -458,3 +458,63 @@ mod tests {
         crate::templates::check_name(&n).unwrap();
     }
 }
+
+/// The code's version when a template's Moodle (its manifest's `config.version`) is behind it;
+/// None when it is not, or when the code is unknown (no `moodle.dir`).
+pub fn template_behind(home: &Home, m: &crate::templates::Manifest) -> Option<MoodleVersion> {
+    let code = MoodleCode::from_home(home).ok()?.code_version().ok()?;
+    (super::moodle::version_cmp(&m.moodle.version, &code.version) == std::cmp::Ordering::Less)
+        .then_some(code)
+}
+
+/// Moodle's CLI maintenance file in a (new, not yet served) dataroot: pages answer 503 until
+/// `maintenance.php --disable` removes it. Created new (never over an existing file).
+pub fn write_cli_maintenance(
+    dataroot: &Path,
+    owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dataroot.join("climaintenance.html");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o660)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&p)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?;
+    f.write_all(b"<h1>This site is being upgraded</h1>\n")?;
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::fchown(&f, Some(u.as_raw()), Some(g.as_raw()))?;
+    }
+    Ok(())
+}
+
+/// Upgrades a just-deployed site whose template was behind the code: `upgrade.php
+/// --non-interactive`, `purge_caches.php`, then `maintenance.php --disable` (which removes the
+/// maintenance file the deploy put in its dataroot). An error names the log.
+pub async fn upgrade_new_site(home: &Home, inst: &Instance, to: &str) -> Result<()> {
+    let code = MoodleCode::from_home(home)?;
+    let run = FleetRun::unjournaled(home, "deploy-upgrade")?;
+    let log = run.log_path(inst);
+    let timeout = Duration::from_secs(3600);
+    for (name, args) in [
+        ("upgrade.php", &["--non-interactive"][..]),
+        ("purge_caches.php", &[][..]),
+        ("maintenance.php", &["--disable"][..]),
+    ] {
+        let path = code.cli_script(name)?;
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let r = code.run(&inst.host, &path, &args, timeout, &log).await?;
+        if !r.ok() {
+            anyhow::bail!(
+                "the template is behind the code (Moodle {to}) and {name} failed for the new site: {} (log {})",
+                r.tail.lines().last().unwrap_or(""),
+                log.display()
+            );
+        }
+    }
+    // Recorded in the site facts.
+    db_version(home, inst).await?;
+    Ok(())
+}

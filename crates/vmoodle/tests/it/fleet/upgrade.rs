@@ -240,7 +240,7 @@ fn upgrade_fail_rollback_and_again_on_mariadb() {
     );
     assert_eq!(plugin_version("maria", a), "1");
     assert_eq!(marker("maria", a), "none");
-    assert_eq!(maintenance("maria", &f, a).1, true);
+    assert!(maintenance("maria", &f, a).1);
     // The instance's own account still reaches its restored database.
     let st = f.s.vm.json(&["upgrade", "status", "--json"]);
     assert_eq!(site(&st, a)["last"]["state"], "rolled_back", "{st}");
@@ -313,4 +313,73 @@ fn failing_canary_stops_the_wave_on_postgres() {
         assert_eq!(site(&st, x)["pending"], false, "{st}");
         assert_eq!(site(&st, x)["last"]["state"], "ok", "{st}");
     }
+}
+
+#[test]
+fn deploy_from_a_template_behind_the_code_upgrades_the_new_site() {
+    let mut f = LiveFleet::new("maria", 0);
+    php_with_moodle_env(&f);
+    let listed = |f: &LiveFleet| -> serde_json::Value {
+        let all = f.s.vm.json(&["template", "list", "--json"]);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == f.template.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(listed(&f)["behind_code"], false);
+
+    // A newer core in the code (a new file, never the shared one changed in place).
+    let vp = f.moodle.join("public/version.php");
+    let text = std::fs::read_to_string(&vp).unwrap();
+    let old = text
+        .lines()
+        .find(|l| l.starts_with("$version"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let (int, frac) = old.split_once('.').unwrap();
+    let new = format!("{int}.{:02}", frac.parse::<u32>().unwrap() + 1);
+    std::fs::remove_file(&vp).unwrap();
+    std::fs::write(&vp, text.replacen(&old, &new, 1)).unwrap();
+
+    let t = listed(&f);
+    assert_eq!(t["behind_code"], true, "{t}");
+    assert_eq!(t["code_version"], new.as_str(), "{t}");
+    let shown = f.s.vm.ok(&["template", "show", &f.template]);
+    assert!(shown.contains("behind the code"), "{shown}");
+
+    // A deploy from it upgrades the new site before it ends: the code's version, out of
+    // maintenance, served.
+    let tok = crate::deploy::token("fu");
+    f.s.clean.tokens.push(tok.clone());
+    let r = crate::deploy::deploy_json(
+        &f.s.vm,
+        &[
+            "--template",
+            &f.template,
+            "--tokens",
+            &tok,
+            "--dbserver",
+            "maria",
+        ],
+    );
+    assert_eq!(r[0]["ok"], true, "{r}");
+    let steps = r[0]["outcome"]["steps"].to_string();
+    assert!(steps.contains("Moodle upgrade"), "{steps}");
+    assert_eq!(
+        value(
+            "maria",
+            &tok,
+            "SELECT value FROM mdl_config WHERE name = 'version'"
+        ),
+        new
+    );
+    assert_eq!(maintenance("maria", &f, &tok), ("0".into(), false));
+    let _server = f.serve();
+    let (status, page) = f.get(&tok, "/login/index.php");
+    assert_eq!(status, 200, "{page}");
 }
