@@ -38,6 +38,9 @@ pub(crate) fn write_plugin(moodle: &Path, version: u32) {
                  if ($DB->record_exists('config_plugins', ['plugin' => 'local_vmtest', 'name' => 'failhere'])) {\n\
                      throw new coding_exception('vmtest: failure asked for by this site');\n\
                  }\n\
+                 if ($DB->record_exists('config_plugins', ['plugin' => 'local_vmtest', 'name' => 'slowhere'])) {\n\
+                     sleep(10);\n\
+                 }\n\
                  set_config('marker', 'upgraded-to-2', 'local_vmtest');\n\
                  upgrade_plugin_savepoint(true, 2, 'local', 'vmtest');\n\
              }\n    return true;\n}\n"
@@ -130,11 +133,16 @@ fn maintenance(server: &str, f: &LiveFleet, token: &str) -> (String, bool) {
 }
 
 fn set_fail_flag(server: &str, token: &str, on: bool) {
+    set_flag(server, token, "failhere", on)
+}
+
+fn set_flag(server: &str, token: &str, flag: &str, on: bool) {
     let sql = if on {
-        "INSERT INTO mdl_config_plugins (plugin, name, value) VALUES ('local_vmtest', 'failhere', '1')"
+        format!("INSERT INTO mdl_config_plugins (plugin, name, value) VALUES ('local_vmtest', '{flag}', '1')")
     } else {
-        "DELETE FROM mdl_config_plugins WHERE plugin = 'local_vmtest' AND name = 'failhere'"
+        format!("DELETE FROM mdl_config_plugins WHERE plugin = 'local_vmtest' AND name = '{flag}'")
     };
+    let sql = sql.as_str();
     if server == "maria" {
         vmoodle_test::mariadb_sql(Some(&format!("vmt_{token}")), sql);
     } else {
@@ -382,4 +390,61 @@ fn deploy_from_a_template_behind_the_code_upgrades_the_new_site() {
     let _server = f.serve();
     let (status, page) = f.get(&tok, "/login/index.php");
     assert_eq!(status, 200, "{page}");
+}
+
+#[test]
+fn an_interrupted_upgrade_is_shown_and_finished_by_the_next_run() {
+    let f = LiveFleet::new("maria", 1);
+    php_with_moodle_env(&f);
+    let a = f.tokens[0].as_str();
+    write_plugin(&f.moodle, 1);
+    upgrade_json(&f, &[a], 0);
+    write_plugin(&f.moodle, 2);
+    // Its upgrade step takes a while; vmoodle is killed (-9) in the middle of it.
+    set_flag("maria", a, "slowhere", true);
+    let mut child =
+        f.s.vm
+            .cmd(&["upgrade", a])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let row = |f: &LiveFleet| {
+        let st = f.s.vm.json(&["upgrade", "status", "--json"]);
+        site(&st, a)["last"].clone()
+    };
+    let mut seen = false;
+    for _ in 0..120 {
+        let r = row(&f);
+        if r["step"] == "upgrade" {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(seen, "the upgrade never reached its upgrade step");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Moodle's own upgrade (its own process group) runs to its end; vmoodle's record stays
+    // `running` with a dead owner: shown as interrupted, and the site is still in maintenance.
+    for _ in 0..120 {
+        if marker("maria", a) == "upgraded-to-2" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let r = row(&f);
+    assert_eq!(r["state"], "interrupted", "{r}");
+    assert_eq!(r["step"], "upgrade", "{r}");
+    assert_eq!(maintenance("maria", &f, a).0, "cli mode");
+    // The next run finishes it (Moodle has nothing left to do; maintenance goes off).
+    set_flag("maria", a, "slowhere", false);
+    let out = upgrade_json(&f, &[a], 0);
+    let s = site(&out, a);
+    assert_eq!(s["status"], "ok", "{out}");
+    assert_eq!(s["data"]["resumed"], true, "{out}");
+    assert_eq!(plugin_version("maria", a), "2");
+    assert_eq!(maintenance("maria", &f, a), ("0".into(), false));
+    assert_eq!(row(&f)["state"], "ok");
 }
