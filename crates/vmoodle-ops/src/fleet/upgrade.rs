@@ -449,15 +449,6 @@ impl StepError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn snapshot_names_are_template_names() {
-        let n = super::snapshot_name("A-very-long-school-name-indeed", 1_795_416_000);
-        assert_eq!(n, "pre_a_very_long_school_na_20261123064000");
-        crate::templates::check_name(&n).unwrap();
-    }
-}
 
 /// The code's version when a template's Moodle (its manifest's `config.version`) is behind it;
 /// None when it is not, or when the code is unknown (no `moodle.dir`).
@@ -517,4 +508,14 @@ pub async fn upgrade_new_site(home: &Home, inst: &Instance, to: &str) -> Result<
     // Recorded in the site facts.
     db_version(home, inst).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn snapshot_names_are_template_names() {
+        let n = super::snapshot_name("A-very-long-school-name-indeed", 1_795_416_000);
+        assert_eq!(n, "pre_a_very_long_school_na_20261123064000");
+        crate::templates::check_name(&n).unwrap();
+    }
 }
