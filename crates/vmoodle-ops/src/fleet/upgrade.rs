@@ -449,7 +449,6 @@ impl StepError {
     }
 }
 
-
 /// The code's version when a template's Moodle (its manifest's `config.version`) is behind it;
 /// None when it is not, or when the code is unknown (no `moodle.dir`).
 pub fn template_behind(home: &Home, m: &crate::templates::Manifest) -> Option<MoodleVersion> {
