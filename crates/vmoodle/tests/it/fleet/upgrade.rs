@@ -387,9 +387,66 @@ fn deploy_from_a_template_behind_the_code_upgrades_the_new_site() {
         new
     );
     assert_eq!(maintenance("maria", &f, &tok), ("0".into(), false));
-    let _server = f.serve();
-    let (status, page) = f.get(&tok, "/login/index.php");
-    assert_eq!(status, 200, "{page}");
+    {
+        let _server = f.serve();
+        let (status, page) = f.get(&tok, "/login/index.php");
+        assert_eq!(status, 200, "{page}");
+    }
+
+    // An upgrade that fails (a plugin whose install throws) fails the deploy, which is undone:
+    // no instance, no database, no dataroot; the log of the upgrade is named.
+    let bad = f.moodle.join("public/local/vmbad");
+    std::fs::create_dir_all(bad.join("db")).unwrap();
+    std::fs::create_dir_all(bad.join("lang/en")).unwrap();
+    std::fs::write(
+        bad.join("version.php"),
+        "<?php\n$plugin->component = 'local_vmbad';\n$plugin->version = 1;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("lang/en/local_vmbad.php"),
+        "<?php\n$string['pluginname'] = 'bad';\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("db/install.php"),
+        "<?php\nfunction xmldb_local_vmbad_install() {\n    throw new coding_exception('vmbad: install refused');\n}\n",
+    )
+    .unwrap();
+    let tok2 = crate::deploy::token("fv");
+    f.s.clean.tokens.push(tok2.clone());
+    let out = f.s.vm.run(&[
+        "deploy",
+        "--template",
+        &f.template,
+        "--token",
+        &tok2,
+        "--dbserver",
+        "maria",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("Moodle upgrade") && err.contains("upgrade.php failed"),
+        "{err}"
+    );
+    let log = err
+        .split("(log ")
+        .nth(1)
+        .and_then(|l| l.split(')').next())
+        .unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("vmbad: install refused"), "{log}");
+    let e = f.s.vm.fails(&["instance", "show", &tok2], 1);
+    assert!(e.contains(&tok2), "{e}");
+    assert!(!f.s.base.join(&tok2).exists());
+    assert_eq!(
+        my_value(
+            "information_schema",
+            &format!("SELECT COUNT(*) FROM SCHEMATA WHERE SCHEMA_NAME = 'vmt_{tok2}'")
+        ),
+        "0"
+    );
 }
 
 #[test]
