@@ -70,6 +70,10 @@ pub struct Plan {
     pub template: Template,
     pub manifest: Manifest,
     pub dataroot: PathBuf,
+    /// The code's Moodle version when the template is behind it (moodle.dir known): the new
+    /// site is upgraded (`upgrade.php --non-interactive`) before the deploy ends, in CLI
+    /// maintenance until then.
+    pub upgrade_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -308,7 +312,9 @@ pub async fn plan_from(home: &Home, req: &DeployRequest, template: Template) -> 
             &vmoodle_core::Binding::setting("schema.db_password"),
         )?
     };
+    let upgrade_to = crate::fleet::upgrade::template_behind(home, &manifest).map(|c| c.version);
     Ok(Plan {
+        upgrade_to,
         req: req.clone(),
         fields,
         password,
@@ -329,7 +335,7 @@ pub async fn execute(home: &Home, plan: Plan, events: Events<'_>) -> Result<Outc
         STEPS
     } else {
         STEPS - 1
-    };
+    } + usize::from(plan.upgrade_to.is_some());
     let mut j = Journal::start(home, "deploy", &plan.fields.shortname, steps, events).await?;
     let mut method = String::new();
     let mut report = fixups::FixupReport::default();
@@ -567,6 +573,10 @@ async fn run_steps(
     tokio::task::spawn_blocking(move || dataroot::copy_into(&s2, &st2, true, modes))
         .await?
         .context("copying the template's dataroot")?;
+    if plan.upgrade_to.is_some() {
+        // Moodle's CLI maintenance (pages answer 503) until the site is upgraded.
+        crate::fleet::upgrade::write_cli_maintenance(&staging, owner)?;
+    }
     j.made().await?;
     j.intend(Undo::RemoveDir { path: dst.clone() }).await?;
     match rename_noreplace(&staging, &dst) {
@@ -603,6 +613,13 @@ async fn run_steps(
         .await?;
         crate::mnet::setup_new(home, &f.shortname).await?;
         j.made().await?;
+    }
+
+    // 7. The template is behind the code: Moodle's upgrade of the new site.
+    if let Some(to) = &plan.upgrade_to {
+        *current = "Moodle upgrade";
+        j.step(current).await?;
+        crate::fleet::upgrade::upgrade_new_site(home, &inst, to).await?;
     }
     Ok(())
 }
@@ -845,7 +862,7 @@ async fn pg_clone(spec: &ConnSpec, template_db: &str, db: &str, owner: &str) -> 
 
 /// PostgreSQL: the instance's role owns its database and every table and sequence in it, nobody
 /// else may connect, and the tables carry the instance's prefix.
-async fn pg_hand_over(
+pub(crate) async fn pg_hand_over(
     spec: &ConnSpec,
     db: &str,
     owner: &str,

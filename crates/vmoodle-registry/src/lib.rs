@@ -14,10 +14,12 @@ mod daemon;
 mod fleet;
 mod pool;
 mod stats;
+mod upgrade;
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
 pub use fleet::{CronRun, CronState, SiteFacts, SiteLock, CRON_HISTORY};
 pub use pool::{PoolFilter, PoolSort};
 pub use stats::JobCount;
+pub use upgrade::{NewUpgrade, UpgradeRow};
 
 #[derive(Debug, Error)]
 pub enum RegistryError {

@@ -13,10 +13,12 @@ pub mod compare;
 pub mod config;
 pub mod moodle;
 pub mod report;
+pub mod rollback;
 pub mod run;
 pub mod sitedb;
 pub mod sql;
 pub mod sql_text;
+pub mod upgrade;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;

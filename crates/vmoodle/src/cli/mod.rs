@@ -27,6 +27,7 @@ mod snapshot;
 mod spares;
 mod sql;
 mod template;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -149,6 +150,8 @@ enum Command {
     Report(report::Cmd),
     /// Compare instances: plugins and their versions, or core settings.
     Compare(compare::Cmd),
+    /// Upgrade the sites behind the Moodle code; status and rollback of upgrades.
+    Upgrade(Box<upgrade::Cmd>),
 }
 
 pub fn main() -> ExitCode {
@@ -296,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sql(c) => c.run(&home).await,
         Command::Report(c) => c.run(&home).await,
         Command::Compare(c) => c.run(&home).await,
+        Command::Upgrade(c) => c.run(&home).await,
     }
 }
 

@@ -49,15 +49,22 @@ impl Cmd {
                 let mut js = Vec::new();
                 for t in &all {
                     let (m, _) = templates::open(t)?;
+                    let behind = vmoodle_ops::fleet::upgrade::template_behind(&home, &m);
                     rows.push(vec![
                         t.name.clone(),
                         t.source.clone(),
                         m.source.kind.to_string(),
-                        m.moodle.release.clone(),
+                        match &behind {
+                            Some(c) => format!(
+                                "{} (behind the code {}: deploys upgrade)",
+                                m.moodle.release, c.version
+                            ),
+                            None => m.moodle.release.clone(),
+                        },
                         m.tables.to_string(),
                         output::time(t.created_at),
                     ]);
-                    js.push(m);
+                    js.push(with_behind(&m, behind)?);
                 }
                 if json {
                     output::json(&js)?;
@@ -72,8 +79,9 @@ impl Cmd {
                 let home = Home::open(root).await?;
                 let t = home.registry.template(&name).await?;
                 let (m, dir) = templates::open(&t)?;
+                let behind = vmoodle_ops::fleet::upgrade::template_behind(&home, &m);
                 if json {
-                    output::json(&m)?;
+                    output::json(&with_behind(&m, behind)?)?;
                 } else {
                     output::fields(&[
                         ("name", t.name.clone()),
@@ -94,7 +102,13 @@ impl Cmd {
                         ),
                         (
                             "moodle",
-                            format!("{} ({})", m.moodle.release, m.moodle.version),
+                            match &behind {
+                                Some(c) => format!(
+                                    "{} ({}), behind the code ({}): each deploy upgrades its new site",
+                                    m.moodle.release, m.moodle.version, c.version
+                                ),
+                                None => format!("{} ({})", m.moodle.release, m.moodle.version),
+                            },
                         ),
                         ("tables", m.tables.to_string()),
                         (
@@ -164,4 +178,22 @@ impl Cmd {
         }
         Ok(exit::OK)
     }
+}
+
+/// A manifest as JSON with `behind_code` (and the code's version when it is behind).
+fn with_behind(
+    m: &templates::Manifest,
+    behind: Option<vmoodle_ops::fleet::moodle::MoodleVersion>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(m)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "behind_code".into(),
+            serde_json::Value::Bool(behind.is_some()),
+        );
+        if let Some(c) = behind {
+            o.insert("code_version".into(), serde_json::Value::String(c.version));
+        }
+    }
+    Ok(v)
 }

@@ -7,6 +7,7 @@ mod config;
 mod report;
 mod run;
 mod sql;
+mod upgrade;
 mod web;
 
 use crate::deploy::{deploy_json, setup, token, Setup};
