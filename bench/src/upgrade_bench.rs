@@ -80,33 +80,6 @@ fn main() -> Result<()> {
     let me = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?;
     vm(&["settings", "set", "web.user", me.trim()])?;
     vm(&["settings", "set", "web.group", me.trim()])?;
-    // Moodle's upgrade checks max_input_vars >= 5000 (as `vmoodle doctor` does); this php-cli
-    // may have the default 1000.
-    let php = String::from_utf8(
-        Command::new("sh")
-            .args(["-c", "command -v php"])
-            .output()?
-            .stdout,
-    )?;
-    let wrapper = dir.path().join("php-moodle-env");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} -d max_input_vars=5000 \"$@\"\n",
-            php.trim()
-        ),
-    )?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-    }
-    vm(&[
-        "settings",
-        "set",
-        "executables.php",
-        wrapper.to_str().unwrap(),
-    ])?;
-
     eprintln!("loading the fixture and the Moodle code ...");
     let src = MariaDb::create("ubsrc");
     src.load_fixture("fresh-mariadb.sql.gz");

@@ -185,7 +185,11 @@ impl MoodleCode {
         );
         logf.write_all(shown.as_bytes()).await?;
         let mut cmd = std::process::Command::new(&self.php);
-        cmd.arg(script)
+        // Moodle's environment check (upgrade.php, install) wants max_input_vars >= 5000, and
+        // Debian's php-cli ships 1000; for a CLI script the setting matters for nothing else.
+        // The web server's PHP needs it in its own php.ini (`vmoodle doctor --php-ini` checks).
+        cmd.args(["-d", "max_input_vars=5000"])
+            .arg(script)
             .args(args)
             .env_clear()
             .current_dir(&self.dir)

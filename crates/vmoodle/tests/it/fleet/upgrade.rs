@@ -50,30 +50,6 @@ pub(crate) fn write_plugin(moodle: &Path, version: u32) {
     // script run is a new process.
 }
 
-/// Moodle's upgrade checks its environment, max_input_vars >= 5000 among it (`vmoodle doctor`
-/// checks it too); this machine's php-cli has the default 1000, so the home's php is a wrapper
-/// that raises it, as an administrator's php.ini would.
-fn php_with_moodle_env(f: &LiveFleet) {
-    use std::os::unix::fs::PermissionsExt;
-    let php = which_php();
-    let w = f.s._data.path().join("php-moodle-env");
-    std::fs::write(
-        &w,
-        format!("#!/bin/sh\nexec {php} -d max_input_vars=5000 \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
-    f.s.vm.set("executables.php", w.to_str().unwrap());
-}
-
-fn which_php() -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", "command -v php"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn upgrade_json(f: &LiveFleet, args: &[&str], code: i32) -> serde_json::Value {
     let mut all = vec!["upgrade"];
     all.extend_from_slice(args);
@@ -153,7 +129,6 @@ fn set_flag(server: &str, token: &str, flag: &str, on: bool) {
 #[test]
 fn upgrade_fail_rollback_and_again_on_mariadb() {
     let mut f = LiveFleet::new("maria", 3);
-    php_with_moodle_env(&f);
     let t: Vec<&str> = f.tokens.iter().map(|s| s.as_str()).collect();
     let (a, b, c) = (t[0], t[1], t[2]);
 
@@ -278,7 +253,6 @@ fn upgrade_fail_rollback_and_again_on_mariadb() {
 #[test]
 fn failing_canary_stops_the_wave_on_postgres() {
     let f = LiveFleet::new("pg", 3);
-    php_with_moodle_env(&f);
     let mut t: Vec<&str> = f.tokens.iter().map(|s| s.as_str()).collect();
     t.sort();
     let (a, b, c) = (t[0], t[1], t[2]);
@@ -326,7 +300,6 @@ fn failing_canary_stops_the_wave_on_postgres() {
 #[test]
 fn deploy_from_a_template_behind_the_code_upgrades_the_new_site() {
     let mut f = LiveFleet::new("maria", 0);
-    php_with_moodle_env(&f);
     let listed = |f: &LiveFleet| -> serde_json::Value {
         let all = f.s.vm.json(&["template", "list", "--json"]);
         all.as_array()
@@ -452,7 +425,6 @@ fn deploy_from_a_template_behind_the_code_upgrades_the_new_site() {
 #[test]
 fn an_interrupted_upgrade_is_shown_and_finished_by_the_next_run() {
     let f = LiveFleet::new("maria", 1);
-    php_with_moodle_env(&f);
     let a = f.tokens[0].as_str();
     write_plugin(&f.moodle, 1);
     upgrade_json(&f, &[a], 0);
