@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
 use vmoodle_ops::fleet::config::{self, Change, Setting};
+use vmoodle_ops::fleet::upgrade::UpgradeOptions;
 use vmoodle_ops::fleet::{FleetEvent, FleetOptions, FleetReport, Selection};
 use vmoodle_ops::Home;
 
@@ -84,6 +85,16 @@ pub enum FleetOperation {
         #[serde(default)]
         secret: bool,
     },
+    /// Upgrade the sites whose database is behind the code: maintenance on, optional snapshot,
+    /// upgrade.php, purge caches, maintenance off; a failed site stays in maintenance.
+    Upgrade {
+        /// A pre-upgrade snapshot of each site (for `vmoodle upgrade rollback`).
+        #[serde(default)]
+        snapshot: bool,
+        /// This many sites first; the rest only when all of them succeeded.
+        #[serde(default)]
+        canary: usize,
+    },
     /// Remove a Moodle setting.
     ConfigUnset {
         name: String,
@@ -99,7 +110,13 @@ impl FleetOperation {
             FleetOperation::Run { .. } => "run",
             FleetOperation::ConfigSet { .. } => "config-set",
             FleetOperation::ConfigUnset { .. } => "config-unset",
+            FleetOperation::Upgrade { .. } => "upgrade",
         }
+    }
+
+    /// Whether it needs the home's lock: a pre-upgrade snapshot makes templates.
+    pub fn takes_home_lock(&self) -> bool {
+        matches!(self, FleetOperation::Upgrade { snapshot: true, .. })
     }
 }
 
@@ -181,6 +198,7 @@ impl FleetParams {
                     .map(|p| format!("{p}/"))
                     .unwrap_or_default()
             ),
+            FleetOperation::Upgrade { .. } => String::new(),
         };
         format!("{what} {}", self.selection.selection().describe())
             .trim()
@@ -218,6 +236,9 @@ impl FleetParams {
             FleetOperation::ConfigUnset { name, plugin } => {
                 Setting::new(name, plugin.as_deref())?;
             }
+            FleetOperation::Upgrade { .. } => {
+                code.code_version()?;
+            }
         }
         self.selection.selection().resolve(home).await?;
         Ok(())
@@ -251,6 +272,15 @@ impl FleetParams {
             FleetOperation::ConfigUnset { name, plugin } => {
                 let setting = Setting::new(name, plugin.as_deref())?;
                 config::set(home, &sel, &setting, &Change::Unset, false, &opts, events).await
+            }
+            FleetOperation::Upgrade { snapshot, canary } => {
+                let o = UpgradeOptions {
+                    fleet: opts,
+                    snapshot: *snapshot,
+                    canary: *canary,
+                    dry_run: false,
+                };
+                vmoodle_ops::fleet::upgrade::upgrade(home, &sel, &o, events).await
             }
         }
     }

@@ -156,6 +156,7 @@ impl Op {
                 "run" => "fleet-run",
                 "config-set" => "fleet-config-set",
                 "config-unset" => "fleet-config-unset",
+                "upgrade" => "fleet-upgrade",
                 _ => "fleet",
             },
         }
@@ -187,7 +188,10 @@ impl Op {
     /// Whether it changes the home and so runs under the home's lock (fleet operations change
     /// sites, each under its own lock in the register).
     fn takes_home_lock(&self) -> bool {
-        !matches!(self, Op::Fleet(_))
+        match self {
+            Op::Fleet(f) => f.operation.takes_home_lock(),
+            _ => true,
+        }
     }
 
     /// Checks what can be checked without the lock, so a form shows the error at once.

@@ -381,6 +381,8 @@ pub struct FleetRun {
     pub job: Option<i64>,
     pub log_dir: PathBuf,
     started: Instant,
+    /// Sites whose outcome is in the job's log.
+    logged: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl FleetRun {
@@ -411,6 +413,7 @@ impl FleetRun {
             job: Some(job),
             log_dir,
             started: Instant::now(),
+            logged: Default::default(),
         })
     }
 
@@ -428,6 +431,7 @@ impl FleetRun {
             job: None,
             log_dir,
             started: Instant::now(),
+            logged: Default::default(),
         })
     }
 
@@ -492,22 +496,7 @@ impl FleetRun {
                 if outcome.status.is_failure() {
                     failures.fetch_add(1, Ordering::SeqCst);
                 }
-                if let Some(id) = job {
-                    let line = format!(
-                        "{}: {} ({:.1} s){}",
-                        outcome.instance,
-                        outcome.status.word(),
-                        outcome.duration_ms as f64 / 1000.0,
-                        if outcome.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", outcome.message)
-                        }
-                    );
-                    if let Err(e) = home.registry.append_job_log(id, &line).await {
-                        tracing::warn!("job {id}: cannot write its log: {e:#}");
-                    }
-                }
+                self.log_outcome(home, &outcome).await;
                 events(&FleetEvent::SiteDone(outcome.clone()));
                 outcome
             })
@@ -525,6 +514,33 @@ impl FleetRun {
         results
     }
 
+    /// Writes a site's outcome into the job's log, once.
+    async fn log_outcome(&self, home: &Home, o: &SiteOutcome) {
+        let Some(id) = self.job else { return };
+        if !self
+            .logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(o.instance.clone())
+        {
+            return;
+        }
+        let line = format!(
+            "{}: {} ({:.1} s){}",
+            o.instance,
+            o.status.word(),
+            o.duration_ms as f64 / 1000.0,
+            if o.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", o.message)
+            }
+        );
+        if let Err(e) = home.registry.append_job_log(id, &line).await {
+            tracing::warn!("job {id}: cannot write its log: {e:#}");
+        }
+    }
+
     /// Ends the run: the job is `done` when every site went well, `partial` when some failed or
     /// were not started, `failed` when none succeeded.
     pub async fn finish(
@@ -533,6 +549,10 @@ impl FleetRun {
         sites: Vec<SiteOutcome>,
         disabled_left_out: Vec<String>,
     ) -> Result<FleetReport> {
+        // Sites decided without running (up to date, refused early) get their line too.
+        for o in &sites {
+            self.log_outcome(home, o).await;
+        }
         let report = FleetReport {
             operation: self.operation,
             job: self.job,

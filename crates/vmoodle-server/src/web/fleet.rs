@@ -44,6 +44,9 @@ pub struct FleetForm {
     pub plugin: String,
     pub value: String,
     pub secret: Option<String>,
+    /// Upgrade: a pre-upgrade snapshot of each site; canary sites first.
+    pub snapshot: Option<String>,
+    pub canary: String,
     pub parallel: String,
     pub timeout: String,
     pub max_failures: String,
@@ -128,6 +131,10 @@ impl FleetForm {
                         .collect(),
                 }
             }
+            "upgrade" => FleetOperation::Upgrade {
+                snapshot: self.snapshot.is_some(),
+                canary: number(errors, "canary", &self.canary, 0) as usize,
+            },
             "config_set" | "config_unset" => {
                 let plugin = Some(self.plugin.trim().to_string()).filter(|p| !p.is_empty());
                 let name = self.name.trim().to_string();
@@ -172,6 +179,7 @@ impl FleetForm {
 
 /// The operations the page offers.
 const OPS: &[(&str, &str)] = &[
+    ("upgrade", "Upgrade the sites behind the code"),
     ("run", "Run a Moodle CLI script"),
     ("config_set", "Change a setting"),
     ("config_unset", "Remove a setting"),

@@ -141,6 +141,28 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
         ),
         secret
     );
+    // An upgrade from the page: nothing is behind the code, so every site is skipped.
+    let (status, location) = br.post_form(
+        "/fleet",
+        "/fleet",
+        &[
+            ("op", "upgrade"),
+            ("instances", &instances),
+            ("action", "run"),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
+    let j = wait_job(vm, id);
+    assert_eq!(
+        (j["state"].as_str(), j["kind"].as_str()),
+        (Some("done"), Some("fleet-upgrade")),
+        "{j}"
+    );
+    assert!(
+        j["log"].to_string().contains(&format!("{a}: skipped")),
+        "{j}"
+    );
     // A bad setting name is refused on the form.
     let (status, page) = br.post_form(
         "/fleet",
