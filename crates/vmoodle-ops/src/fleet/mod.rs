@@ -9,6 +9,7 @@
 //! `--all`, narrowed by `--subnetwork`, `--dbserver`, `--template`, `--match GLOB` and
 //! `--exclude`; disabled instances are left out unless `--include-disabled`.
 
+pub mod cron;
 pub mod moodle;
 pub mod run;
 pub mod sitedb;

@@ -3,6 +3,7 @@
 //! JSON with `--json`) and diagnostics on stderr.
 
 mod admin;
+mod cron;
 mod dbserver;
 mod delete;
 mod deploy;
@@ -135,6 +136,8 @@ enum Command {
     Admin(admin::Cmd),
     /// Run one of Moodle's admin/cli scripts for each selected instance.
     Run(fleet::RunCmd),
+    /// Moodle's cron for each selected instance (one pass); `cron status`, `cron history`.
+    Cron(cron::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -278,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Serve(c) => c.run(&home).await,
         Command::Admin(c) => c.run(&home).await,
         Command::Run(c) => c.run(&home).await,
+        Command::Cron(c) => c.run(&home).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! database, and Moodle's own admin/cli scripts run for them by `vmoodle run`, `cron`,
 //! `upgrade`, `config`.
 
+mod cron;
 mod run;
 
 use crate::deploy::{deploy_json, setup, token, Setup};
