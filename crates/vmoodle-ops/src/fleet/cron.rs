@@ -165,9 +165,7 @@ async fn locked_pass(ctx: &CronCtx<'_>, inst: &Instance, owner: &str, lease: i64
         }
     };
     let args = vec!["--keep-alive=0".to_string()];
-    let pass = ctx
-        .code
-        .run(&inst.host, &script, &args, ctx.timeout, &log);
+    let pass = ctx.code.run(&inst.host, &script, &args, ctx.timeout, &log);
     tokio::pin!(pass);
     // Renew the lease a few times per lease while the pass lasts.
     let mut tick = tokio::time::interval(Duration::from_secs((lease / 3).max(5) as u64));
@@ -243,7 +241,10 @@ async fn locked_pass(ctx: &CronCtx<'_>, inst: &Instance, owner: &str, lease: i64
         )
         .await
     {
-        tracing::warn!("{}: cannot record the end of its cron run: {e:#}", inst.shortname);
+        tracing::warn!(
+            "{}: cannot record the end of its cron run: {e:#}",
+            inst.shortname
+        );
     }
     o
 }
@@ -274,6 +275,16 @@ fn last_line(tail: &str) -> String {
         .find(|l| !l.is_empty() && !l.starts_with("exit code"))
         .unwrap_or("")
         .to_string()
+}
+
+/// A gap as it reads: `45 s`, `12 min`, `3 h`, `2 d`.
+pub fn gap_words(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
+    }
 }
 
 /// `2026-11-23 06:48:31 UTC`.

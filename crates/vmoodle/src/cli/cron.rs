@@ -95,13 +95,11 @@ impl Cmd {
             None => {
                 let home = vmoodle_ops::Home::open(home).await?;
                 let progress = FleetProgress::new(false);
-                let r = cron::cron_pass(
-                    &home,
-                    &self.select.selection(),
-                    &self.run.options(),
-                    &|e| progress.event(e),
-                )
-                .await;
+                let r =
+                    cron::cron_pass(&home, &self.select.selection(), &self.run.options(), &|e| {
+                        progress.event(e)
+                    })
+                    .await;
                 progress.finish();
                 report(&r?, self.run.json)
             }
@@ -114,10 +112,7 @@ impl StatusCmd {
         let home = vmoodle_ops::Home::open(home).await?;
         let mut sel = self.select.selection();
         if sel.is_empty() {
-            sel = Selection {
-                all: true,
-                ..sel
-            };
+            sel = Selection { all: true, ..sel };
         }
         let st = cron::status(&home, &sel).await?;
         let bad = st.iter().filter(|s| s.overdue || s.failing).count();
@@ -136,13 +131,15 @@ impl StatusCmd {
                     }
                     vec![
                         s.instance.clone(),
-                        s.last_started_at.map(output::time).unwrap_or("never".into()),
+                        s.last_started_at
+                            .map(output::time)
+                            .unwrap_or("never".into()),
                         s.last_duration_ms
                             .map(|d| format!("{:.1} s", d as f64 / 1000.0))
                             .unwrap_or_default(),
                         s.last_status.clone().unwrap_or_default(),
                         s.last_exit_code.map(|c| c.to_string()).unwrap_or_default(),
-                        s.gap_s.map(gap).unwrap_or("never ok".into()),
+                        s.gap_s.map(cron::gap_words).unwrap_or("never ok".into()),
                         s.failures_in_a_row.to_string(),
                         s.running.clone().map(|_| "yes".into()).unwrap_or_default(),
                         flags.join(","),
@@ -206,15 +203,5 @@ impl HistoryCmd {
             );
         }
         Ok(0)
-    }
-}
-
-/// `45 s`, `12 min`, `3 h`, `2 d`.
-fn gap(s: i64) -> String {
-    match s {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} d", s / 86_400),
     }
 }

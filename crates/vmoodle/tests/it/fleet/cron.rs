@@ -12,12 +12,8 @@ fn status_of(vm: &Vm, args: &[&str], inst: &str) -> (serde_json::Value, i32) {
     let mut a = vec!["cron", "status", "--json"];
     a.extend_from_slice(args);
     let out = vm.run(&a);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "cron status: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("cron status: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let entry = v
         .as_array()
         .unwrap()
@@ -61,7 +57,10 @@ fn start_paused(vm: &Vm, args: &[&str], point: &str) -> (Child, PathBuf) {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        assert!(Instant::now() < deadline, "pause point {point} never reached");
+        assert!(
+            Instant::now() < deadline,
+            "pause point {point} never reached"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, file)
@@ -90,7 +89,12 @@ fn cron_across_sites(server: &str, overlap: bool) {
         // Moodle's own cron ran its tasks and said so.
         assert!(log.contains("Cron run completed correctly"), "{log}");
     }
-    let j = vm.json(&["jobs", "show", &r["job"].as_i64().unwrap().to_string(), "--json"]);
+    let j = vm.json(&[
+        "jobs",
+        "show",
+        &r["job"].as_i64().unwrap().to_string(),
+        "--json",
+    ]);
     assert_eq!(j["kind"], "fleet-cron", "{j}");
     assert_eq!(j["state"], "done", "{j}");
     let (st, code) = status_of(vm, &[a, b], a);
@@ -104,7 +108,10 @@ fn cron_across_sites(server: &str, overlap: bool) {
     let h = vm.json(&["cron", "history", a, "--json"]);
     assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
     assert_eq!(h[0]["status"], "ok", "{h}");
-    assert!(h[0]["started_by"].as_str().unwrap().starts_with("cli:"), "{h}");
+    assert!(
+        h[0]["started_by"].as_str().unwrap().starts_with("cli:"),
+        "{h}"
+    );
     assert!(h[0]["duration_ms"].as_i64().unwrap() > 0, "{h}");
 
     if overlap {
@@ -137,7 +144,10 @@ fn cron_across_sites(server: &str, overlap: bool) {
         assert_eq!(site(&r, a)["status"], "ok", "{r}");
         let h = vm.json(&["cron", "history", a, "--json"]);
         assert_eq!(h.as_array().unwrap().len(), 2, "{h}");
-        assert!(h.as_array().unwrap().iter().all(|x| x["status"] == "ok"), "{h}");
+        assert!(
+            h.as_array().unwrap().iter().all(|x| x["status"] == "ok"),
+            "{h}"
+        );
     }
 
     // c's database account no longer takes its password (PostgreSQL: no longer logs in): c fails, a and b succeed, exit 3.
@@ -185,6 +195,13 @@ fn cron_across_sites(server: &str, overlap: bool) {
     assert!(!h[0]["output_tail"].as_str().unwrap().is_empty(), "{h}");
 
     // Bad input is named.
+    let e = vm.fails(&["settings", "set", "cron.interval", "5"], 1);
+    assert!(
+        e.contains("cron.interval") && e.contains("between 10 and 86400"),
+        "{e}"
+    );
+    let e = vm.fails(&["settings", "set", "cron.parallel", "0"], 1);
+    assert!(e.contains("cron.parallel"), "{e}");
     let e = vm.fails(&["cron", "nosuchsite"], 1);
     assert!(e.contains("`nosuchsite`"), "{e}");
     let e = vm.fails(&["cron", "history", "nosuchsite"], 1);
