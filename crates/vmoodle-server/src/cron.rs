@@ -23,6 +23,8 @@ use vmoodle_registry::Instance;
 
 /// Seconds between reads of the settings and the list of instances.
 const REFRESH_SECS: i64 = 10;
+/// Seconds a stopping daemon waits for its cron passes under way.
+const STOP_GRACE_SECS: u64 = 15;
 /// A new log directory (logs/fleet/cron-STAMP-PID/, a file per site) this often.
 const LOG_ROTATE_SECS: i64 = 3600;
 
@@ -181,9 +183,15 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             });
         }
     }
-    // Passes under way end (their PHP is killed at its time limit at the latest) and are
-    // recorded before the daemon goes.
-    while inflight.next().await.is_some() {}
+    // Passes under way may end and be recorded for a little while; then they are dropped (their
+    // PHP is killed with them), and the next pass on this node marks them interrupted.
+    let drain = async { while inflight.next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(STOP_GRACE_SECS), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("cron: passes still running at stop were cut short");
+    }
 }
 
 fn new_shared(home: Arc<vmoodle_ops::Home>) -> anyhow::Result<Shared> {
