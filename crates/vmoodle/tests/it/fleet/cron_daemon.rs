@@ -82,6 +82,31 @@ fn the_daemon_runs_cron_for_enabled_instances() {
         "{m}"
     );
     assert!(m.contains("vmoodle_cron_overdue_instances "), "{m}");
+    // The API's instance view and the pool page show the last pass and its gap.
+    let v: serde_json::Value = d
+        .client()
+        .get(format!("{}/api/v1/instances/{a}", d.url))
+        .bearer_auth(&read)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["last_cron_status"], "ok", "{v}");
+    assert!(v["cron_gap_s"].as_i64().is_some(), "{v}");
+    // The scheduler read the site's Moodle version at its first turn (Moodle 5.1: 2025...).
+    assert!(
+        v["moodle_version"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("2025")),
+        "{v}"
+    );
+    let (status, page) = d.login("alice", crate::daemon::PASSWORD).get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Last cron") && page.contains("Cron gap"),
+        "{page}"
+    );
+    assert!(page.contains("class=\"badge ok\">ok</span>"), "{page}");
     drop(d);
     // cron status, with the daemon stopped: a and b well, c (disabled) not listed. (Its exit
     // code depends on the two source sites, whose long passes may leave them overdue.)
