@@ -1,8 +1,9 @@
 //! Moodle's cron across a fleet: one pass of admin/cli/cron.php for N live Moodle 5.1 instances
 //! (default 50, MariaDB), the way VMoodle did it (one site after another: a plain loop of
 //! `php admin/cli/cron.php` per host) beside `vmoodle cron` with --parallel 1, 2 and 4 (each
-//! pass under the site's register lock and recorded). Every figure comes from this run; the
-//! ratios are against the plain loop.
+//! pass under the site's register lock and recorded). Every figure comes from this run (the
+//! faster of two passes per way, taken in opposite orders); the ratios are against the plain
+//! loop.
 //!
 //! Run: ./scripts/bench-cron [N]   (default 50)
 
@@ -185,13 +186,28 @@ fn main() -> Result<()> {
         // A first pass of each site so every measured pass starts from the same state (tasks
         // whose first run does the most work have run once).
         timed_cron(&home, &glob, 4, n)?;
-        let plain = timed_loop(&moodle, &hosts)?;
+        // What a pass does depends on which of Moodle's tasks are due at that minute: each way
+        // is measured twice, in opposite orders, and the faster of its two passes is shown.
+        let ways: [usize; 4] = [0, 1, 2, 4];
+        let mut best = [f64::MAX; 4];
+        for round in 0..2 {
+            for k in 0..ways.len() {
+                let k = if round == 0 { k } else { ways.len() - 1 - k };
+                let s = match ways[k] {
+                    0 => timed_loop(&moodle, &hosts)?,
+                    p => timed_cron(&home, &glob, p, n)?,
+                };
+                eprintln!("round {round}: {} {s:.1} s", ways[k]);
+                best[k] = best[k].min(s);
+            }
+        }
+        let plain = best[0];
         let mut rows = vec![format!(
             "| plain loop of php cron.php (VMoodle's way) | 1 | {plain:.1} | {:.2} | 1.00 |",
             plain / n as f64
         )];
-        for p in [1, 2, 4] {
-            let s = timed_cron(&home, &glob, p, n)?;
+        for k in 1..ways.len() {
+            let (p, s) = (ways[k], best[k]);
             rows.push(format!(
                 "| vmoodle cron --parallel {p} | {p} | {s:.1} | {:.2} | {:.2} |",
                 s / n as f64,
