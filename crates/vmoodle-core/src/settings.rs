@@ -22,6 +22,32 @@ pub struct Settings {
     pub mnet: MnetSettings,
     pub moodle: MoodleSettings,
     pub spares: SparesSettings,
+    pub cron: CronSettings,
+}
+
+/// Moodle's cron for every instance, run by the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CronSettings {
+    /// The daemon runs admin/cli/cron.php for every enabled instance.
+    pub enabled: bool,
+    /// Seconds between two passes of one site (at least 10).
+    pub interval: u32,
+    /// Sites whose cron runs at once on one node (1 to 64).
+    pub parallel: u32,
+    /// Seconds one site's pass may take before it is killed.
+    pub timeout: u32,
+}
+
+impl Default for CronSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: 60,
+            parallel: 2,
+            timeout: 600,
+        }
+    }
 }
 
 /// The Moodle code that serves every instance.
@@ -95,6 +121,7 @@ impl Default for Settings {
             mnet: MnetSettings::default(),
             moodle: MoodleSettings::default(),
             spares: SparesSettings::default(),
+            cron: CronSettings::default(),
         }
     }
 }
@@ -322,6 +349,27 @@ impl Settings {
                 "a number of spares between 0 and 100",
             ));
         }
+        if self.cron.interval < 10 || self.cron.interval > 86_400 {
+            return Err(ValidationError::new(
+                "cron.interval",
+                self.cron.interval.to_string(),
+                "seconds between 10 and 86400 (Moodle's own advice is a pass every minute: 60)",
+            ));
+        }
+        if self.cron.parallel == 0 || self.cron.parallel > 64 {
+            return Err(ValidationError::new(
+                "cron.parallel",
+                self.cron.parallel.to_string(),
+                "a number of sites at once between 1 and 64",
+            ));
+        }
+        if self.cron.timeout < 10 || self.cron.timeout > 86_400 {
+            return Err(ValidationError::new(
+                "cron.timeout",
+                self.cron.timeout.to_string(),
+                "seconds between 10 and 86400",
+            ));
+        }
         if self.web.retry_after == 0 || self.web.retry_after > 86_400 {
             return Err(ValidationError::new(
                 "web.retry_after",
@@ -530,6 +578,23 @@ tls_key = ""
 # of deploys only renames databases. 0: none (fill them by hand with `vmoodle spares fill`).
 [spares]
 keep = 0
+
+# Moodle's cron (admin/cli/cron.php --keep-alive=0, one pass) for every enabled instance, run by
+# the daemon (`vmoodle serve`), each site at its own offset within the interval so hundreds of
+# sites do not all start at once. Several daemons on one PostgreSQL register share the work: a
+# per-site lock in the register means no site's cron ever runs twice at once. By hand:
+# `vmoodle cron --all`; watch it with `vmoodle cron status` (exit 3 when a site is overdue or
+# failing).
+[cron]
+# The daemon runs cron (false: run `vmoodle cron --all` from the system's crontab instead).
+enabled = true
+# Seconds between two passes of one site (at least 10). A site with no successful pass within
+# twice this is reported overdue.
+interval = 60
+# Sites whose cron runs at once on this node (1-64).
+parallel = 2
+# Seconds one site's pass may take; past it the pass is killed and recorded as `timeout`.
+timeout = 600
 
 # Moodle Network keys. A site's MNET key expires (28 days by default) and its peers must learn
 # the new one; `vmoodle mnet renew --due`, run from cron every few minutes, renews what is due

@@ -662,7 +662,7 @@ pub fn remove_managed_dir(home: &Home, path: &Path) -> Result<()> {
 /// Tests only (debug builds): stops the job at a named point (`VMOODLE_TEST_PAUSE`, or
 /// `NAME#K` for its K-th occurrence) after writing the pid into `VMOODLE_TEST_PAUSE_FILE`, and
 /// waits there until it is killed, the file is removed (it then goes on) or a signal arrives.
-async fn pause_point(name: &str) {
+pub(crate) async fn pause_point(name: &str) {
     #[cfg(debug_assertions)]
     {
         use std::sync::Mutex;

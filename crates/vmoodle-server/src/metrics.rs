@@ -41,6 +41,8 @@ pub struct Cache {
     pub spares: Mutex<BTreeMap<(String, String), i64>>,
     /// scheduled work name -> runs this node claimed.
     pub schedule_runs: Mutex<BTreeMap<String, u64>>,
+    /// cron pass outcome (`ok`, `failed`, `timeout`, `skipped`) -> passes this node ran.
+    pub cron_runs: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Cache {
@@ -49,6 +51,14 @@ impl Cache {
     }
     pub fn set_spares(&self, v: BTreeMap<(String, String), i64>) {
         *self.spares.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+    pub fn count_cron(&self, status: &str) {
+        *self
+            .cron_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status.to_string())
+            .or_default() += 1;
     }
     pub fn count_run(&self, name: &str) {
         *self
@@ -200,6 +210,8 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
         runs,
     );
 
+    cron_metrics(state, &mut r).await?;
+
     let cutoff = vmoodle_core::now_unix() - vmoodle_ops::jobs::DAEMON_LEASE_SECS;
     let nodes = reg.nodes().await?;
     let live = nodes.iter().filter(|n| n.heartbeat_at >= cutoff).count();
@@ -217,4 +229,65 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
     let mut out = String::new();
     encode(&mut out, &r)?;
     Ok(out)
+}
+
+/// Cron: passes this node's scheduler ran by outcome; from the register (a few queries, whatever
+/// node ran them), the last successful pass of each enabled instance and how many are overdue
+/// (no successful pass within 2 x cron.interval, or never).
+async fn cron_metrics(state: &AppState, r: &mut Registry) -> anyhow::Result<()> {
+    let runs = Family::<Labels, Counter>::default();
+    for status in ["ok", "failed", "timeout", "skipped"] {
+        let _ = runs.get_or_create(&labels(&[("status", status)]));
+    }
+    for (status, n) in state
+        .cache
+        .cron_runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        runs.get_or_create(&labels(&[("status", status)]))
+            .inc_by(*n);
+    }
+    r.register(
+        "vmoodle_cron_runs",
+        "Cron passes the scheduler of this node ran, by outcome",
+        runs,
+    );
+    let reg = &state.home.registry;
+    let interval = i64::from(state.fresh().await?.settings.cron.interval);
+    let now = vmoodle_core::now_unix();
+    let states = reg.cron_states().await?;
+    let last_ok = Family::<Labels, Gauge>::default();
+    let mut overdue = 0;
+    for i in reg.instances().await?.iter().filter(|i| i.enabled) {
+        match states
+            .iter()
+            .find(|s| s.instance_id == i.id)
+            .and_then(|s| s.last_ok_at)
+        {
+            Some(at) => {
+                last_ok
+                    .get_or_create(&labels(&[("instance", &i.shortname)]))
+                    .set(at);
+                if now - at > 2 * interval {
+                    overdue += 1;
+                }
+            }
+            None => overdue += 1,
+        }
+    }
+    r.register(
+        "vmoodle_cron_last_success_timestamp_seconds",
+        "When the last successful cron pass of each enabled instance started",
+        last_ok,
+    );
+    let g = Gauge::<i64>::default();
+    g.set(overdue);
+    r.register(
+        "vmoodle_cron_overdue_instances",
+        "Enabled instances with no successful cron pass within 2 x cron.interval, or never",
+        g,
+    );
+    Ok(())
 }

@@ -26,6 +26,9 @@ pub const RECOVER_SECS: u64 = 30;
 /// A spares fill of a template and server that failed is not tried again for this long, so a
 /// template that cannot live on a server does not fill the jobs list.
 pub const SPARES_BACKOFF_SECS: i64 = 1800;
+/// Seconds between reads of every enabled site's Moodle version (for the pool and the upgrade
+/// planner; it changes only with an upgrade, which records it itself).
+pub const SITE_FACTS_SECS: i64 = 3600;
 
 /// The actor of jobs the scheduler starts.
 pub const ACTOR: &str = "scheduler";
@@ -34,6 +37,8 @@ pub const ACTOR: &str = "scheduler";
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let node = vmoodle_ops::journal::node_name();
     let sync = tokio::spawn(crate::sync::run(state.clone(), stop.clone()));
+    // Moodle's cron for every enabled instance (see `cron`): a loop of its own.
+    let cron = tokio::spawn(crate::cron::run(state.clone(), stop.clone()));
     let recovering = Arc::new(AtomicBool::new(false));
     let scheduling = Arc::new(AtomicBool::new(false));
     let mut dead_seen = HashSet::new();
@@ -67,6 +72,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         n += 1;
     }
     let _ = sync.await;
+    let _ = cron.await;
 }
 
 /// Runs the scheduled work in a task of its own: reading every MNET site or database server
@@ -93,6 +99,46 @@ async fn scheduled(state: &AppState) {
         let r = spares_turn(state).await;
         record(state, "spares", r).await;
     }
+    if claim(state, "site facts", SITE_FACTS_SECS).await {
+        let r = facts_turn(state).await;
+        record(state, "site facts", r).await;
+    }
+}
+
+/// Reads the Moodle version and release of every enabled instance (each with its own database
+/// account) into the register's site facts.
+async fn facts_turn(state: &AppState) -> anyhow::Result<String> {
+    let home = &state.home;
+    let instances: Vec<_> = home
+        .registry
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.enabled)
+        .collect();
+    // On a thread of its own: the reads' futures are not Send.
+    let st = state.clone();
+    let rt = tokio::runtime::Handle::current();
+    let read = tokio::task::spawn_blocking(move || {
+        rt.block_on(vmoodle_ops::fleet::sitedb::refresh_versions(
+            &st.home, &instances,
+        ))
+    })
+    .await?;
+    let failed: Vec<String> = read
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e:#}")))
+        .collect();
+    Ok(format!(
+        "{} of {} read{}",
+        read.len() - failed.len(),
+        read.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", failed.join("; "))
+        }
+    ))
 }
 
 async fn claim(state: &AppState, name: &str, every: i64) -> bool {

@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod cron;
 pub mod moodle;
 pub mod report;
 pub mod rollback;

@@ -112,11 +112,17 @@ async fn select(state: &AppState, q: &ListQuery) -> Result<InstancePage, Problem
         .pool_page(&filter)
         .await
         .map_err(read_err)?;
+    let facts = crate::cron::Facts::load(&state.home.registry)
+        .await
+        .map_err(read_err)?;
     Ok(InstancePage {
         total: total as usize,
         offset,
         limit,
-        items: rows.into_iter().map(InstanceView::from).collect(),
+        items: rows
+            .into_iter()
+            .map(|i| InstanceView::with_facts(i, &facts))
+            .collect(),
     })
 }
 
@@ -138,7 +144,10 @@ async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiRes
         .instance(&name)
         .await
         .map_err(read_err)?;
-    Ok(Json(i.into()))
+    let facts = crate::cron::Facts::load(&state.home.registry)
+        .await
+        .map_err(read_err)?;
+    Ok(Json(InstanceView::with_facts(i, &facts)))
 }
 
 /// Enables an instance (a job).

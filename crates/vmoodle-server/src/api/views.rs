@@ -57,6 +57,31 @@ pub struct InstanceView {
     pub config: std::collections::BTreeMap<String, String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When its last cron pass started (unix seconds); none before the first.
+    pub last_cron_at: Option<i64>,
+    /// How its last cron pass ended: `ok`, `failed`, `timeout`, `interrupted`, or `running`.
+    pub last_cron_status: Option<String>,
+    /// Seconds since its last successful cron pass started; none when none succeeded.
+    pub cron_gap_s: Option<i64>,
+    /// Its Moodle version (`config.version`) as last read (hourly by the scheduler).
+    pub moodle_version: Option<String>,
+    /// Its Moodle release (`config.release`) as last read.
+    pub moodle_release: Option<String>,
+}
+
+impl InstanceView {
+    /// The view with what the register knows of its cron and Moodle version.
+    pub fn with_facts(i: Instance, facts: &crate::cron::Facts) -> Self {
+        let f = facts.of(i.id);
+        Self {
+            last_cron_at: f.last_cron_at,
+            last_cron_status: f.last_cron_status,
+            cron_gap_s: f.cron_gap_s,
+            moodle_version: f.moodle_version,
+            moodle_release: f.moodle_release,
+            ..Self::from(i)
+        }
+    }
 }
 
 impl From<Instance> for InstanceView {
@@ -82,6 +107,11 @@ impl From<Instance> for InstanceView {
             config: i.config,
             created_at: i.created_at,
             updated_at: i.updated_at,
+            last_cron_at: None,
+            last_cron_status: None,
+            cron_gap_s: None,
+            moodle_version: None,
+            moodle_release: None,
         }
     }
 }

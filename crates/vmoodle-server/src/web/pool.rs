@@ -145,6 +145,13 @@ struct PoolRow {
     /// Its MNET key's expiry as last read by the scheduler or the MNET page (reading every
     /// site's database on each page load would not stay fast at 10,000 instances).
     expiry: String,
+    /// Its last cron pass: when, and how it ended (`ok`, `failed`...); `never`.
+    cron: String,
+    cron_status: String,
+    /// Time since its last successful cron pass.
+    cron_gap: String,
+    /// Its Moodle release (version) as last read (hourly, by the scheduler).
+    version: String,
 }
 
 /// How an MNET value reads.
@@ -190,6 +197,8 @@ async fn pool(
             )
         }
     };
+    // Cron and Moodle versions: a few queries for the whole register, no site database read.
+    let facts = crate::cron::Facts::load(reg).await.unwrap_or_default();
     let (templates, nets) = reg.pool_choices().await.unwrap_or_default();
     let dbservers = super::dbserver_names(&state.home).await;
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
@@ -237,17 +246,34 @@ async fn pool(
         cols,
         rows: rows
             .into_iter()
-            .map(|i| PoolRow {
-                mnet: mnet_words(&i.mnet),
-                expiry: if i.mnet < 0 {
-                    "—".into()
-                } else {
-                    expiry
-                        .get(&i.shortname)
-                        .map(|t| super::when(*t))
-                        .unwrap_or_else(|| "not read yet".into())
-                },
-                i,
+            .map(|i| {
+                let f = facts.of(i.id);
+                PoolRow {
+                    cron: f
+                        .last_cron_at
+                        .map(super::when)
+                        .unwrap_or_else(|| "never".into()),
+                    cron_status: f.last_cron_status.unwrap_or_default(),
+                    cron_gap: f
+                        .cron_gap_s
+                        .map(vmoodle_ops::fleet::cron::gap_words)
+                        .unwrap_or_else(|| "—".into()),
+                    version: match (f.moodle_release, f.moodle_version) {
+                        (Some(r), Some(v)) if !r.is_empty() => format!("{r} ({v})"),
+                        (_, Some(v)) => v,
+                        _ => "not read yet".into(),
+                    },
+                    mnet: mnet_words(&i.mnet),
+                    expiry: if i.mnet < 0 {
+                        "—".into()
+                    } else {
+                        expiry
+                            .get(&i.shortname)
+                            .map(|t| super::when(*t))
+                            .unwrap_or_else(|| "not read yet".into())
+                    },
+                    i,
+                }
             })
             .collect(),
         dbservers,

@@ -123,6 +123,27 @@ const GROUPS: &[(&str, &[Setting])] = &[
             "0: the daemon fills none",
         )],
     ),
+    (
+        "Moodle cron",
+        &[
+            (
+                "cron.enabled",
+                "The daemon runs cron",
+                "off: run `vmoodle cron --all` from the system's crontab",
+            ),
+            (
+                "cron.interval",
+                "Interval (seconds)",
+                "a pass of each site this often (10 or more); overdue past twice this",
+            ),
+            ("cron.parallel", "Sites at once on this node", "1 to 64"),
+            (
+                "cron.timeout",
+                "Time limit per pass (seconds)",
+                "a pass past it is killed",
+            ),
+        ],
+    ),
 ];
 
 fn kind_of(key: &str, current: &serde_json::Value) -> Kind {

@@ -5,6 +5,7 @@
 mod admin;
 mod compare;
 mod config;
+mod cron;
 mod dbserver;
 mod delete;
 mod deploy;
@@ -152,6 +153,8 @@ enum Command {
     Compare(compare::Cmd),
     /// Upgrade the sites behind the Moodle code; status and rollback of upgrades.
     Upgrade(Box<upgrade::Cmd>),
+    /// Moodle's cron for each selected instance (one pass); `cron status`, `cron history`.
+    Cron(cron::Cmd),
 }
 
 pub fn main() -> ExitCode {
@@ -300,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Report(c) => c.run(&home).await,
         Command::Compare(c) => c.run(&home).await,
         Command::Upgrade(c) => c.run(&home).await,
+        Command::Cron(c) => c.run(&home).await,
     }
 }
 

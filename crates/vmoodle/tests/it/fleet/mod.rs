@@ -4,13 +4,15 @@
 //! `upgrade`, `config`.
 
 mod config;
+mod cron;
+mod cron_daemon;
 mod report;
 mod run;
 mod sql;
 mod upgrade;
 mod web;
 
-use crate::deploy::{deploy_json, setup, token, Setup};
+use crate::deploy::{deploy_json, token, Setup};
 use crate::mnet_live::{free_port, serve, PhpServer, ROUTER};
 use std::path::PathBuf;
 
@@ -29,7 +31,12 @@ pub(crate) struct LiveFleet {
 
 impl LiveFleet {
     pub(crate) fn new(server: &str, n: usize) -> Self {
-        let mut s = setup();
+        Self::new_on(crate::common::Backend::Sqlite, server, n)
+    }
+
+    /// [`LiveFleet::new`] with the register in SQLite or PostgreSQL.
+    pub(crate) fn new_on(register: crate::common::Backend, server: &str, n: usize) -> Self {
+        let mut s = crate::deploy::setup_on(register);
         let port = free_port();
         s.vm.set(
             "schema.wwwroot",
