@@ -62,6 +62,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut shared: Option<Arc<Shared>> = None;
     let mut instances: Vec<Instance> = Vec::new();
     let mut last_refresh = 0;
+    let mut said: Option<String> = None;
     let (mut enabled, mut interval, mut parallel, mut timeout) = (false, 60, 2, 600);
     loop {
         tokio::select! {
@@ -99,9 +100,18 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                         });
                         if stale {
                             shared = match new_shared(home) {
-                                Ok(s) => Some(Arc::new(s)),
+                                Ok(s) => {
+                                    said = None;
+                                    Some(Arc::new(s))
+                                }
                                 Err(e) => {
-                                    tracing::warn!("cron: {e:#}");
+                                    // Said once (and again when the reason changes), not every
+                                    // refresh: a home without moodle.dir is a normal state.
+                                    let msg = format!("{e:#}");
+                                    if said.as_deref() != Some(msg.as_str()) {
+                                        tracing::warn!("cron: not running: {msg}");
+                                        said = Some(msg);
+                                    }
                                     None
                                 }
                             };

@@ -85,6 +85,9 @@ pub enum FleetOperation {
         #[serde(default)]
         secret: bool,
     },
+    /// One pass of Moodle's cron (admin/cli/cron.php --keep-alive=0) per site, under the
+    /// site's cron lock (a busy site is skipped).
+    Cron,
     /// Upgrade the sites whose database is behind the code: maintenance on, optional snapshot,
     /// upgrade.php, purge caches, maintenance off; a failed site stays in maintenance.
     Upgrade {
@@ -111,6 +114,7 @@ impl FleetOperation {
             FleetOperation::ConfigSet { .. } => "config-set",
             FleetOperation::ConfigUnset { .. } => "config-unset",
             FleetOperation::Upgrade { .. } => "upgrade",
+            FleetOperation::Cron => "cron",
         }
     }
 
@@ -198,7 +202,7 @@ impl FleetParams {
                     .map(|p| format!("{p}/"))
                     .unwrap_or_default()
             ),
-            FleetOperation::Upgrade { .. } => String::new(),
+            FleetOperation::Upgrade { .. } | FleetOperation::Cron => String::new(),
         };
         format!("{what} {}", self.selection.selection().describe())
             .trim()
@@ -239,6 +243,9 @@ impl FleetParams {
             FleetOperation::Upgrade { .. } => {
                 code.code_version()?;
             }
+            FleetOperation::Cron => {
+                code.cli_script("cron.php")?;
+            }
         }
         self.selection.selection().resolve(home).await?;
         Ok(())
@@ -272,6 +279,9 @@ impl FleetParams {
             FleetOperation::ConfigUnset { name, plugin } => {
                 let setting = Setting::new(name, plugin.as_deref())?;
                 config::set(home, &sel, &setting, &Change::Unset, false, &opts, events).await
+            }
+            FleetOperation::Cron => {
+                vmoodle_ops::fleet::cron::cron_pass(home, &sel, &opts, events).await
             }
             FleetOperation::Upgrade { snapshot, canary } => {
                 let o = UpgradeOptions {

@@ -157,6 +157,7 @@ impl Op {
                 "config-set" => "fleet-config-set",
                 "config-unset" => "fleet-config-unset",
                 "upgrade" => "fleet-upgrade",
+                "cron" => "fleet-cron",
                 _ => "fleet",
             },
         }

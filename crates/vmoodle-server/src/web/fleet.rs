@@ -131,6 +131,7 @@ impl FleetForm {
                         .collect(),
                 }
             }
+            "cron" => FleetOperation::Cron,
             "upgrade" => FleetOperation::Upgrade {
                 snapshot: self.snapshot.is_some(),
                 canary: number(errors, "canary", &self.canary, 0) as usize,
@@ -179,6 +180,7 @@ impl FleetForm {
 
 /// The operations the page offers.
 const OPS: &[(&str, &str)] = &[
+    ("cron", "Run cron (one pass)"),
     ("upgrade", "Upgrade the sites behind the code"),
     ("run", "Run a Moodle CLI script"),
     ("config_set", "Change a setting"),
@@ -245,7 +247,7 @@ async fn form(
     Query(mut f): Query<FleetForm>,
 ) -> Response {
     if f.op.is_empty() {
-        f.op = "run".into();
+        f.op = "cron".into();
     }
     render(&state, &p, f, FieldErrors::default(), None).await
 }

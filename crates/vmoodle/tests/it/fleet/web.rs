@@ -141,6 +141,22 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
         ),
         secret
     );
+    // Cron from the page: one pass per site, recorded like the CLI's.
+    let (status, location) = br.post_form(
+        "/fleet",
+        "/fleet",
+        &[("op", "cron"), ("instances", &instances), ("action", "run")],
+    );
+    assert_eq!(status, 303, "{location}");
+    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
+    let j = wait_job(vm, id);
+    assert_eq!(
+        (j["state"].as_str(), j["kind"].as_str()),
+        (Some("done"), Some("fleet-cron")),
+        "{j}"
+    );
+    let st = vm.json(&["cron", "history", &a, "--json"]);
+    assert!(st.to_string().contains("web:alice"), "{st}");
     // An upgrade from the page: nothing is behind the code, so every site is skipped.
     let (status, location) = br.post_form(
         "/fleet",
