@@ -181,6 +181,16 @@ pub fn this_owner() -> String {
     format!("{}/{pid}/{}", node_name(), start_time(pid).unwrap_or(0))
 }
 
+/// A holder of a site lock: this process and a random token, so two pieces of work of one
+/// process (the daemon's scheduler and a web job, two web jobs) are different holders and never
+/// both get a site; `owner_alive` still tells when the process is gone.
+pub fn lock_owner() -> String {
+    let mut r = [0u8; 6];
+    let _ = openssl::rand::rand_bytes(&mut r);
+    let token: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}#{token}", this_owner())
+}
+
 pub fn node_name() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -199,6 +209,8 @@ fn start_time(pid: u32) -> Option<u64> {
 /// Whether an owner string names a process that is still running on this node. Owners on other
 /// nodes count as alive: only their own node can tell.
 pub fn owner_alive(owner: &str) -> bool {
+    // A lock holder is its process plus a token of its own (`node/pid/start#token`).
+    let owner = owner.split('#').next().unwrap_or(owner);
     let mut parts = owner.rsplitn(3, '/');
     let (Some(start), Some(pid), Some(node)) = (parts.next(), parts.next(), parts.next()) else {
         return false;

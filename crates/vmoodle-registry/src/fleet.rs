@@ -80,8 +80,8 @@ fn cron_from_row(r: &sqlx::any::AnyRow) -> Result<CronRun> {
 impl Registry {
     // ---- site locks ----------------------------------------------------------------------------
 
-    /// Takes the `purpose` lock of a site for `owner` until `expires_at`, unless someone else
-    /// holds it and its lease has not run out. One statement, so two nodes racing for the same
+    /// Takes the `purpose` lock of a site for `owner` until `expires_at`, unless it is held and
+    /// its lease has not run out (by anyone: a holder does not take its own lock twice). One statement, so two nodes racing for the same
     /// site cannot both win. Returns whether this owner now holds it.
     pub async fn try_lock_site(
         &self,
@@ -96,7 +96,7 @@ impl Registry {
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (instance_id, purpose) DO UPDATE SET owner = excluded.owner, \
              acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
-             WHERE site_locks.expires_at < $6 OR site_locks.owner = $7",
+             WHERE site_locks.expires_at < $6",
         )
         .bind(instance_id)
         .bind(purpose)
@@ -104,7 +104,6 @@ impl Registry {
         .bind(now)
         .bind(expires_at)
         .bind(now)
-        .bind(owner)
         .execute(&self.pool)
         .await
         .map_err(q("taking a site's lock"))?;
@@ -373,5 +372,89 @@ impl Registry {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{InstanceFields, NewDbServer, Registry};
+    use vmoodle_core::DbKind;
+
+    /// One holder at a time, even two holders of one process (the owner strings differ by
+    /// their token); a lapsed lease is taken over; only the holder renews or releases.
+    #[tokio::test]
+    async fn site_locks_have_one_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open_sqlite(&dir.path().join("r.sqlite"))
+            .await
+            .unwrap();
+        let s = reg
+            .add_dbserver(&NewDbServer {
+                name: "db".into(),
+                kind: DbKind::Mariadb,
+                host: "127.0.0.1".into(),
+                port: 3306,
+                socket: None,
+                admin_user: "root".into(),
+                admin_password_sealed: String::new(),
+            })
+            .await
+            .unwrap();
+        let i = reg
+            .add_instance(&InstanceFields {
+                shortname: "a".into(),
+                host: "a.example.org".into(),
+                wwwroot: "http://a.example.org".into(),
+                name: "a".into(),
+                description: String::new(),
+                is_master: false,
+                enabled: true,
+                dbserver_id: s.id,
+                dbtype: "mariadb".into(),
+                dbname: "a".into(),
+                dbuser: "a".into(),
+                dbpass_sealed: String::new(),
+                prefix: "mdl_".into(),
+                dbpersist: false,
+                dataroot: "/srv/a".into(),
+                mnet: -1,
+                template: None,
+                config: Default::default(),
+            })
+            .await
+            .unwrap();
+        let (one, two) = ("n/1/1#aa", "n/1/1#bb");
+        assert!(reg
+            .try_lock_site(i.id, "cron", one, 100, 200)
+            .await
+            .unwrap());
+        assert!(!reg
+            .try_lock_site(i.id, "cron", two, 150, 250)
+            .await
+            .unwrap());
+        assert!(
+            !reg.try_lock_site(i.id, "cron", one, 150, 250)
+                .await
+                .unwrap(),
+            "a holder does not take its own lock twice"
+        );
+        assert!(reg
+            .try_lock_site(i.id, "upgrade", two, 150, 250)
+            .await
+            .unwrap());
+        assert!(!reg.renew_site_lock(i.id, "cron", two, 400).await.unwrap());
+        assert!(reg.renew_site_lock(i.id, "cron", one, 400).await.unwrap());
+        assert!(!reg
+            .try_lock_site(i.id, "cron", two, 300, 500)
+            .await
+            .unwrap());
+        reg.unlock_site(i.id, "cron", two).await.unwrap();
+        assert_eq!(reg.site_locks("cron", 300).await.unwrap()[0].owner, one);
+        // The lease ran out: the next holder takes it over.
+        assert!(reg
+            .try_lock_site(i.id, "cron", two, 401, 600)
+            .await
+            .unwrap());
+        assert_eq!(reg.site_locks("cron", 401).await.unwrap()[0].owner, two);
     }
 }

@@ -319,9 +319,24 @@ pub async fn set(
     let (code, script, run_ref, new) = (&code, &script, &run, &new);
     let sites = run
         .for_each(home, &selected.instances, opts, events, |inst| async move {
-            let log = run_ref.log_path(inst);
+            // A value from stdin is never shown (nor the one it replaces): not in the report,
+            // not in the job's log, not in the site's log (what php prints while reading or
+            // setting it goes nowhere; the outcome says how it ended).
+            let hide = matches!(
+                change,
+                Change::Set {
+                    from_stdin: true,
+                    ..
+                }
+            );
+            let site_log = run_ref.log_path(inst);
+            let log = if hide {
+                std::path::PathBuf::from("/dev/null")
+            } else {
+                site_log.clone()
+            };
             let mut o = SiteOutcome::new(inst, SiteStatus::Failed, "");
-            o.log = Some(log.clone());
+            o.log = (!hide).then(|| site_log.clone());
             let old = match read_value(code, inst, setting, opts.timeout, &log).await {
                 Ok((SiteStatus::Ok, v)) => v,
                 Ok((status, _)) => {
@@ -330,19 +345,14 @@ pub async fn set(
                     return o;
                 }
                 Err(e) => {
-                    o.message = e;
+                    o.message = if hide {
+                        "reading the current value failed (its output is not kept: the value is a secret)".into()
+                    } else {
+                        e
+                    };
                     return o;
                 }
             };
-            // A value from stdin is never shown (nor the one it replaces): not in the report,
-            // not in the job's log.
-            let hide = matches!(
-                change,
-                Change::Set {
-                    from_stdin: true,
-                    ..
-                }
-            );
             let shown = |v: &Option<String>| match v {
                 Some(_) if hide => Some("(hidden)".to_string()),
                 other => other.clone(),
@@ -406,6 +416,14 @@ pub async fn set(
                         o.message = format!("{} -> {}", show(&old), show(new));
                     } else if r.exit_code == Some(4) {
                         o.message = "set in config.php: Moodle will not change it".into();
+                    } else if hide {
+                        // What php printed may hold the value: only how it ended.
+                        o.message = format!(
+                            "Moodle refused the change ({})",
+                            r.exit_code
+                                .map(|c| format!("exit code {c}"))
+                                .unwrap_or_else(|| "killed".into())
+                        );
                     } else {
                         o.message = r.tail.lines().last().unwrap_or("").to_string();
                     }

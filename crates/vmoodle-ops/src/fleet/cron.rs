@@ -88,7 +88,7 @@ pub async fn interrupt_dead_runs(home: &Home) -> Result<u64> {
 /// One cron pass of one site, under its lock; recorded in the register's cron runs.
 pub async fn cron_site(ctx: &CronCtx<'_>, inst: &Instance) -> SiteOutcome {
     let reg = &ctx.home.registry;
-    let owner = crate::journal::this_owner();
+    let owner = crate::journal::lock_owner();
     let now = vmoodle_core::now_unix();
     let lease = lease(ctx.timeout);
     match reg

@@ -580,6 +580,39 @@ impl FleetRun {
     }
 }
 
+/// Renews a site's locks while long work runs (every third of the lease), until dropped: a
+/// holder that is alive never loses its site because a step took longer than foreseen.
+pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn keep_leases(
+    reg: &vmoodle_registry::Registry,
+    instance_id: i64,
+    purposes: &[&'static str],
+    owner: &str,
+    lease: Duration,
+) -> LeaseKeeper {
+    let (reg, owner, purposes) = (reg.clone(), owner.to_string(), purposes.to_vec());
+    let secs = lease.as_secs().max(30) as i64;
+    LeaseKeeper(tokio::spawn(async move {
+        let every = Duration::from_secs((secs / 3) as u64);
+        loop {
+            tokio::time::sleep(every).await;
+            let until = vmoodle_core::now_unix() + secs;
+            for p in &purposes {
+                if let Err(e) = reg.renew_site_lock(instance_id, p, &owner, until).await {
+                    tracing::warn!("renewing a site's {p} lock: {e:#}");
+                }
+            }
+        }
+    }))
+}
+
 /// `20261123-063700` (UTC).
 pub fn utc_stamp(unix: i64) -> String {
     let days = unix.div_euclid(86_400);

@@ -10,7 +10,7 @@ use vmoodle_dbserver::{admin, quote_ident, tools};
 use vmoodle_registry::{Instance, UpgradeRow};
 
 use super::moodle::{MoodleCode, MoodleVersion};
-use super::upgrade::{db_version, is_pending, lock_site, unlock_site};
+use super::upgrade::{db_version, is_pending, lock_site, unlock_site, LOCKS};
 use super::FleetRun;
 use crate::{dbservers, templates, Home};
 
@@ -146,6 +146,13 @@ pub async fn rollback(
     })?;
     let (manifest, dir) = templates::open(&template)?;
     let server = home.registry.dbserver_by_id(inst.dbserver_id).await?;
+    if manifest.source.shortname != inst.shortname {
+        bail!(
+            "the snapshot `{snapshot}` was taken of `{}`, not of `{}`: refusing to load another site's data",
+            manifest.source.shortname,
+            inst.shortname
+        );
+    }
     if manifest.source.kind != server.kind || manifest.source.prefix != inst.prefix {
         bail!(
             "the snapshot `{snapshot}` ({} tables `{}*`) does not fit `{}` ({} tables `{}*`)",
@@ -160,10 +167,12 @@ pub async fn rollback(
     let cv = code.code_version()?;
     let run = FleetRun::unjournaled(home, "upgrade-rollback")?;
     let log = run.log_path(&inst);
-    let owner = crate::journal::this_owner();
-    if let Some(busy) = lock_site(home, &inst, &owner, Duration::from_secs(3600)).await? {
+    let owner = crate::journal::lock_owner();
+    let lease = Duration::from_secs(3600);
+    if let Some(busy) = lock_site(home, &inst, &owner, lease).await? {
         bail!("`{}` is busy: {busy}", inst.shortname);
     }
+    let keeper = super::keep_leases(&home.registry, inst.id, &LOCKS, &owner, lease);
     let mut j =
         crate::journal::Journal::start(home, "upgrade-rollback", &inst.shortname, 3, events)
             .await?;
@@ -180,7 +189,16 @@ pub async fn rollback(
         )
         .await?;
         j.step("restore the database").await?;
-        let spec = dbservers::admin_spec(home, &server)?;
+        // PostgreSQL: as the instance's own role, never the server's administrator. The
+        // tenant owns this database and could have planted functions that an administrator's
+        // session would resolve and run (CVE-2018-1058); its own role owns what it drops and
+        // what the dump (--no-owner) makes. MariaDB: the administrator (a dump may need more
+        // than the instance's grants), in a database whose functions cannot take its place.
+        let spec = if server.kind.is_mysql_family() {
+            dbservers::admin_spec(home, &server)?
+        } else {
+            super::sitedb::SiteDb::new(home, &inst).await?.spec
+        };
         drop_tables(&spec, &inst).await?;
         tools::load(
             &templates::clients(home)?,
@@ -190,16 +208,6 @@ pub async fn rollback(
         )
         .await
         .context("loading the pre-upgrade dump")?;
-        if !server.kind.is_mysql_family() {
-            crate::deploy::pg_hand_over(
-                &spec,
-                &inst.dbname,
-                &inst.dbuser,
-                &inst.prefix,
-                &inst.prefix,
-            )
-            .await?;
-        }
         j.step("maintenance").await?;
         let v = db_version(home, &inst).await?;
         let pending = is_pending(&code, &inst, timeout, &log).await?;
@@ -218,6 +226,7 @@ pub async fn rollback(
         anyhow::Ok((v, pending))
     }
     .await;
+    drop(keeper);
     unlock_site(home, &inst, &owner).await;
     let now = vmoodle_core::now_unix();
     match r {
@@ -286,8 +295,9 @@ async fn drop_tables(spec: &vmoodle_dbserver::ConnSpec, inst: &Instance) -> Resu
     let sql = if kind.is_mysql_family() {
         "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = DATABASE()"
     } else {
-        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace \
-         WHERE s.nspname = current_schema() AND c.relkind = 'r'"
+        "SELECT c.relname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+         WHERE s.nspname = pg_catalog.current_schema() AND c.relkind = 'r'"
     };
     let rows = c.rows(sql, &[]).await;
     vmoodle_dbserver::close(c).await;
@@ -325,10 +335,11 @@ async fn drop_tables(spec: &vmoodle_dbserver::ConnSpec, inst: &Instance) -> Resu
             Some(&inst.dbname),
             "dropping the upgraded sequences",
             &[format!(
-                "DO $vm$ DECLARE r record; BEGIN FOR r IN SELECT c.relname::text AS n FROM pg_class c \
-                 JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = current_schema() \
-                 AND c.relkind = 'S' AND left(c.relname, length({p})) = {p} LOOP \
-                 EXECUTE format('DROP SEQUENCE IF EXISTS %I', r.n); END LOOP; END $vm$",
+                "DO $vm$ DECLARE r record; BEGIN FOR r IN SELECT c.relname::text AS n \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+                 WHERE s.nspname = pg_catalog.current_schema() AND c.relkind = 'S' \
+                 AND pg_catalog.left(c.relname::text, pg_catalog.length({p}::text)) = {p}::text LOOP \
+                 EXECUTE pg_catalog.format('DROP SEQUENCE IF EXISTS %I', r.n); END LOOP; END $vm$",
                 p = vmoodle_dbserver::quote_literal(kind, &inst.prefix)
             )],
         )

@@ -11,6 +11,9 @@ use vmoodle_registry::Instance;
 use super::moodle::MoodleVersion;
 use crate::Home;
 
+/// The time limit of one statement on a site's database (seconds).
+pub const STATEMENT_SECS: u64 = 60;
+
 /// An instance's database, reached with its own account.
 #[derive(Debug, Clone)]
 pub struct SiteDb {
@@ -45,9 +48,25 @@ impl SiteDb {
         })
     }
 
-    /// Connects to the instance's database.
+    /// Connects to the instance's database, with a time limit on every statement: the tables
+    /// are the tenant's (a view that sleeps, a held lock) and must not hang vmoodle.
     pub async fn conn(&self) -> Result<Conn> {
-        Ok(vmoodle_dbserver::connect(&self.spec, Some(&self.inst.dbname)).await?)
+        let mut c = vmoodle_dbserver::connect(&self.spec, Some(&self.inst.dbname)).await?;
+        let limit = if self.kind.is_mysql_family() {
+            // MariaDB's name (seconds); MySQL's max_execution_time (ms) covers SELECTs only.
+            format!("SET SESSION max_statement_time = {STATEMENT_SECS}")
+        } else {
+            format!("SET statement_timeout = {}", STATEMENT_SECS * 1000)
+        };
+        if c.batch(&limit).await.is_err() && self.kind.is_mysql_family() {
+            let _ = c
+                .batch(&format!(
+                    "SET SESSION max_execution_time = {}",
+                    STATEMENT_SECS * 1000
+                ))
+                .await;
+        }
+        Ok(c)
     }
 
     /// A Moodle table of this instance, prefixed and quoted (`config` -> `"mdl_config"`).
@@ -104,18 +123,20 @@ pub async fn refresh_versions(
     use futures::StreamExt;
     futures::stream::iter(instances.iter())
         .map(|inst| async move {
-            let r = async {
-                let db = SiteDb::new(home, inst).await?;
-                let mut c = db.conn().await?;
-                let v = db.version(&mut c).await;
-                vmoodle_dbserver::close(c).await;
-                let v = v?;
-                home.registry
-                    .set_site_facts(inst.id, &v.version, &v.release, vmoodle_core::now_unix())
-                    .await?;
-                Ok(v)
-            }
-            .await;
+            let r =
+                tokio::time::timeout(std::time::Duration::from_secs(STATEMENT_SECS + 15), async {
+                    let db = SiteDb::new(home, inst).await?;
+                    let mut c = db.conn().await?;
+                    let v = db.version(&mut c).await;
+                    vmoodle_dbserver::close(c).await;
+                    let v = v?;
+                    home.registry
+                        .set_site_facts(inst.id, &v.version, &v.release, vmoodle_core::now_unix())
+                        .await?;
+                    Ok(v)
+                })
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("its database did not answer in time")));
             (inst.shortname.clone(), r)
         })
         .buffer_unordered(8)

@@ -234,7 +234,7 @@ async fn read_only_query(
     sql: &str,
     opts: &SqlOptions,
 ) -> Result<Answer> {
-    use sqlx::Executor;
+    use sqlx::{Column, Executor};
     let max = opts.max_rows;
     let server_err = |e: sqlx::Error| match e {
         sqlx::Error::Database(d) => anyhow!("{}", d.message()),
@@ -277,11 +277,17 @@ async fn read_only_query(
                 Ok(())
             }
             .await;
+            // The column names of a query that returned no rows: described inside the
+            // read-only transaction and its time limit, like the query.
+            if r.is_ok() && columns.is_empty() {
+                columns = c
+                    .describe(sql)
+                    .await
+                    .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
+                    .unwrap_or_default();
+            }
             let _ = c.execute("ROLLBACK").await;
             r?;
-            if columns.is_empty() {
-                columns = describe_columns(conn, sql).await;
-            }
             Ok((columns, rows, truncated))
         }
         Conn::Pg(c) => {
@@ -308,31 +314,19 @@ async fn read_only_query(
                 Ok(())
             }
             .await;
+            // The column names of a query that returned no rows: described inside the
+            // read-only transaction and its time limit, like the query.
+            if r.is_ok() && columns.is_empty() {
+                columns = c
+                    .describe(sql)
+                    .await
+                    .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
+                    .unwrap_or_default();
+            }
             let _ = c.execute("ROLLBACK").await;
             r?;
-            if columns.is_empty() {
-                columns = describe_columns(conn, sql).await;
-            }
             Ok((columns, rows, truncated))
         }
-    }
-}
-
-/// The column names of a query that returned no rows (the prepared statement's description;
-/// nothing runs).
-async fn describe_columns(conn: &mut Conn, sql: &str) -> Vec<String> {
-    use sqlx::{Column, Executor};
-    match conn {
-        Conn::My(c) => c
-            .describe(sql)
-            .await
-            .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
-            .unwrap_or_default(),
-        Conn::Pg(c) => c
-            .describe(sql)
-            .await
-            .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
-            .unwrap_or_default(),
     }
 }
 

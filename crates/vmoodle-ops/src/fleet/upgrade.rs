@@ -237,7 +237,7 @@ pub async fn upgrade(
         return run.finish(home, sites, selected.disabled_left_out).await;
     }
     // 2. Canaries, then the rest.
-    let owner = crate::journal::this_owner();
+    let owner = crate::journal::lock_owner();
     let canary = opts.canary.min(todo.len());
     let (first, rest) = todo.split_at(canary);
     let work = |inst: &Instance| {
@@ -333,6 +333,8 @@ async fn upgrade_site(
             return o;
         }
     }
+    // Held while the steps run, however long a snapshot or an upgrade takes.
+    let keeper = super::keep_leases(&home.registry, inst.id, &LOCKS, owner, lease);
     let reg = &home.registry;
     let r = async {
         reg.start_upgrade(&NewUpgrade {
@@ -369,18 +371,27 @@ async fn upgrade_site(
             }
         };
         script("maintenance on", "maintenance.php", &["--enable"]).await?;
-        if opts.snapshot {
-            reg.set_upgrade_step(inst.id, "snapshot").await?;
-            let name = snapshot_name(&inst.shortname, vmoodle_core::now_unix());
-            crate::templates::snapshot(home, &inst.shortname, &name, &crate::journal::no_events)
-                .await
-                .map_err(|e| e.context("snapshot"))?;
-            reg.set_upgrade_snapshot(inst.id, Some(&name)).await?;
-            snapshot = Some(name);
-        } else if resumed {
+        if resumed {
+            // The snapshot of the first attempt is the state before the upgrade; a new one now
+            // would hold a half-upgraded database.
             snapshot = reg.upgrade_of(inst.id).await?.and_then(|u| u.snapshot);
         } else {
+            // A previous upgrade's snapshot is older than this site's data: never roll back to it.
             reg.set_upgrade_snapshot(inst.id, None).await?;
+            if opts.snapshot {
+                reg.set_upgrade_step(inst.id, "snapshot").await?;
+                let name = snapshot_name(&inst.shortname, vmoodle_core::now_unix());
+                crate::templates::snapshot(
+                    home,
+                    &inst.shortname,
+                    &name,
+                    &crate::journal::no_events,
+                )
+                .await
+                .map_err(|e| e.context("snapshot"))?;
+                reg.set_upgrade_snapshot(inst.id, Some(&name)).await?;
+                snapshot = Some(name);
+            }
         }
         script("upgrade", "upgrade.php", &["--non-interactive"]).await?;
         script("purge caches", "purge_caches.php", &[]).await?;
@@ -423,6 +434,7 @@ async fn upgrade_site(
             o.message = format!("{msg} (left in maintenance)");
         }
     }
+    drop(keeper);
     unlock_site(home, inst, owner).await;
     o
 }

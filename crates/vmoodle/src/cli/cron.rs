@@ -95,11 +95,15 @@ impl Cmd {
             None => {
                 let home = vmoodle_ops::Home::open(home).await?;
                 let progress = FleetProgress::new(false);
-                let r =
-                    cron::cron_pass(&home, &self.select.selection(), &self.run.options(), &|e| {
-                        progress.event(e)
-                    })
-                    .await;
+                let c = &home.settings.cron;
+                let opts = self.run.options_or(
+                    c.parallel as usize,
+                    std::time::Duration::from_secs(u64::from(c.timeout)),
+                );
+                let r = cron::cron_pass(&home, &self.select.selection(), &opts, &|e| {
+                    progress.event(e)
+                })
+                .await;
                 progress.finish();
                 report(&r?, self.run.json)
             }

@@ -55,12 +55,13 @@ impl SelectArgs {
 /// How the run goes and how it is reported.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Sites worked on at once.
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub parallel: u16,
-    /// Time limit per site (e.g. 90s, 10m, 1h); a site past it is killed and reported.
-    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// Sites worked on at once [default: 4; for cron, the setting cron.parallel].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: Option<u16>,
+    /// Time limit per site (e.g. 90s, 10m, 1h); a site past it is killed and reported
+    /// [default: 10m; for cron, the setting cron.timeout].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// Start no new site once this many failed (the rest are reported `not started`).
     #[arg(long, value_name = "N")]
     pub max_failures: Option<usize>,
@@ -71,9 +72,14 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn options(&self) -> FleetOptions {
+        self.options_or(4, Duration::from_secs(600))
+    }
+
+    /// The options, with these defaults for what the command line left out.
+    pub fn options_or(&self, parallel: usize, timeout: Duration) -> FleetOptions {
         FleetOptions {
-            parallel: self.parallel.into(),
-            timeout: self.timeout,
+            parallel: self.parallel.map_or(parallel, usize::from),
+            timeout: self.timeout.unwrap_or(timeout),
             max_failures: self.max_failures,
         }
     }
@@ -203,6 +209,10 @@ Examples:
   vmoodle run maintenance.php school1 school2 -- --enable
   vmoodle run scheduled_task.php --match 'school-*' -- --execute='\\core\\task\\session_cleanup_task'
   vmoodle run cfg.php --dbserver db1 --json -- --name=theme
+
+The script's arguments are recorded with the job and in the logs (as they sit on php's command
+line): never pass a password there; for a secret setting use `vmoodle config set NAME
+--value-stdin`.
 
 Exit codes: 0 every site ok, 3 some failed or were not started, 1 nothing could run.")]
 pub struct RunCmd {

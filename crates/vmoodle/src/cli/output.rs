@@ -8,6 +8,23 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cell as a terminal may show it: control characters (escape sequences a tenant's data could
+/// hold) as visible `\u{..}` escapes, the text otherwise untouched.
+pub fn cell(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut t = Table::new();
     t.load_preset(if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -18,7 +35,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     .set_content_arrangement(ContentArrangement::Dynamic)
     .set_header(headers.to_vec());
     for r in rows {
-        t.add_row(r);
+        t.add_row(r.iter().map(|c| cell(c)).collect::<Vec<_>>());
     }
     println!("{t}");
 }
