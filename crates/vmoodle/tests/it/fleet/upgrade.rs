@@ -252,7 +252,7 @@ fn upgrade_fail_rollback_and_again_on_mariadb() {
 
 #[test]
 fn failing_canary_stops_the_wave_on_postgres() {
-    let f = LiveFleet::new("pg", 3);
+    let mut f = LiveFleet::new("pg", 3);
     let mut t: Vec<&str> = f.tokens.iter().map(|s| s.as_str()).collect();
     t.sort();
     let (a, b, c) = (t[0], t[1], t[2]);
@@ -265,7 +265,11 @@ fn failing_canary_stops_the_wave_on_postgres() {
     }
     write_plugin(&f.moodle, 2);
     set_fail_flag("pg", a, true);
-    let r = upgrade_json(&f, &[a, b, c, "--canary", "1", "--parallel", "2"], 3);
+    let r = upgrade_json(
+        &f,
+        &[a, b, c, "--canary", "1", "--parallel", "2", "--snapshot"],
+        3,
+    );
     assert_eq!(site(&r, a)["status"], "failed", "{r}");
     for x in [b, c] {
         assert_eq!(site(&r, x)["status"], "not_started", "{r}");
@@ -280,6 +284,25 @@ fn failing_canary_stops_the_wave_on_postgres() {
     let job = r["job"].as_i64().unwrap();
     let j = f.s.vm.json(&["jobs", "show", &job.to_string(), "--json"]);
     assert_eq!(j["state"], "failed", "{j}");
+
+    // Rollback on PostgreSQL: the canary's database back from its snapshot, loaded by the
+    // instance's own role (it owns what was restored), still in maintenance as the code is ahead.
+    let st = f.s.vm.json(&["upgrade", "status", "--json"]);
+    let snap = site(&st, a)["last"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.s.clean.templates.push(snap);
+    let rb = f.s.vm.json(&["upgrade", "rollback", a, "--yes", "--json"]);
+    assert_eq!(rb["maintenance"], true, "{rb}");
+    assert_eq!(plugin_version("pg", a), "1");
+    assert_eq!(
+        crate::deploy::pg_value(
+            &format!("vmt_{a}"),
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'mdl_config'"
+        ),
+        format!("vmt_{a}")
+    );
 
     // The cause fixed, the canary and then the rest go through.
     set_fail_flag("pg", a, false);
