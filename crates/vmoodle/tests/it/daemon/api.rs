@@ -38,6 +38,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{id}/retry"),
     ("get", "/api/v1/schema/expand"),
     ("get", "/api/v1/settings"),
+    ("post", "/api/v1/fleet"),
+    ("post", "/api/v1/fleet/preview"),
 ];
 
 /// A bearer-token client of one daemon, keeping every answer's body to grep for secrets.
