@@ -332,6 +332,7 @@ fn browser_deploy_find_disable_snapshot_and_bulk() {
             (&*format!("/templates/{tpl}"), "template"),
             ("/dbservers", "dbservers"),
             ("/mnet", "mnet"),
+            ("/fleet", "fleet"),
             ("/settings", "settings"),
             ("/", "pool"),
         ] {

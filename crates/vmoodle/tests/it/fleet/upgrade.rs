@@ -480,8 +480,15 @@ fn an_interrupted_upgrade_is_shown_and_finished_by_the_next_run() {
     child.wait().unwrap();
     // Moodle's own upgrade (its own process group) runs to its end; vmoodle's record stays
     // `running` with a dead owner: shown as interrupted, and the site is still in maintenance.
-    for _ in 0..120 {
-        if marker("maria", a) == "upgraded-to-2" {
+    // ... until Moodle says its upgrade ended (upgrade_finished() unsets `upgraderunning`).
+    let running = || {
+        crate::deploy::my_value(
+            &format!("vmt_{a}"),
+            "SELECT COUNT(*) FROM mdl_config WHERE name = 'upgraderunning' AND value <> '0'",
+        ) != "0"
+    };
+    for _ in 0..240 {
+        if marker("maria", a) == "upgraded-to-2" && !running() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
