@@ -240,6 +240,41 @@ async fn read_only_query(
         sqlx::Error::Database(d) => anyhow!("{}", d.message()),
         other => anyhow!("{other}"),
     };
+    // The statement alone (sqlx::query prepares: one statement only, by the server's rule), at
+    // most `max` rows, then ROLLBACK; the column names of a query that returned no rows are
+    // described inside the read-only transaction and its time limit, like the query.
+    macro_rules! fetch_then_roll_back {
+        ($c:expr, $to_row:path) => {{
+            let mut columns = Vec::new();
+            let mut rows = Vec::new();
+            let mut truncated = false;
+            let r: Result<()> = async {
+                let mut s = sqlx::query(sql).fetch(&mut *$c);
+                while let Some(row) = s.try_next().await.map_err(server_err)? {
+                    if columns.is_empty() {
+                        columns = sql_text::names(&row);
+                    }
+                    if rows.len() == max {
+                        truncated = true;
+                        break;
+                    }
+                    rows.push($to_row(&row));
+                }
+                Ok(())
+            }
+            .await;
+            if r.is_ok() && columns.is_empty() {
+                columns = $c
+                    .describe(sql)
+                    .await
+                    .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
+                    .unwrap_or_default();
+            }
+            let _ = $c.execute("ROLLBACK").await;
+            r?;
+            Ok((columns, rows, truncated))
+        }};
+    }
     match conn {
         Conn::My(c) => {
             c.execute("SET SESSION TRANSACTION READ ONLY").await?;
@@ -258,37 +293,7 @@ async fn read_only_query(
             };
             c.execute(limit.as_str()).await?;
             c.execute("START TRANSACTION READ ONLY").await?;
-            let mut columns = Vec::new();
-            let mut rows = Vec::new();
-            let mut truncated = false;
-            let r: Result<()> = async {
-                // sqlx::query prepares: one statement only, by the server's rule.
-                let mut s = sqlx::query(sql).fetch(&mut *c);
-                while let Some(row) = s.try_next().await.map_err(server_err)? {
-                    if columns.is_empty() {
-                        columns = sql_text::names(&row);
-                    }
-                    if rows.len() == max {
-                        truncated = true;
-                        break;
-                    }
-                    rows.push(sql_text::my_row(&row));
-                }
-                Ok(())
-            }
-            .await;
-            // The column names of a query that returned no rows: described inside the
-            // read-only transaction and its time limit, like the query.
-            if r.is_ok() && columns.is_empty() {
-                columns = c
-                    .describe(sql)
-                    .await
-                    .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
-                    .unwrap_or_default();
-            }
-            let _ = c.execute("ROLLBACK").await;
-            r?;
-            Ok((columns, rows, truncated))
+            fetch_then_roll_back!(c, sql_text::my_row)
         }
         Conn::Pg(c) => {
             let ms = opts.timeout.as_millis().max(1);
@@ -296,36 +301,7 @@ async fn read_only_query(
             c.execute(format!("SET LOCAL statement_timeout = {ms}").as_str())
                 .await?;
             c.execute("SELECT 1").await?;
-            let mut columns = Vec::new();
-            let mut rows = Vec::new();
-            let mut truncated = false;
-            let r: Result<()> = async {
-                let mut s = sqlx::query(sql).fetch(&mut *c);
-                while let Some(row) = s.try_next().await.map_err(server_err)? {
-                    if columns.is_empty() {
-                        columns = sql_text::names(&row);
-                    }
-                    if rows.len() == max {
-                        truncated = true;
-                        break;
-                    }
-                    rows.push(sql_text::pg_row(&row));
-                }
-                Ok(())
-            }
-            .await;
-            // The column names of a query that returned no rows: described inside the
-            // read-only transaction and its time limit, like the query.
-            if r.is_ok() && columns.is_empty() {
-                columns = c
-                    .describe(sql)
-                    .await
-                    .map(|d| d.columns().iter().map(|c| c.name().to_string()).collect())
-                    .unwrap_or_default();
-            }
-            let _ = c.execute("ROLLBACK").await;
-            r?;
-            Ok((columns, rows, truncated))
+            fetch_then_roll_back!(c, sql_text::pg_row)
         }
     }
 }

@@ -193,21 +193,7 @@ fn mnet_call_between_live_sites_survives_renewal() {
     std::fs::write(&router, ROUTER).unwrap();
     // The master's config.php, as Moodle's installer writes it, then the hook.
     let master_data = dir.join("maria-src");
-    std::fs::write(
-        moodle.join("config.php"),
-        format!(
-            "<?php  // Moodle configuration file\n\nunset($CFG);\nglobal $CFG;\n$CFG = new stdClass();\n\n\
-             $CFG->dbtype = 'mariadb';\n$CFG->dblibrary = 'native';\n$CFG->dbhost = '127.0.0.1';\n\
-             $CFG->dbname = '{db}';\n$CFG->dbuser = '{db}';\n$CFG->dbpass = 'src-pw';\n$CFG->prefix = 'mdl_';\n\
-             $CFG->dboptions = ['dbpersist' => 0, 'dbport' => '', 'dbsocket' => ''];\n\
-             $CFG->wwwroot = 'http://master.moodle.test';\n$CFG->dataroot = '{data}';\n\
-             $CFG->admin = 'admin';\n$CFG->directorypermissions = 02777;\n\n\
-             require_once(__DIR__ . '/lib/setup.php');\n",
-            db = s._maria.name,
-            data = master_data.display()
-        ),
-    )
-    .unwrap();
+    crate::fleet::write_master_config(&moodle, "mariadb", &s._maria.name, &master_data);
     let mdir = moodle.to_str().unwrap();
     s.vm.ok(&["hook", "install", "--moodle-dir", mdir]);
     s.vm.ok(&["settings", "set", "moodle.dir", mdir]);

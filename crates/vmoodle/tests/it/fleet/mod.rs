@@ -14,7 +14,27 @@ mod web;
 
 use crate::deploy::{deploy_json, token, Setup};
 use crate::mnet_live::{free_port, serve, PhpServer, ROUTER};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Writes the master's config.php into a copy of the Moodle code, as Moodle's installer writes
+/// it: the source site's database (`mariadb` or `pgsql`, database and user `db`, password
+/// `src-pw`), wwwroot http://master.moodle.test, dataroot `data`.
+pub(crate) fn write_master_config(moodle: &Path, dbtype: &str, db: &str, data: &Path) {
+    std::fs::write(
+        moodle.join("config.php"),
+        format!(
+            "<?php  // Moodle configuration file\n\nunset($CFG);\nglobal $CFG;\n$CFG = new stdClass();\n\n\
+             $CFG->dbtype = '{dbtype}';\n$CFG->dblibrary = 'native';\n$CFG->dbhost = '127.0.0.1';\n\
+             $CFG->dbname = '{db}';\n$CFG->dbuser = '{db}';\n$CFG->dbpass = 'src-pw';\n$CFG->prefix = 'mdl_';\n\
+             $CFG->dboptions = ['dbpersist' => 0, 'dbport' => '', 'dbsocket' => ''];\n\
+             $CFG->wwwroot = 'http://master.moodle.test';\n$CFG->dataroot = '{data}';\n\
+             $CFG->admin = 'admin';\n$CFG->directorypermissions = 02777;\n\n\
+             require_once(__DIR__ . '/lib/setup.php');\n",
+            data = data.display()
+        ),
+    )
+    .unwrap();
+}
 
 /// A home with `n` live instances deployed on `server` (`maria` or `pg`) from a snapshot of the
 /// real Moodle 5.1 fixture, the Moodle code (a private copy) with the hook installed and
@@ -59,20 +79,7 @@ impl LiveFleet {
             other => panic!("no such test server {other}"),
         };
         // The master's config.php, as Moodle's installer writes it, then the hook.
-        std::fs::write(
-            moodle.join("config.php"),
-            format!(
-                "<?php  // Moodle configuration file\n\nunset($CFG);\nglobal $CFG;\n$CFG = new stdClass();\n\n\
-                 $CFG->dbtype = '{dbtype}';\n$CFG->dblibrary = 'native';\n$CFG->dbhost = '127.0.0.1';\n\
-                 $CFG->dbname = '{db}';\n$CFG->dbuser = '{db}';\n$CFG->dbpass = 'src-pw';\n$CFG->prefix = 'mdl_';\n\
-                 $CFG->dboptions = ['dbpersist' => 0, 'dbport' => '', 'dbsocket' => ''];\n\
-                 $CFG->wwwroot = 'http://master.moodle.test';\n$CFG->dataroot = '{data}';\n\
-                 $CFG->admin = 'admin';\n$CFG->directorypermissions = 02777;\n\n\
-                 require_once(__DIR__ . '/lib/setup.php');\n",
-                data = data.display()
-            ),
-        )
-        .unwrap();
+        write_master_config(&moodle, dbtype, &db, &data);
         let mdir = moodle.to_str().unwrap();
         s.vm.ok(&["hook", "install", "--moodle-dir", mdir]);
         s.vm.ok(&["settings", "set", "moodle.dir", mdir]);

@@ -3,7 +3,19 @@
 //! home's lock (fleet jobs change sites, not the home), and the API's read-only tokens refused.
 
 use super::LiveFleet;
-use crate::daemon::{admin_and_tokens, wait_job, Daemon, Locked, PASSWORD};
+use crate::common::Vm;
+use crate::daemon::{admin_and_tokens, wait_job, Browser, Daemon, Locked, PASSWORD};
+
+/// Runs the Fleet form with these fields; returns the job page it went to and the ended job.
+fn run_on_page(br: &Browser, vm: &Vm, fields: &[(&str, &str)]) -> (String, serde_json::Value) {
+    let mut all = fields.to_vec();
+    all.push(("action", "run"));
+    let (status, location) = br.post_form("/fleet", "/fleet", &all);
+    assert_eq!(status, 303, "{location}");
+    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
+    let job = wait_job(vm, id);
+    (location, job)
+}
 
 #[test]
 fn fleet_page_and_api_run_scripts_on_a_selection() {
@@ -65,20 +77,16 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
     // Run, while a CLI command holds the home's lock: the fleet job does not wait for it.
     let lock = Locked::take(vm);
     let instances = format!("{a}, {b}");
-    let (status, location) = br.post_form(
-        "/fleet",
-        "/fleet",
+    let (location, j) = run_on_page(
+        &br,
+        vm,
         &[
             ("op", "run"),
             ("script", "purge_caches.php"),
             ("instances", &instances),
             ("parallel", "2"),
-            ("action", "run"),
         ],
     );
-    assert_eq!(status, 303, "{location}");
-    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
-    let j = wait_job(vm, id);
     drop(lock);
     assert_eq!(j["state"], "done", "{j}");
     assert_eq!(j["kind"], "fleet-run", "{j}");
@@ -91,20 +99,16 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
     assert!(page.contains(&format!("{a}: ok")), "{page}");
 
     // A setting through the page (Moodle's cfg.php), seen by `config get`.
-    let (status, location) = br.post_form(
-        "/fleet",
-        "/fleet",
+    let (_, j) = run_on_page(
+        &br,
+        vm,
         &[
             ("op", "config_set"),
             ("name", "forcelogin"),
             ("value", "1"),
             ("instances", &a),
-            ("action", "run"),
         ],
     );
-    assert_eq!(status, 303, "{location}");
-    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
-    let j = wait_job(vm, id);
     assert_eq!(
         (j["state"].as_str(), j["kind"].as_str()),
         (Some("done"), Some("fleet-config-set")),
@@ -115,21 +119,17 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
     assert_ne!(r["sites"][1]["value"], "1", "{r}");
     // A secret value: set, but never on the job's page, in its log or its recorded request.
     let secret = "s3cr3t-Value-93f1";
-    let (status, location) = br.post_form(
-        "/fleet",
-        "/fleet",
+    let (location, j) = run_on_page(
+        &br,
+        vm,
         &[
             ("op", "config_set"),
             ("name", "smtppass"),
             ("value", secret),
             ("secret", "1"),
             ("instances", &b),
-            ("action", "run"),
         ],
     );
-    assert_eq!(status, 303, "{location}");
-    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
-    let j = wait_job(vm, id);
     assert_eq!(j["state"], "done", "{j}");
     assert!(!j.to_string().contains(secret), "{j}");
     let (_, page) = br.get(&location);
@@ -142,14 +142,7 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
         secret
     );
     // Cron from the page: one pass per site, recorded like the CLI's.
-    let (status, location) = br.post_form(
-        "/fleet",
-        "/fleet",
-        &[("op", "cron"), ("instances", &instances), ("action", "run")],
-    );
-    assert_eq!(status, 303, "{location}");
-    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
-    let j = wait_job(vm, id);
+    let (_, j) = run_on_page(&br, vm, &[("op", "cron"), ("instances", &instances)]);
     assert_eq!(
         (j["state"].as_str(), j["kind"].as_str()),
         (Some("done"), Some("fleet-cron")),
@@ -158,18 +151,7 @@ fn fleet_page_and_api_run_scripts_on_a_selection() {
     let st = vm.json(&["cron", "history", &a, "--json"]);
     assert!(st.to_string().contains("web:alice"), "{st}");
     // An upgrade from the page: nothing is behind the code, so every site is skipped.
-    let (status, location) = br.post_form(
-        "/fleet",
-        "/fleet",
-        &[
-            ("op", "upgrade"),
-            ("instances", &instances),
-            ("action", "run"),
-        ],
-    );
-    assert_eq!(status, 303, "{location}");
-    let id: i64 = location.trim_start_matches("/jobs/").parse().unwrap();
-    let j = wait_job(vm, id);
+    let (_, j) = run_on_page(&br, vm, &[("op", "upgrade"), ("instances", &instances)]);
     assert_eq!(
         (j["state"].as_str(), j["kind"].as_str()),
         (Some("done"), Some("fleet-upgrade")),
