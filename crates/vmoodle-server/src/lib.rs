@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod runner;
 pub mod sched;
 pub mod sync;
-pub mod tls;
+pub use vmoodle_agent::tls;
 pub mod web;
 
 use anyhow::{Context, Result};

@@ -1,0 +1,1 @@
+//! The control node's client of an agent (filled in next).

@@ -1,0 +1,182 @@
+//! The agent's own settings: `agent.toml` in the agent's home (default /etc/vmoodle-agent), with
+//! the home's other files beside it: `token.sha256` (the hash of the token the control node
+//! presents), `cert.pem` and `key.pem` (the agent's TLS identity, made by `vmoodle agent init`),
+//! and `state/` (what the agent keeps between steps: previous configurations, moved-aside data
+//! directories, its keepalived check script).
+//!
+//! A node is a database node (`[database]`), a proxy node (`[proxy]`), or both. Every command
+//! the agent runs to start, stop or reload a service is an argv list (no shell); the defaults are
+//! Debian's with systemd, and a test harness names its own.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The file name of the agent's settings inside its home.
+pub const CONFIG_FILE: &str = "agent.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent listens (HTTPS), e.g. "10.0.0.11:8008". HAProxy's health checks come here.
+    pub listen: SocketAddr,
+    /// The node's name, shown in answers and logs (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub database: Option<DatabaseConfig>,
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Mariadb,
+    Postgresql,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Mariadb => "mariadb",
+            Engine::Postgresql => "postgresql",
+        }
+    }
+}
+
+/// The local database server of a database node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub engine: Engine,
+    /// The server's data directory (/var/lib/mysql, /var/lib/postgresql/15/main).
+    pub datadir: PathBuf,
+    /// The TCP port the server listens on (3306, 5432).
+    pub port: u16,
+    /// MariaDB: the socket file; PostgreSQL: the socket directory. The agent connects through it
+    /// as the server's administrator (MariaDB root by unix_socket, PostgreSQL `postgres` by peer).
+    pub socket: PathBuf,
+    /// MariaDB: the option file every client tool and mariabackup reads first
+    /// (`--defaults-file`); none: the tools' own defaults (/etc/mysql/my.cnf).
+    #[serde(default)]
+    pub defaults_file: Option<PathBuf>,
+    /// The file the agent owns and rewrites with the settings a role needs (server_id, read_only,
+    /// log_bin... for MariaDB; primary_conninfo and friends for PostgreSQL). The server's own
+    /// configuration must include it (MariaDB: a file in mariadb.conf.d or `!include`;
+    /// PostgreSQL: `include_if_exists` or a conf.d file).
+    pub managed_config: PathBuf,
+    /// PostgreSQL: the directory of initdb, pg_ctl, pg_basebackup, pg_rewind
+    /// (/usr/lib/postgresql/15/bin).
+    #[serde(default)]
+    pub bindir: Option<PathBuf>,
+    /// The operating-system account the server runs as (mysql, postgres).
+    pub os_user: String,
+    /// Starts the server and returns once it answers (or the agent waits for it).
+    pub start: Vec<String>,
+    /// Stops the server and returns once it is down.
+    pub stop: Vec<String>,
+}
+
+/// HAProxy and keepalived on a proxy node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The configuration file the agent writes for HAProxy (/etc/haproxy/haproxy.cfg).
+    pub haproxy_config: PathBuf,
+    /// HAProxy's pid file (the keepalived check reads it).
+    pub haproxy_pidfile: PathBuf,
+    /// HAProxy's admin socket (`show stat`, `show servers state`).
+    pub haproxy_socket: PathBuf,
+    pub haproxy_start: Vec<String>,
+    /// A reload that keeps the listening sockets (systemctl reload haproxy; `-sf` in a lab).
+    pub haproxy_reload: Vec<String>,
+    pub haproxy_stop: Vec<String>,
+    /// The configuration file the agent writes for keepalived (/etc/keepalived/keepalived.conf).
+    pub keepalived_config: PathBuf,
+    pub keepalived_start: Vec<String>,
+    pub keepalived_reload: Vec<String>,
+    pub keepalived_stop: Vec<String>,
+}
+
+impl AgentConfig {
+    pub fn load(home: &Path) -> Result<Self> {
+        let path = home.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the agent's settings {}", path.display()))?;
+        let cfg: AgentConfig = toml::from_str(&text)
+            .with_context(|| format!("the agent's settings {}", path.display()))?;
+        cfg.check()
+            .with_context(|| format!("the agent's settings {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.database.is_none() && self.proxy.is_none() {
+            bail!("neither [database] nor [proxy] is set: the agent would have nothing to do");
+        }
+        if let Some(d) = &self.database {
+            for (what, argv) in [("start", &d.start), ("stop", &d.stop)] {
+                if argv.is_empty() {
+                    bail!("database.{what} is empty: name the command that {what}s the server");
+                }
+            }
+            if d.engine == Engine::Postgresql && d.bindir.is_none() {
+                bail!("database.bindir is not set: name PostgreSQL's bin directory (e.g. /usr/lib/postgresql/15/bin)");
+            }
+        }
+        if let Some(p) = &self.proxy {
+            for (what, argv) in [
+                ("haproxy_start", &p.haproxy_start),
+                ("haproxy_reload", &p.haproxy_reload),
+                ("haproxy_stop", &p.haproxy_stop),
+                ("keepalived_start", &p.keepalived_start),
+                ("keepalived_reload", &p.keepalived_reload),
+                ("keepalived_stop", &p.keepalived_stop),
+            ] {
+                if argv.is_empty() {
+                    bail!("proxy.{what} is empty: name the command");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "node".into())
+        })
+    }
+}
+
+/// Paths of the agent's home.
+#[derive(Debug, Clone)]
+pub struct AgentHome {
+    pub dir: PathBuf,
+}
+
+impl AgentHome {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        AgentHome { dir: dir.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+    pub fn token_hash(&self) -> PathBuf {
+        self.dir.join("token.sha256")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    /// What the agent keeps between steps (0700).
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
