@@ -180,3 +180,70 @@ impl AgentHome {
         self.dir.join("state")
     }
 }
+
+fn argv(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The newest PostgreSQL major version installed under /usr/lib/postgresql (Debian's layout).
+fn debian_pg_version() -> Option<u32> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+}
+
+impl DatabaseConfig {
+    /// Debian 12's packages under systemd.
+    pub fn debian(engine: Engine) -> Result<Self> {
+        Ok(match engine {
+            Engine::Mariadb => DatabaseConfig {
+                engine,
+                datadir: "/var/lib/mysql".into(),
+                port: 3306,
+                socket: "/run/mysqld/mysqld.sock".into(),
+                defaults_file: None,
+                managed_config: "/etc/mysql/mariadb.conf.d/99-vmoodle.cnf".into(),
+                bindir: None,
+                os_user: "mysql".into(),
+                start: argv(&["systemctl", "start", "mariadb"]),
+                stop: argv(&["systemctl", "stop", "mariadb"]),
+            },
+            Engine::Postgresql => {
+                let v = debian_pg_version()
+                    .context("no PostgreSQL under /usr/lib/postgresql: install postgresql first")?;
+                DatabaseConfig {
+                    engine,
+                    datadir: format!("/var/lib/postgresql/{v}/main").into(),
+                    port: 5432,
+                    socket: "/var/run/postgresql".into(),
+                    defaults_file: None,
+                    managed_config: format!("/etc/postgresql/{v}/main/conf.d/99-vmoodle.conf")
+                        .into(),
+                    bindir: Some(format!("/usr/lib/postgresql/{v}/bin").into()),
+                    os_user: "postgres".into(),
+                    start: argv(&["systemctl", "start", &format!("postgresql@{v}-main")]),
+                    stop: argv(&["systemctl", "stop", &format!("postgresql@{v}-main")]),
+                }
+            }
+        })
+    }
+}
+
+impl ProxyConfig {
+    /// Debian 12's haproxy and keepalived under systemd.
+    pub fn debian() -> Self {
+        ProxyConfig {
+            haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
+            haproxy_pidfile: "/run/haproxy.pid".into(),
+            haproxy_socket: "/run/haproxy/admin.sock".into(),
+            haproxy_start: argv(&["systemctl", "start", "haproxy"]),
+            haproxy_reload: argv(&["systemctl", "reload", "haproxy"]),
+            haproxy_stop: argv(&["systemctl", "stop", "haproxy"]),
+            keepalived_config: "/etc/keepalived/keepalived.conf".into(),
+            keepalived_start: argv(&["systemctl", "start", "keepalived"]),
+            keepalived_reload: argv(&["systemctl", "reload", "keepalived"]),
+            keepalived_stop: argv(&["systemctl", "stop", "keepalived"]),
+        }
+    }
+}

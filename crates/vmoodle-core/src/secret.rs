@@ -94,6 +94,14 @@ impl<'a> Binding<'a> {
             row: shortname,
         }
     }
+    /// `cluster_nodes.token` of the node named `name` (the token its agent accepts).
+    pub fn node_token(name: &'a str) -> Self {
+        Self {
+            table: "cluster_nodes",
+            column: "token",
+            row: name,
+        }
+    }
     /// A secret setting in vmoodle.toml (`schema.db_password`).
     pub fn setting(key: &'a str) -> Self {
         Self {

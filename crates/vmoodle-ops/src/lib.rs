@@ -17,6 +17,7 @@ pub mod instances;
 pub mod jobs;
 pub mod journal;
 pub mod mnet;
+pub mod nodes;
 pub mod publish;
 pub mod sealing;
 pub mod spares;

@@ -10,11 +10,13 @@ use std::path::Path;
 use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
+mod cluster_nodes;
 mod daemon;
 mod fleet;
 mod pool;
 mod stats;
 mod upgrade;
+pub use cluster_nodes::{ClusterNode, NewClusterNode};
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
 pub use fleet::{CronRun, CronState, SiteFacts, SiteLock, CRON_HISTORY};
 pub use pool::{PoolFilter, PoolSort};

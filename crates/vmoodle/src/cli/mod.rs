@@ -3,6 +3,7 @@
 //! JSON with `--json`) and diagnostics on stderr.
 
 mod admin;
+mod agent;
 mod compare;
 mod config;
 mod cron;
@@ -18,6 +19,7 @@ mod instance;
 mod jobs;
 mod master;
 mod mnet;
+mod node;
 mod output;
 mod progress;
 mod report;
@@ -99,6 +101,11 @@ enum Command {
     /// Database servers that hold instance databases.
     #[command(subcommand)]
     Dbserver(dbserver::Cmd),
+    /// Machines of database clusters (database and proxy nodes), reached through their agents.
+    #[command(subcommand)]
+    Node(node::Cmd),
+    /// Run on a cluster node: the agent the control node and HAProxy talk to (HTTPS).
+    Agent(agent::Cmd),
     /// Moodle instances in the register.
     #[command(subcommand)]
     Instance(Box<instance::Cmd>),
@@ -282,6 +289,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Settings(c) => c.run(&home).await,
         Command::Schema(c) => c.run(&home).await,
         Command::Dbserver(c) => c.run(&home).await,
+        Command::Node(c) => c.run(&home).await,
+        Command::Agent(c) => c.run().await,
         Command::Instance(c) => (*c).run(&home).await,
         Command::Master(c) => c.run(&home).await,
         Command::Import(c) => c.run(&home).await,
