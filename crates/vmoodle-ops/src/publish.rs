@@ -113,6 +113,7 @@ pub fn render_host_file(
         dbpass,
         prefix: i.prefix.clone(),
         dbpersist: i.dbpersist,
+        readonly: server.reader_host.clone().zip(server.reader_port),
         dataroot: i.dataroot.clone(),
         layout: hostfile::instance_layout(&i.dataroot, &i.shortname, master_config),
         extras: i.config.clone(),

@@ -11,12 +11,14 @@ use thiserror::Error;
 use vmoodle_core::{now_unix, DbKind};
 
 mod cluster_nodes;
+mod clusters;
 mod daemon;
 mod fleet;
 mod pool;
 mod stats;
 mod upgrade;
 pub use cluster_nodes::{ClusterNode, NewClusterNode};
+pub use clusters::{Cluster, Member, NewCluster};
 pub use daemon::{Admin, ApiToken, NodeRow, ScheduleRow, SessionRow};
 pub use fleet::{CronRun, CronState, SiteFacts, SiteLock, CRON_HISTORY};
 pub use pool::{PoolFilter, PoolSort};
@@ -75,6 +77,10 @@ pub struct DbServer {
     #[serde(skip)]
     pub admin_password_sealed: String,
     pub topology: String,
+    /// Where reads go when the server is a cluster (its reader port behind the virtual IP):
+    /// Moodle's `dboptions['readonly']`.
+    pub reader_host: Option<String>,
+    pub reader_port: Option<u16>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -865,6 +871,11 @@ fn dbserver_from_row(r: &AnyRow) -> Result<DbServer> {
         admin_user: r.try_get("admin_user").map_err(get)?,
         admin_password_sealed: r.try_get("admin_password").map_err(get)?,
         topology: r.try_get("topology").map_err(get)?,
+        reader_host: r.try_get("reader_host").map_err(get)?,
+        reader_port: r
+            .try_get::<Option<i64>, _>("reader_port")
+            .map_err(get)?
+            .and_then(|p| u16::try_from(p).ok()),
         created_at: r.try_get("created_at").map_err(get)?,
         updated_at: r.try_get("updated_at").map_err(get)?,
     })

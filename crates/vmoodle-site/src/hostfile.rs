@@ -29,6 +29,10 @@ pub struct HostFile {
     pub dbpass: Secret,
     pub prefix: String,
     pub dbpersist: bool,
+    /// Where reads go (a cluster's reader port): Moodle's own read-replica option,
+    /// `dboptions['readonly']` (Moodle keeps sessions, locks and anything written in the last
+    /// `latency` seconds on the primary).
+    pub readonly: Option<(String, u16)>,
     pub dataroot: String,
     /// Per-instance directories and session prefixes (see `instance_layout`).
     pub layout: BTreeMap<String, String>,
@@ -165,10 +169,17 @@ impl HostFile {
             Some(p) => php::string(p),
             None => "false".into(),
         };
+        let readonly = match &self.readonly {
+            Some((host, port)) => format!(
+                "            'readonly' => [\n                'instance' => [['dbhost' => {}, 'dbport' => {port}]],\n                'connecttimeout' => 2,\n                'latency' => 1,\n            ],\n",
+                php::string(host)
+            ),
+            None => String::new(),
+        };
         kv(
             "dboptions",
             format!(
-                "[\n            'dbpersist' => {},\n            'dbport' => {},\n            'dbsocket' => {socket},\n        ]",
+                "[\n            'dbpersist' => {},\n            'dbport' => {},\n            'dbsocket' => {socket},\n{readonly}        ]",
                 php::bool(self.dbpersist),
                 self.dbport
             ),
@@ -199,6 +210,7 @@ mod tests {
             dbtype: "mariadb".into(),
             dbhost: "db1.example.org".into(),
             dbport: 3306,
+            readonly: None,
             dbsocket: None,
             dbname: "vm_school1".into(),
             dbuser: "vm_school1".into(),
@@ -231,5 +243,33 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         insta::assert_snapshot!(sample(&master, &[("tempdir", "/fast/tmp/school1")]).render());
+    }
+
+    /// A clustered server's host file gives Moodle its read replica the way config-dist.php
+    /// documents, and PHP reads it back as that array.
+    #[test]
+    fn readonly_replica_option_is_what_moodle_reads() {
+        let mut hf = sample(&BTreeMap::new(), &[]);
+        hf.dbhost = "10.0.0.100".into();
+        hf.dbport = 3306;
+        hf.readonly = Some(("10.0.0.100".into(), 3307));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("h.php");
+        std::fs::write(&f, hf.render()).unwrap();
+        let out = std::process::Command::new("php")
+            .arg("-r")
+            .arg(format!(
+                "define('VMOODLE_HOOK', 1); $r = include '{}'; echo json_encode($r['cfg']['dboptions']);",
+                f.display()
+            ))
+            .output()
+            .expect("php");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["dbport"], 3306);
+        assert_eq!(v["readonly"]["instance"][0]["dbhost"], "10.0.0.100");
+        assert_eq!(v["readonly"]["instance"][0]["dbport"], 3307);
+        assert_eq!(v["readonly"]["connecttimeout"], 2);
+        assert_eq!(v["readonly"]["latency"], 1);
     }
 }
