@@ -208,6 +208,10 @@ async fn live_mariadb_seed_replicate_undo() {
         eprintln!("skipped: needs root (unix_socket login as root, the mysql account)");
         return;
     }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("vmoodle_agent=info")
+        .with_test_writer()
+        .try_init();
     // Dropped last: the servers (below) stop first.
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -270,6 +274,16 @@ async fn live_mariadb_seed_replicate_undo() {
         slot: None,
         application_name: "db2".into(),
     };
+    // A stream that is not a backup fails before the server is touched.
+    let e = mariadb::seed(&db2.cfg, &home2, &plan, &b"not a backup"[..])
+        .await
+        .unwrap_err();
+    eprintln!("garbage stream: {e:#}");
+    assert!(format!("{e:#}").contains("mbstream"), "{e:#}");
+    assert_eq!(mariadb::probe(&db2.cfg).await.role, Some(Role::Primary));
+    assert!(!home2.state().join("seed-prev").exists());
+    assert!(!home2.state().join("seed-staging").exists());
+
     let t = Instant::now();
     let mut backup = mariadb::backup(&db1.cfg, &home1).await.unwrap();
     let seeded = mariadb::seed(&db2.cfg, &home2, &plan, &mut backup.stdout).await;
@@ -321,6 +335,23 @@ async fn live_mariadb_seed_replicate_undo() {
     assert_eq!(st2.role, Some(Role::Replica));
     assert_eq!((st2.io_running, st2.sql_running), (Some(true), Some(false)));
 
+    // Seeding again with a wrong password: the seeded server is replaced (and kept aside), and
+    // the seed fails with the replication error within seconds.
+    let wrong = ReplicaPlan {
+        repl_password: Secret::new(format!("wrong-{}", password.expose())),
+        ..plan.clone()
+    };
+    let t = Instant::now();
+    let mut backup = mariadb::backup(&db1.cfg, &home1).await.unwrap();
+    let e = mariadb::seed(&db2.cfg, &home2, &wrong, &mut backup.stdout)
+        .await
+        .unwrap_err();
+    assert!(backup.child.wait().await.unwrap().success());
+    eprintln!("failed re-seed took {:?}: {e:#}", t.elapsed());
+    assert!(format!("{e:#}").contains("Access denied"), "{e:#}");
+    assert!(!format!("{e:#}").contains(wrong.repl_password.expose()));
+    assert_eq!(mariadb::probe(&db2.cfg).await.io_running, Some(false));
+
     // Undo: db2's own empty server comes back, writable, with its (empty) managed config.
     let t = Instant::now();
     mariadb::undo_seed(&db2.cfg, &home2).await.unwrap();
@@ -350,10 +381,11 @@ async fn live_mariadb_seed_replicate_undo() {
 
     // The replication password is nowhere in the agents' homes (state, logs, the undone data
     // directory) nor in db2's files.
-    let pw = password.expose().as_bytes();
-    for dir in [&home1.dir, &home2.dir, &db2.root] {
-        let hits = files_containing(dir, pw);
-        assert!(hits.is_empty(), "the password is in {hits:?}");
+    for pw in [password.expose(), wrong.repl_password.expose()] {
+        for dir in [&home1.dir, &home2.dir, &db2.root] {
+            let hits = files_containing(dir, pw.as_bytes());
+            assert!(hits.is_empty(), "the password is in {hits:?}");
+        }
     }
     // A server that is down probes as Down, and its facts say so.
     drop(db2);

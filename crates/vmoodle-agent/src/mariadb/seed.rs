@@ -23,6 +23,8 @@ use crate::protocol::{ReplicaPlan, Role};
 
 /// How long the server may take to answer after it was started, and replication to run.
 const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long a replication error may persist before the seed gives up waiting for it to clear.
+const FAIL_AFTER: Duration = Duration::from_secs(5);
 const LONG: Duration = Duration::from_secs(3600);
 
 /// What a seed replaced, so that `undo_seed` can put it back.
@@ -184,6 +186,30 @@ async fn run_service(what: &str, argv: &[String], log: &Path, timeout: Duration)
     Ok(())
 }
 
+/// `STOP SLAVE; RESET SLAVE ALL` on a running seeded server: it forgets its source, whose
+/// password MariaDB keeps in master.info, and its relay logs.
+async fn forget_source(cfg: &DatabaseConfig) {
+    let sql = "STOP SLAVE;\nRESET SLAVE ALL;\n";
+    if let Err(e) = run_sql(cfg, &[], sql, Duration::from_secs(30)).await {
+        tracing::warn!("RESET SLAVE ALL on the seeded server failed: {e}");
+    }
+}
+
+/// Removes the replication source files (master.info holds the replication password) from a
+/// seeded data directory that was put aside; its data stays.
+fn scrub_source(dir: &Path) -> Result<()> {
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    for f in ["master.info", "relay-log.info"] {
+        let p = dir.join(f);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Stops the server (when it answers) and waits until it no longer does.
 async fn stop_server(cfg: &DatabaseConfig, log: &Path) -> Result<()> {
     if probe(cfg).await.role == Some(Role::Down) {
@@ -318,6 +344,7 @@ async fn seed_with_staging(
         .await
         .context("mariabackup --prepare of the received backup failed")?;
     let gtid = read_backup_gtid(staging)?;
+    let prepared = t0.elapsed();
     tracing::info!(
         "backup received and prepared in {:?}; at GTID {gtid}",
         t0.elapsed()
@@ -337,12 +364,18 @@ async fn seed_with_staging(
 
     let log = state.join("service.log");
     let was_running = probe(cfg).await.role != Some(Role::Down);
+    let record = read_record(state)?;
+    if was_running && record.is_some() {
+        // The server being replaced was seeded: it forgets its source (and password) first.
+        forget_source(cfg).await;
+    }
     stop_server(cfg, &log).await?;
+    let stopped = t0.elapsed();
 
     // Put what is there now aside, and write down where it went.
     let prev = prev_dir(state);
     let ts = now();
-    match read_record(state)? {
+    match record {
         Some(_) => {
             // A seed that was not undone: the record keeps the state from before the first
             // one; this seed's predecessor (a seeded directory) is kept aside too.
@@ -352,6 +385,7 @@ async fn seed_with_staging(
                     &state.join(format!("seed-replaced-{ts}")),
                     &format!(".vmoodle-seed-replaced-{ts}"),
                 )?;
+                scrub_source(&to)?;
                 tracing::info!(
                     "the previously seeded data directory is now {}",
                     to.display()
@@ -436,9 +470,11 @@ async fn seed_with_staging(
         &parse::replica_config(server_id),
         0o644,
     )?;
+    let copied = t0.elapsed();
     start_server(cfg, &log)
         .await
         .with_context(|| format!("starting the seeded server ({undo_hint})"))?;
+    let started = t0.elapsed();
 
     let sql = parse::replication_sql(
         &gtid,
@@ -454,25 +490,33 @@ async fn seed_with_staging(
         Duration::from_secs(30),
     )
     .await?;
-    let (running, st) = wait_for(cfg, READY_WAIT, |s| {
-        s.io_running == Some(true) && s.sql_running == Some(true)
+    // Wait until both threads run; an error that stays for FAIL_AFTER (access denied, host
+    // unreachable) ends the wait early.
+    let since = std::time::Instant::now();
+    let (_, st) = wait_for(cfg, READY_WAIT, |s| {
+        (s.io_running == Some(true) && s.sql_running == Some(true))
+            || (s.error.is_some() && since.elapsed() >= FAIL_AFTER)
     })
     .await;
-    if !running {
+    if !(st.io_running == Some(true) && st.sql_running == Some(true)) {
         bail!(
-            "replication from {}:{} did not start within {} s (io running: {:?}, sql running: \
+            "replication from {}:{} did not start (waited {:.1} s; io running: {:?}, sql running: \
              {:?}): {}\nhint: check that the primary is reachable from here and that {} may \
              replicate from this host with that password ({undo_hint})",
             plan.primary_host,
             plan.primary_port,
-            READY_WAIT.as_secs(),
+            since.elapsed().as_secs_f64(),
             st.io_running,
             st.sql_running,
             st.error.as_deref().unwrap_or("no error reported"),
             plan.repl_user
         );
     }
-    tracing::info!("replica seeded and replicating in {:?}", t0.elapsed());
+    tracing::info!(
+        "replica seeded and replicating in {:?} (received and prepared at {prepared:?}, server \
+         stopped at {stopped:?}, copied back at {copied:?}, started at {started:?})",
+        t0.elapsed()
+    );
     Ok(())
 }
 
@@ -484,16 +528,7 @@ pub(super) async fn undo_seed(cfg: &DatabaseConfig, home: &AgentHome) -> Result<
     let log = state.join("service.log");
     if probe(cfg).await.role != Some(Role::Down) {
         // Forget the replication source (and its password, kept in master.info) first.
-        if let Err(e) = run_sql(
-            cfg,
-            &[],
-            "STOP SLAVE;\nRESET SLAVE ALL;\n",
-            Duration::from_secs(30),
-        )
-        .await
-        {
-            tracing::warn!("RESET SLAVE ALL before the undo failed: {e}");
-        }
+        forget_source(cfg).await;
     }
     stop_server(cfg, &log).await?;
 
@@ -506,13 +541,7 @@ pub(super) async fn undo_seed(cfg: &DatabaseConfig, home: &AgentHome) -> Result<
                 &state.join(format!("seed-undone-{ts}")),
                 &format!(".vmoodle-seed-undone-{ts}"),
             )?;
-            for f in ["master.info", "relay-log.info"] {
-                let p = to.join(f);
-                if p.is_file() {
-                    std::fs::remove_file(&p)
-                        .with_context(|| format!("removing {}", p.display()))?;
-                }
-            }
+            scrub_source(&to)?;
             tracing::info!("the seeded data directory is now {}", to.display());
         }
         if let Some(m) = &rec.moved_to {
