@@ -4,6 +4,18 @@
 //! Every client call goes through the server's socket as root (unix_socket authentication),
 //! with `--defaults-file` first when the node names one (it keeps /etc/mysql/my.cnf out). SQL
 //! goes on the client's stdin, so the replication password never reaches argv.
+//!
+//! What the node's `[database]` settings must give (MariaDB):
+//! - `socket`, and `defaults_file` when the server's options are not in /etc/mysql/my.cnf;
+//! - `managed_config`: a file the server's configuration includes *after* its own `[mysqld]`
+//!   settings (`!include`, or a late file in mariadb.conf.d), so that the replica's settings
+//!   (server_id, log_bin, read_only=ON...) win; the agent writes it and undo puts it back;
+//! - `start`: returns once the server is started (a daemonising command such as
+//!   `setsid -f mariadbd --defaults-file=..` or `systemctl start mariadb`; its output goes to
+//!   STATE/service.log); the agent then waits up to 30 s for the server to answer;
+//! - `stop`: returns once the server is down (`mariadb-admin --defaults-file=.. shutdown`,
+//!   `systemctl stop mariadb`); the agent then waits up to 60 s for it to stop answering;
+//! - `os_user`: the account that owns the data directory (mysql).
 
 mod parse;
 mod seed;

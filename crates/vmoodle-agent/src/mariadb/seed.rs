@@ -21,6 +21,9 @@ use super::{now, parse, probe, run_sql, sql_step, state_dir, wait_for};
 use crate::config::{AgentHome, DatabaseConfig};
 use crate::protocol::{ReplicaPlan, Role};
 
+/// One seed or undo at a time in this agent.
+static SEED_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long the server may take to answer after it was started, and replication to run.
 const READY_WAIT: Duration = Duration::from_secs(30);
 /// How long a replication error may persist before the seed gives up waiting for it to clear.
@@ -303,6 +306,7 @@ pub(super) async fn seed(
     let server_id = plan
         .server_id
         .context("the replica plan has no server_id (MariaDB needs one per server)")?;
+    let _one = SEED_LOCK.lock().await;
     let state = state_dir(home)?;
     let staging = state.join("seed-staging");
     if exists(&staging) {
@@ -521,6 +525,7 @@ async fn seed_with_staging(
 }
 
 pub(super) async fn undo_seed(cfg: &DatabaseConfig, home: &AgentHome) -> Result<()> {
+    let _one = SEED_LOCK.lock().await;
     let state = state_dir(home)?;
     let Some(rec) = read_record(&state)? else {
         return Ok(());
