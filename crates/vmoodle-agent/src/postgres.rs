@@ -2,9 +2,9 @@
 //! checks, and the seeding of a standby with pg_basebackup run here against the primary.
 //! (Filled in by the engine work; signatures are the contract with `server`.)
 
-use anyhow::Result;
 use crate::config::{AgentHome, DatabaseConfig};
 use crate::protocol::{DbState, ReplicaPlan, ServerFacts};
+use anyhow::Result;
 
 /// Probes the local server once (pg_is_in_recovery, pg_stat_wal_receiver, replay LSN and lag). A server that
 /// does not answer gives `role: Some(Role::Down)`.
@@ -17,7 +17,6 @@ pub async fn facts(cfg: &DatabaseConfig) -> Result<ServerFacts> {
     let _ = cfg;
     anyhow::bail!("not yet")
 }
-
 
 /// Seeds this node with `pg_basebackup -X stream -R -C -S SLOT` from the primary and starts it
 /// as a standby.
