@@ -30,7 +30,7 @@ pub async fn command(socket: &Path, cmd: &str) -> Result<String> {
 }
 
 /// The server rows of `show stat` CSV (FRONTEND and BACKEND rows skipped). Columns (0-based):
-/// pxname 0, svname 1, scur 4, status 17, bck 19, check_status 36.
+/// pxname 0, svname 1, scur 4, status 17, bck 20, check_status 36.
 pub fn parse_show_stat(csv: &str) -> Vec<BackendState> {
     csv.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -46,7 +46,7 @@ pub fn parse_show_stat(csv: &str) -> Vec<BackendState> {
                 status: f[17].into(),
                 // "* L4CON" while a check is running.
                 check_status: f[36].trim_start_matches("* ").into(),
-                backup: f[19] == "1",
+                backup: f[20] == "1",
                 current_sessions: f[4].parse().unwrap_or(0),
             })
         })
@@ -70,7 +70,7 @@ mod tests {
             f[1] = sv;
             f[4] = scur;
             f[17] = status;
-            f[19] = bck;
+            f[20] = bck;
             f[36] = chk;
             f.join(",")
         };
