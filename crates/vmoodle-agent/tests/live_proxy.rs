@@ -138,7 +138,17 @@ fn config(ns: &str, dir: &Path) -> ProxyConfig {
         haproxy_pidfile: dir.join("haproxy.pid"),
         haproxy_socket: dir.join("haproxy.sock"),
         haproxy_start: inns(&["haproxy", "-D", "-f", &hcfg]),
-        haproxy_reload: inns(&["haproxy", "-D", "-f", &hcfg, "-sf", "{pid}"]),
+        // -x: the new process takes the listening sockets over from the old one (expose-fd).
+        haproxy_reload: inns(&[
+            "haproxy",
+            "-D",
+            "-f",
+            &hcfg,
+            "-x",
+            &p("haproxy.sock"),
+            "-sf",
+            "{pid}",
+        ]),
         haproxy_stop: strs(&["kill", "-TERM", "{pid}"]),
         keepalived_config: PathBuf::from(&kcfg),
         keepalived_pidfile: Some(PathBuf::from(&kpid)),
@@ -251,16 +261,45 @@ async fn live_proxy_apply_reload_remove() {
 
     // A changed spec reloads HAProxy (a new process) and the listener stays.
     let old_pid = std::fs::read_to_string(&cfg.haproxy_pidfile).unwrap();
+    let keepalived_pid = std::fs::read_to_string(cfg.keepalived_pidfile.as_ref().unwrap()).unwrap();
     spec.max_lag = 30;
+    spec.priority = 120; // keepalived.conf changes too: keepalived gets SIGHUP and keeps the VIP
+
+    // Clients connect all through the reload: none is refused.
+    let clients = {
+        let (n, addr) = (ns.name.clone(), vip.clone());
+        std::thread::spawn(move || {
+            let script = format!(
+                "ok=0; bad=0; end=$((SECONDS+3)); while [ $SECONDS -lt $end ]; do \
+                 if exec 3<>/dev/tcp/{addr}/{port}; then ok=$((ok+1)); exec 3<&-; else bad=$((bad+1)); fi; \
+                 sleep 0.01; done 2>/dev/null; echo $ok $bad"
+            );
+            let out = sh(&["ip", "netns", "exec", &n, "bash", "-c", &script]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     let st = proxy::apply(&cfg, &home, &spec).await.unwrap();
     eprintln!("apply (reload) took {:?}", t.elapsed());
+    let counts = clients.join().unwrap();
+    eprintln!("connections during the reload (accepted refused): {counts}");
+    let (ok, bad) = counts.split_once(' ').unwrap();
+    assert!(ok.parse::<u32>().unwrap() > 50 && bad == "0", "{counts}");
     assert!(
         st.haproxy_running && st.keepalived_running && st.holds_vip,
         "{st:?}"
     );
     let new_pid = std::fs::read_to_string(&cfg.haproxy_pidfile).unwrap();
     assert_ne!(old_pid, new_pid, "HAProxy was not reloaded");
+    assert_eq!(
+        std::fs::read_to_string(cfg.keepalived_pidfile.as_ref().unwrap()).unwrap(),
+        keepalived_pid,
+        "keepalived was restarted rather than reloaded"
+    );
+    assert!(std::fs::read_to_string(&cfg.keepalived_config)
+        .unwrap()
+        .contains("priority 120"));
     assert!(std::fs::read_to_string(&cfg.haproxy_config)
         .unwrap()
         .contains("/replica?max_lag=30"));

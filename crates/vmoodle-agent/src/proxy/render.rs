@@ -171,7 +171,7 @@ pub fn haproxy_cfg(cfg: &ProxyConfig, spec: &ProxySpec) -> Result<String> {
     let _ = write!(
         o,
         "# Written by vmoodle-agent for cluster {cluster}; changes are overwritten.\n\
-         global\n    pidfile {pidfile}\n    stats socket {socket} mode 600 level admin\n    maxconn 4000\n\
+         global\n    pidfile {pidfile}\n    stats socket {socket} mode 600 level admin expose-fd listeners\n    maxconn 4000\n\
          defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 1s\n",
         cluster = spec.cluster
     );
@@ -305,7 +305,7 @@ mod tests {
         let want = "\
 global
     pidfile /run/haproxy.pid
-    stats socket /run/haproxy/admin.sock mode 600 level admin
+    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
     maxconn 4000
 defaults
     mode tcp
