@@ -80,24 +80,48 @@ pub struct DatabaseConfig {
 }
 
 /// HAProxy and keepalived on a proxy node.
+///
+/// Commands: every `*_start`, `*_reload` and `*_stop` is an argv (no shell). In `*_reload` and
+/// `*_stop`, an argument `{pid}` is replaced by the pid read from the service's pid file
+/// (`haproxy_pidfile`, `keepalived_pidfile`); when the pid file names no live process, a stop
+/// with `{pid}` is skipped (already stopped) and a reload with `{pid}` starts the service
+/// instead. E.g. a lab: `haproxy_reload = ["haproxy", "-D", "-f", CFG, "-p", PID, "-sf",
+/// "{pid}"]`, `keepalived_stop = ["kill", "-TERM", "{pid}"]`; Debian with systemd:
+/// `["systemctl", "reload", "haproxy"]`. After a stop the agent waits (10 s) for the pid file's
+/// process to exit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// The configuration file the agent writes for HAProxy (/etc/haproxy/haproxy.cfg).
     pub haproxy_config: PathBuf,
-    /// HAProxy's pid file (the keepalived check reads it).
+    /// HAProxy's pid file (the keepalived check reads it). HAProxy must write it: the rendered
+    /// configuration names it in `global` (`pidfile`); `-p` on the command line also does.
     pub haproxy_pidfile: PathBuf,
     /// HAProxy's admin socket (`show stat`, `show servers state`).
     pub haproxy_socket: PathBuf,
     pub haproxy_start: Vec<String>,
-    /// A reload that keeps the listening sockets (systemctl reload haproxy; `-sf` in a lab).
+    /// A reload that keeps the listening sockets (systemctl reload haproxy; `-sf {pid}` in a
+    /// lab).
     pub haproxy_reload: Vec<String>,
     pub haproxy_stop: Vec<String>,
     /// The configuration file the agent writes for keepalived (/etc/keepalived/keepalived.conf).
     pub keepalived_config: PathBuf,
+    /// keepalived's main pid file (`-p`; Debian: /run/keepalived.pid). Without it the agent
+    /// looks for a process named keepalived, and `{pid}` cannot be used.
+    #[serde(default)]
+    pub keepalived_pidfile: Option<PathBuf>,
     pub keepalived_start: Vec<String>,
     pub keepalived_reload: Vec<String>,
     pub keepalived_stop: Vec<String>,
+    /// The `ip` command the agent lists the VIP's interface with (`ip -o addr show dev IF`);
+    /// default `["ip"]`. A lab whose proxy runs in a network namespace names
+    /// `["ip", "-n", "NAMESPACE"]`.
+    #[serde(default = "default_ip_command")]
+    pub ip_command: Vec<String>,
+}
+
+fn default_ip_command() -> Vec<String> {
+    vec!["ip".into()]
 }
 
 impl AgentConfig {
@@ -138,6 +162,16 @@ impl AgentConfig {
                 if argv.is_empty() {
                     bail!("proxy.{what} is empty: name the command");
                 }
+            }
+            if p.keepalived_pidfile.is_none()
+                && [&p.keepalived_reload, &p.keepalived_stop]
+                    .iter()
+                    .any(|a| a.iter().any(|x| x == "{pid}"))
+            {
+                bail!("proxy.keepalived_reload or keepalived_stop uses {{pid}} but proxy.keepalived_pidfile is not set: name keepalived's pid file");
+            }
+            if p.ip_command.is_empty() {
+                bail!("proxy.ip_command is empty: name the ip command (default [\"ip\"])");
             }
         }
         Ok(())
