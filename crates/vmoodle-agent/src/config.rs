@@ -275,6 +275,8 @@ impl ProxyConfig {
             haproxy_reload: argv(&["systemctl", "reload", "haproxy"]),
             haproxy_stop: argv(&["systemctl", "stop", "haproxy"]),
             keepalived_config: "/etc/keepalived/keepalived.conf".into(),
+            keepalived_pidfile: Some("/run/keepalived.pid".into()),
+            ip_command: default_ip_command(),
             keepalived_start: argv(&["systemctl", "start", "keepalived"]),
             keepalived_reload: argv(&["systemctl", "reload", "keepalived"]),
             keepalived_stop: argv(&["systemctl", "stop", "keepalived"]),
