@@ -102,6 +102,14 @@ impl<'a> Binding<'a> {
             row: name,
         }
     }
+    /// `clusters.repl_password` of the cluster named `name`.
+    pub fn cluster_repl(name: &'a str) -> Self {
+        Self {
+            table: "clusters",
+            column: "repl_password",
+            row: name,
+        }
+    }
     /// A secret setting in vmoodle.toml (`schema.db_password`).
     pub fn setting(key: &'a str) -> Self {
         Self {

@@ -44,6 +44,21 @@ pub enum Undo {
     SetEnabled { instance_id: i64, enabled: bool },
     /// Remove a template's register entry (its files are a separate RemoveDir).
     RemoveTemplate { name: String },
+    /// Remove a cluster's register entry (and its members).
+    RemoveCluster { name: String },
+    /// Ask a node's agent to undo its replica seed (its previous data directory back).
+    UndoReplica { node: String },
+    /// Drop a PostgreSQL replication slot on a server.
+    DropSlot { server_id: i64, slot: String },
+    /// Ask a proxy node's agent to stop HAProxy and keepalived and put their files back.
+    RemoveProxy { node: String },
+    /// Point a database server back at its own address and republish its instances' host files.
+    RestoreEndpoint {
+        server_id: i64,
+        host: String,
+        port: u16,
+        socket: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Undo {
@@ -70,6 +85,18 @@ impl std::fmt::Display for Undo {
                 if *enabled { "enable" } else { "disable" }
             ),
             Undo::RemoveTemplate { name } => write!(f, "unregister template `{name}`"),
+            Undo::RemoveCluster { name } => write!(f, "unregister cluster `{name}`"),
+            Undo::UndoReplica { node } => write!(f, "undo the replica seed of node `{node}`"),
+            Undo::DropSlot { server_id, slot } => {
+                write!(f, "drop replication slot `{slot}` (server #{server_id})")
+            }
+            Undo::RemoveProxy { node } => write!(f, "stop the proxies of node `{node}`"),
+            Undo::RestoreEndpoint {
+                server_id,
+                host,
+                port,
+                ..
+            } => write!(f, "point server #{server_id} back at {host}:{port}"),
         }
     }
 }
@@ -633,6 +660,46 @@ pub async fn undo_one(home: &Home, u: &Undo) -> Result<()> {
             if home.registry.find_template(name).await?.is_some() {
                 home.registry.remove_template(name).await?;
             }
+        }
+        Undo::RemoveCluster { name } => {
+            if let Some(c) = home.registry.find_cluster(name).await? {
+                home.registry.remove_cluster(c.id).await?;
+            }
+        }
+        Undo::UndoReplica { node } => {
+            crate::cluster::node_client(home, node)
+                .await?
+                .undo_replica()
+                .await?;
+        }
+        Undo::DropSlot { server_id, slot } => {
+            let s = home.registry.dbserver_by_id(*server_id).await?;
+            crate::cluster::drop_slot(home, &s, slot).await?;
+        }
+        Undo::RemoveProxy { node } => {
+            crate::cluster::node_client(home, node)
+                .await?
+                .remove_proxy()
+                .await?;
+        }
+        Undo::RestoreEndpoint {
+            server_id,
+            host,
+            port,
+            socket,
+        } => {
+            home.registry
+                .set_dbserver_endpoint(
+                    *server_id,
+                    host,
+                    *port,
+                    socket.as_deref(),
+                    None,
+                    "standalone",
+                )
+                .await?;
+            let s = home.registry.dbserver_by_id(*server_id).await?;
+            crate::cluster::republish(home, &s).await?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod caches;
 pub mod cancel;
+pub mod cluster;
 pub mod dbservers;
 pub mod deploy;
 pub mod doctor;

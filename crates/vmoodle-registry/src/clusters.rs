@@ -220,14 +220,21 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn remove_cluster_member(&self, cluster_id: i64, node_id: i64, role: &str) -> Result<()> {
-        sqlx::query("DELETE FROM cluster_members WHERE cluster_id = $1 AND node_id = $2 AND role = $3")
-            .bind(cluster_id)
-            .bind(node_id)
-            .bind(role)
-            .execute(&self.pool)
-            .await
-            .map_err(q("removing a cluster member"))?;
+    pub async fn remove_cluster_member(
+        &self,
+        cluster_id: i64,
+        node_id: i64,
+        role: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM cluster_members WHERE cluster_id = $1 AND node_id = $2 AND role = $3",
+        )
+        .bind(cluster_id)
+        .bind(node_id)
+        .bind(role)
+        .execute(&self.pool)
+        .await
+        .map_err(q("removing a cluster member"))?;
         Ok(())
     }
 

@@ -264,7 +264,11 @@ mod tests {
             ))
             .output()
             .expect("php");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["dbport"], 3306);
         assert_eq!(v["readonly"]["instance"][0]["dbhost"], "10.0.0.100");

@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod cluster;
 mod compare;
 mod config;
 mod cron;
@@ -104,6 +105,9 @@ enum Command {
     /// Machines of database clusters (database and proxy nodes), reached through their agents.
     #[command(subcommand)]
     Node(node::Cmd),
+    /// Database clusters: a server scaled into primary + replicas behind HAProxy and a VIP.
+    #[command(subcommand)]
+    Cluster(cluster::Cmd),
     /// Run on a cluster node: the agent the control node and HAProxy talk to (HTTPS).
     Agent(agent::Cmd),
     /// Moodle instances in the register.
@@ -290,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Schema(c) => c.run(&home).await,
         Command::Dbserver(c) => c.run(&home).await,
         Command::Node(c) => c.run(&home).await,
+        Command::Cluster(c) => c.run(&home).await,
         Command::Agent(c) => c.run().await,
         Command::Instance(c) => (*c).run(&home).await,
         Command::Master(c) => c.run(&home).await,

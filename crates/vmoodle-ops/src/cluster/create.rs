@@ -1,0 +1,375 @@
+//! `cluster create`: each step journaled before it acts, and undone in reverse when a later one
+//! fails (replicas put back as they were, proxies stopped, host files back as they were).
+
+use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
+use vmoodle_agent::{Backend, Engine, ProxySpec, ReplicaPlan, Role};
+use vmoodle_core::{Binding, Secret};
+use vmoodle_dbserver::ConnSpec;
+use vmoodle_registry::{Cluster, NewCluster};
+
+use super::{republish, Plan};
+use crate::journal::{Events, Journal, Undo};
+use crate::Home;
+
+/// Builds the cluster `plan` describes. Returns the cluster as registered.
+pub async fn create(home: &Home, plan: &Plan, events: Events<'_>) -> Result<Cluster> {
+    let total = 5 + plan.replicas.len() + plan.proxies.len();
+    let mut j = Journal::start(home, "cluster-create", &plan.req.name, total, events).await?;
+    let r = build(home, plan, &mut j).await;
+    match r {
+        Ok(c) => {
+            j.finish().await?;
+            Ok(c)
+        }
+        Err(e) => {
+            let left = j.fail(&format!("{e:#}")).await;
+            let mut err = e.context(format!(
+                "cluster `{}` was not built; every step was undone and `{}` is standalone as before",
+                plan.req.name, plan.server.name
+            ));
+            if !left.is_empty() {
+                err = err.context(left.join("; "));
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster> {
+    let server = &plan.server;
+    let admin = crate::dbservers::admin_spec(home, server)?;
+    let repl_password = Secret::random_password();
+
+    j.step("register").await?;
+    j.intend(Undo::RemoveCluster {
+        name: plan.req.name.clone(),
+    })
+    .await?;
+    let cluster = home
+        .registry
+        .add_cluster(&NewCluster {
+            name: plan.req.name.clone(),
+            dbserver_id: server.id,
+            vip: plan.req.vip.clone(),
+            interface: plan.req.interface.clone(),
+            writer_port: plan.writer_port,
+            reader_port: plan.reader_port,
+            max_lag: plan.req.max_lag,
+            orig_host: server.host.clone(),
+            orig_port: server.port,
+            orig_socket: server.socket.clone(),
+            repl_user: plan.req.repl_user.clone(),
+            repl_password_sealed: home
+                .secrets
+                .seal(&repl_password, &Binding::cluster_repl(&plan.req.name))?,
+        })
+        .await?;
+    j.made().await?;
+    home.registry
+        .add_cluster_member(cluster.id, plan.primary.id, "primary", None, None)
+        .await?;
+
+    j.step("replication account").await?;
+    if vmoodle_dbserver::admin::user_exists(&admin, &plan.req.repl_user).await? {
+        bail!(
+            "the account `{}` already exists on `{}`: drop it, or name another with --repl-user",
+            plan.req.repl_user,
+            server.name
+        );
+    }
+    j.intend(Undo::DropUser {
+        server_id: server.id,
+        user: plan.req.repl_user.clone(),
+    })
+    .await?;
+    create_repl_account(&admin, &plan.req.repl_user, &repl_password).await?;
+    j.made().await?;
+
+    let primary = crate::nodes::client(home, &plan.primary)?;
+    for (node, server_id, slot) in &plan.replicas {
+        j.step(&format!("seed {}", node.name)).await?;
+        let c = crate::nodes::client(home, node)?;
+        if plan.engine == Engine::Postgresql {
+            j.intend(Undo::DropSlot {
+                server_id: server.id,
+                slot: slot.clone(),
+            })
+            .await?;
+            j.made().await?;
+        }
+        j.intend(Undo::UndoReplica {
+            node: node.name.clone(),
+        })
+        .await?;
+        let rp = ReplicaPlan {
+            primary_host: plan.primary.address.clone(),
+            primary_port: plan.primary_port(),
+            repl_user: plan.req.repl_user.clone(),
+            repl_password: repl_password.clone(),
+            server_id: Some(*server_id),
+            slot: (plan.engine == Engine::Postgresql).then(|| slot.clone()),
+            application_name: node.name.clone(),
+        };
+        let st = c
+            .seed_replica(&rp, &primary)
+            .await
+            .with_context(|| format!("seeding replica `{}`", node.name))?;
+        j.made().await?;
+        let db = st.database.unwrap_or_default();
+        if db.role != Some(Role::Replica) {
+            bail!(
+                "node `{}` was seeded but says it is {} rather than a replica",
+                node.name,
+                db.role.map_or("unknown", Role::as_str)
+            );
+        }
+        home.registry
+            .add_cluster_member(
+                cluster.id,
+                node.id,
+                "replica",
+                Some(i64::from(*server_id)),
+                (plan.engine == Engine::Postgresql).then_some(slot.as_str()),
+            )
+            .await?;
+    }
+
+    for (i, node) in plan.proxies.iter().enumerate() {
+        j.step(&format!("proxy {}", node.name)).await?;
+        let spec = proxy_spec(plan, i);
+        j.intend(Undo::RemoveProxy {
+            node: node.name.clone(),
+        })
+        .await?;
+        crate::nodes::client(home, node)?
+            .apply_proxy(&spec)
+            .await
+            .with_context(|| format!("starting HAProxy and keepalived on `{}`", node.name))?;
+        j.made().await?;
+        home.registry
+            .add_cluster_member(cluster.id, node.id, "proxy", None, None)
+            .await?;
+    }
+
+    j.step("virtual IP").await?;
+    let via_vip = |port: u16| ConnSpec {
+        host: plan.vip_addr.clone(),
+        port,
+        socket: None,
+        ..admin.clone()
+    };
+    wait_for_vip(home, plan).await?;
+    check_writer(&via_vip(plan.writer_port), plan).await?;
+    check_reader(&via_vip(plan.reader_port)).await?;
+
+    j.step("check instances").await?;
+    let instances: Vec<_> = home
+        .registry
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.dbserver_id == server.id && !i.is_master)
+        .collect();
+    for i in &instances {
+        let password = home
+            .secrets
+            .open(&i.dbpass_sealed, &Binding::instance_dbpass(&i.shortname))?;
+        for (what, port) in [("writer", plan.writer_port), ("reader", plan.reader_port)] {
+            let spec = ConnSpec {
+                user: i.dbuser.clone(),
+                password: password.clone(),
+                ..via_vip(port)
+            };
+            let c = vmoodle_dbserver::connect(&spec, Some(&i.dbname))
+                .await
+                .with_context(|| {
+                    format!(
+                        "instance `{}` cannot reach its database through the {what} port {}:{port}; its host file was left as it was",
+                        i.shortname, plan.vip_addr
+                    )
+                })?;
+            vmoodle_dbserver::close(c).await;
+        }
+    }
+
+    j.step("repoint").await?;
+    j.intend(Undo::RestoreEndpoint {
+        server_id: server.id,
+        host: server.host.clone(),
+        port: server.port,
+        socket: server.socket.clone(),
+    })
+    .await?;
+    home.registry
+        .set_dbserver_endpoint(
+            server.id,
+            &plan.vip_addr,
+            plan.writer_port,
+            None,
+            Some((&plan.vip_addr, plan.reader_port)),
+            "cluster",
+        )
+        .await?;
+    let s = home.registry.dbserver_by_id(server.id).await?;
+    republish(home, &s).await?;
+    j.made().await?;
+
+    j.step("activate").await?;
+    home.registry
+        .set_cluster_state(cluster.id, "active")
+        .await?;
+    Ok(home.registry.cluster(&plan.req.name).await?)
+}
+
+impl Plan {
+    /// The port replicas reach the primary's server on (the server's own port).
+    pub fn primary_port(&self) -> u16 {
+        self.server.port
+    }
+}
+
+/// What proxy node number `i` serves.
+pub fn proxy_spec(plan: &Plan, i: usize) -> ProxySpec {
+    let backend = |n: &vmoodle_registry::ClusterNode| Backend {
+        name: n.name.clone(),
+        host: n.address.clone(),
+        port: plan.primary_port(),
+        agent_port: n.agent_port,
+    };
+    ProxySpec {
+        cluster: plan.req.name.clone(),
+        vip: plan.req.vip.clone(),
+        interface: plan.req.interface.clone(),
+        self_address: plan.proxies[i].address.clone(),
+        peers: plan
+            .proxies
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, p)| p.address.clone())
+            .collect(),
+        priority: if i == 0 { 101 } else { 100 },
+        router_id: router_id(&plan.req.name),
+        writer_port: plan.writer_port,
+        reader_port: plan.reader_port,
+        max_lag: plan.req.max_lag,
+        primary: backend(&plan.primary),
+        replicas: plan.replicas.iter().map(|(n, _, _)| backend(n)).collect(),
+    }
+}
+
+/// A VRRP router id (1-255) stable for a cluster name, so two clusters on one network rarely
+/// share one.
+fn router_id(name: &str) -> u8 {
+    let h = openssl::sha::sha256(name.as_bytes());
+    (h[0] % 254) + 1
+}
+
+async fn create_repl_account(admin: &ConnSpec, user: &str, password: &Secret) -> Result<()> {
+    let mut stmts = vmoodle_dbserver::create_user_statements(admin.kind, user, password, None)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if admin.kind.is_mysql_family() {
+        stmts.push(format!(
+            "GRANT REPLICATION SLAVE ON *.* TO {}@'%'",
+            vmoodle_dbserver::quote_literal(admin.kind, user)
+        ));
+    } else {
+        stmts.push(format!(
+            "ALTER ROLE {} REPLICATION",
+            vmoodle_dbserver::quote_ident(admin.kind, user)
+        ));
+    }
+    vmoodle_dbserver::admin::run(admin, None, "creating the replication account", &stmts)
+        .await
+        .context("creating the replication account (the administrator account needs the right to grant replication: on PostgreSQL 15 a superuser)")?;
+    Ok(())
+}
+
+/// Waits (15 s) until one proxy node holds the virtual IP.
+async fn wait_for_vip(home: &Home, plan: &Plan) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        for p in &plan.proxies {
+            if let Ok(s) = crate::nodes::client(home, p)?.proxy_status().await {
+                if s.holds_vip {
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!(
+                "no proxy node took the virtual IP {} within 15 s: check that {} exists on every proxy node and that VRRP (IP protocol 112) passes between them",
+                plan.req.vip,
+                plan.req.interface
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn one_value(spec: &ConnSpec, sql: &str) -> Result<String> {
+    let mut c = vmoodle_dbserver::connect(spec, None).await?;
+    let v = c.column(sql, &[]).await;
+    vmoodle_dbserver::close(c).await;
+    v?.into_iter().next().context("the query gave no row")
+}
+
+/// The writer port must reach the primary (the server the replicas follow).
+async fn check_writer(spec: &ConnSpec, plan: &Plan) -> Result<()> {
+    if spec.kind.is_mysql_family() {
+        let id = one_value(spec, "SELECT CAST(@@server_id AS CHAR)").await?;
+        let want = plan
+            .primary_facts
+            .settings
+            .get("server_id")
+            .cloned()
+            .unwrap_or_default();
+        if id != want {
+            bail!(
+                "the writer port {}:{} reaches server_id {id}, not the primary's {want}",
+                spec.host,
+                spec.port
+            );
+        }
+    } else {
+        let rec = one_value(spec, "SELECT pg_is_in_recovery()::text").await?;
+        if rec != "false" {
+            bail!(
+                "the writer port {}:{} reaches a standby, not the primary",
+                spec.host,
+                spec.port
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The reader port must reach a replica once the checks have settled (they need two passes).
+async fn check_reader(spec: &ConnSpec) -> Result<()> {
+    let sql = if spec.kind.is_mysql_family() {
+        "SELECT CAST(@@read_only AS CHAR)"
+    } else {
+        "SELECT CASE WHEN pg_is_in_recovery() THEN '1' ELSE '0' END"
+    };
+    let start = Instant::now();
+    loop {
+        match one_value(spec, sql).await {
+            Ok(v) if v == "1" => return Ok(()),
+            r => {
+                if start.elapsed() > Duration::from_secs(15) {
+                    bail!(
+                        "the reader port {}:{} does not reach a replica after 15 s ({})",
+                        spec.host,
+                        spec.port,
+                        match r {
+                            Ok(_) => "it reaches the primary".to_string(),
+                            Err(e) => format!("{e:#}"),
+                        }
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

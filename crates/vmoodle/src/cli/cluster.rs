@@ -1,0 +1,269 @@
+//! `vmoodle cluster create|list|status|destroy`: a database server scaled into a primary with
+//! replicas behind two HAProxy nodes and a keepalived virtual IP.
+
+use anyhow::Result;
+use vmoodle_ops::cluster::{self, CreateCluster};
+use vmoodle_ops::Home;
+
+use super::{exit, output, progress::Progress};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Turn a standalone database server into a cluster: checks (and says what to change), a
+    /// replication account, each replica seeded from a hot backup of the running server
+    /// (mariabackup stream / pg_basebackup), HAProxy on both proxy nodes (writer port: the
+    /// primary; reader port: replicas within --max-lag, the primary as backup), keepalived with
+    /// the virtual IP, then every instance on the server repointed: writes to VIP:writer, reads
+    /// to VIP:reader through Moodle's own read-replica option. Journaled: a failure undoes every
+    /// step before it.
+    ///
+    /// Example: vmoodle cluster create prod --from db1 --replica db2 --replica db3 --proxy lb1 --proxy lb2 --vip 10.0.0.100/24 --interface eth0
+    Create {
+        name: String,
+        /// The registered database server that becomes the cluster.
+        #[arg(long)]
+        from: String,
+        /// The node the server runs on (default: the node whose address is the server's host).
+        #[arg(long)]
+        primary: Option<String>,
+        /// A node to seed as a replica (repeat for each).
+        #[arg(long = "replica", required = true)]
+        replicas: Vec<String>,
+        /// A proxy node (HAProxy + keepalived); name two.
+        #[arg(long = "proxy", required = true)]
+        proxies: Vec<String>,
+        /// The virtual IP with its prefix length.
+        #[arg(long, value_name = "ADDR/PREFIX")]
+        vip: String,
+        /// The proxy nodes' interface that carries the virtual IP.
+        #[arg(long)]
+        interface: String,
+        /// The writer port on the VIP (default: the engine's port).
+        #[arg(long)]
+        writer_port: Option<u16>,
+        /// The reader port on the VIP (default: writer port + 1).
+        #[arg(long)]
+        reader_port: Option<u16>,
+        /// Replicas further behind than this (seconds) leave the reader pool.
+        #[arg(long, default_value_t = cluster::DEFAULT_MAX_LAG)]
+        max_lag: u32,
+        /// The replication account to create (only replication rights).
+        #[arg(long, default_value = cluster::DEFAULT_REPL_USER)]
+        repl_user: String,
+        /// Run the checks only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List clusters.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every node's role, replication and lag, the proxies' backends and who holds the VIP;
+    /// exit 3 when something is degraded.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a cluster apart: instances back on the primary first, proxies stopped, replicas
+    /// put back as they were before, the replication account dropped.
+    Destroy {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+impl Cmd {
+    pub async fn run(self, root: &std::path::Path) -> Result<u8> {
+        match self {
+            Cmd::Create {
+                name,
+                from,
+                primary,
+                replicas,
+                proxies,
+                vip,
+                interface,
+                writer_port,
+                reader_port,
+                max_lag,
+                repl_user,
+                dry_run,
+            } => {
+                let home = super::open_locked(root).await?;
+                let req = CreateCluster {
+                    name,
+                    from,
+                    primary,
+                    replicas,
+                    proxies,
+                    vip,
+                    interface,
+                    writer_port,
+                    reader_port,
+                    max_lag,
+                    repl_user,
+                };
+                let plan = cluster::plan(&home, &req).await?;
+                eprintln!(
+                    "checks passed: `{}` ({} on {}) -> primary + {} replica(s), proxies {}, VIP {} (writer :{}, reader :{})",
+                    plan.server.name,
+                    plan.engine.as_str(),
+                    plan.primary.name,
+                    plan.replicas.len(),
+                    plan.proxies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                    plan.req.vip,
+                    plan.writer_port,
+                    plan.reader_port
+                );
+                if dry_run {
+                    return Ok(exit::OK);
+                }
+                let p = Progress::new(0);
+                let r = cluster::create(&home, &plan, &|e| p.event(e)).await;
+                p.finish();
+                let c = r?;
+                eprintln!(
+                    "cluster `{}` is active: instances on `{}` now write to {}:{} and read from {}:{}",
+                    c.name, plan.server.name, plan.vip_addr, c.writer_port, plan.vip_addr, c.reader_port
+                );
+            }
+            Cmd::List { json } => {
+                let home = Home::open(root).await?;
+                let list = home.registry.clusters().await?;
+                if json {
+                    output::json(&list)?;
+                } else {
+                    let servers = home.registry.dbservers().await?;
+                    output::table(
+                        &[
+                            "name", "server", "state", "vip", "writer", "reader", "nodes",
+                        ],
+                        list.iter()
+                            .map(|c| {
+                                vec![
+                                    c.name.clone(),
+                                    servers
+                                        .iter()
+                                        .find(|s| s.id == c.dbserver_id)
+                                        .map_or("-".into(), |s| s.name.clone()),
+                                    c.state.clone(),
+                                    c.vip.clone(),
+                                    c.writer_port.to_string(),
+                                    c.reader_port.to_string(),
+                                    c.members
+                                        .iter()
+                                        .map(|m| format!("{} ({})", m.node, m.role))
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            Cmd::Status { name, json } => {
+                let home = Home::open(root).await?;
+                let s = cluster::status(&home, &name).await?;
+                if json {
+                    output::json(&s)?;
+                } else {
+                    print_status(&s);
+                }
+                if s.degraded() {
+                    return Ok(exit::PARTIAL);
+                }
+            }
+            Cmd::Destroy { name, yes } => {
+                let home = super::open_locked(root).await?;
+                if !super::confirm(
+                    yes,
+                    &format!("take cluster `{name}` apart (instances back on the primary, replicas and proxies stopped)"),
+                    &name,
+                )? {
+                    return Ok(exit::ERROR);
+                }
+                let p = Progress::new(0);
+                let r = cluster::destroy(&home, &name, &|e| p.event(e)).await;
+                p.finish();
+                r?;
+                eprintln!("cluster `{name}` is gone; its server is standalone again");
+            }
+        }
+        Ok(exit::OK)
+    }
+}
+
+fn print_status(s: &cluster::ClusterStatus) {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    output::table(
+        &[
+            "node",
+            "as",
+            "role",
+            "read_only",
+            "io",
+            "sql",
+            "lag (s)",
+            "position",
+            "state",
+        ],
+        s.databases
+            .iter()
+            .map(|d| {
+                let st = d.state.as_ref();
+                vec![
+                    d.node.clone(),
+                    d.member_as.clone(),
+                    opt(st.and_then(|x| x.role).map(|r| r.as_str().to_string())),
+                    opt(st.and_then(|x| x.read_only).map(|b| b.to_string())),
+                    opt(st.and_then(|x| x.io_running).map(|b| b.to_string())),
+                    opt(st.and_then(|x| x.sql_running).map(|b| b.to_string())),
+                    opt(st.and_then(|x| x.lag_seconds).map(|l| format!("{l:.1}"))),
+                    opt(st.and_then(|x| x.position.clone())),
+                    d.error.clone().unwrap_or_else(|| "ok".into()),
+                ]
+            })
+            .collect(),
+    );
+    output::table(
+        &["proxy", "haproxy", "keepalived", "VIP", "backends"],
+        s.proxies
+            .iter()
+            .map(|p| {
+                vec![
+                    p.node.clone(),
+                    if p.haproxy_running {
+                        "running"
+                    } else {
+                        "stopped"
+                    }
+                    .into(),
+                    if p.keepalived_running {
+                        "running"
+                    } else {
+                        "stopped"
+                    }
+                    .into(),
+                    if p.holds_vip { "holds it" } else { "-" }.into(),
+                    p.backends
+                        .iter()
+                        .map(|b| format!("{}/{} {}", b.listener, b.server, b.status))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]
+            })
+            .collect(),
+    );
+    if s.problems.is_empty() {
+        eprintln!("cluster `{}` is healthy", s.cluster.name);
+    } else {
+        eprintln!("cluster `{}` is degraded:", s.cluster.name);
+        for p in &s.problems {
+            eprintln!("  - {p}");
+        }
+    }
+}
