@@ -18,3 +18,6 @@ pub const VMOODLE_LOCK_WAIT: &str = "VMOODLE_LOCK_WAIT";
 pub const VMOODLE_TEST_PAUSE: &str = "VMOODLE_TEST_PAUSE";
 /// Tests only: the file a paused process writes its pid into when it reaches the pause point.
 pub const VMOODLE_TEST_PAUSE_FILE: &str = "VMOODLE_TEST_PAUSE_FILE";
+/// Tests only (debug builds): `KIND:STEP` makes a job of that kind fail when it reaches that
+/// step, so a test can prove everything before it is undone.
+pub const VMOODLE_TEST_FAIL_STEP: &str = "VMOODLE_TEST_FAIL_STEP";

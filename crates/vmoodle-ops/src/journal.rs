@@ -328,6 +328,12 @@ impl<'h> Journal<'h> {
         if let Some(sig) = crate::cancel::requested() {
             bail!("stopped by {sig} before step \"{name}\"");
         }
+        #[cfg(debug_assertions)]
+        if std::env::var(vmoodle_core::env::VMOODLE_TEST_FAIL_STEP)
+            .is_ok_and(|v| v == format!("{}:{name}", self.kind))
+        {
+            bail!("failure injected before step \"{name}\" (tests only)");
+        }
         if crate::cancel::job_requested(self.id)
             || self.parent.is_some_and(crate::cancel::job_requested)
         {

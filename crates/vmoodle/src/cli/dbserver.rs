@@ -128,8 +128,9 @@ impl Cmd {
             Cmd::Show { name, json } => {
                 let home = Home::open(root).await?;
                 let s = home.registry.dbserver(&name).await?;
+                let cluster = home.registry.cluster_of_dbserver(s.id).await?;
                 if json {
-                    output::json(&s)?;
+                    output::json(&serde_json::json!({"server": s, "cluster": cluster}))?;
                 } else {
                     output::fields(&[
                         ("name", s.name.clone()),
@@ -140,8 +141,25 @@ impl Cmd {
                         ("admin user", s.admin_user.clone()),
                         ("password", "**** (encrypted)".into()),
                         ("topology", s.topology.clone()),
+                        (
+                            "reads",
+                            match (&s.reader_host, s.reader_port) {
+                                (Some(h), Some(p)) => format!("{h}:{p} (Moodle's read-only replica option)"),
+                                _ => "the same server".into(),
+                            },
+                        ),
                         ("registered", output::time(s.created_at)),
                     ]);
+                    if let Some(c) = cluster {
+                        eprintln!(
+                            "cluster `{}` ({}): VIP {} writer :{} reader :{}; was {}:{}",
+                            c.name, c.state, c.vip, c.writer_port, c.reader_port, c.orig_host, c.orig_port
+                        );
+                        for m in &c.members {
+                            eprintln!("  {:<8} {}", m.role, m.node);
+                        }
+                        eprintln!("`vmoodle cluster status {}` asks every node how it is", c.name);
+                    }
                 }
             }
             Cmd::Check { name, json } => {
