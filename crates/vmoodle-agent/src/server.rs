@@ -40,7 +40,6 @@ const PROBE_STALE_SECS: i64 = 4;
 struct Agent {
     cfg: AgentConfig,
     home: AgentHome,
-    token_hash: String,
     db: RwLock<Option<DbState>>,
     /// Replica plans waiting for their backup stream, by ticket.
     seeds: Mutex<HashMap<String, ReplicaPlan>>,
@@ -56,7 +55,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let cfg = AgentConfig::load(&home.dir)?;
-    let token_hash = std::fs::read_to_string(home.token_hash()).with_context(|| {
+    std::fs::read_to_string(home.token_hash()).with_context(|| {
         format!(
             "reading {}: run `vmoodle agent init` first",
             home.token_hash().display()
@@ -70,7 +69,6 @@ pub async fn serve(
     let agent = Arc::new(Agent {
         cfg,
         home,
-        token_hash: token_hash.trim().to_string(),
         db: RwLock::new(None),
         seeds: Mutex::new(HashMap::new()),
         step: Mutex::new(()),
@@ -246,8 +244,12 @@ fn authorise(a: &Agent, h: &HeaderMap) -> Result<(), Failure> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // Read at each request, so `vmoodle agent rotate-token` takes effect at once.
+    let stored = std::fs::read_to_string(a.home.token_hash()).unwrap_or_default();
     match presented {
-        Some(t) if crate::identity::token_matches(&a.token_hash, t) => Ok(()),
+        Some(t) if !stored.trim().is_empty() && crate::identity::token_matches(&stored, t) => {
+            Ok(())
+        }
         _ => Err(Failure(
             StatusCode::UNAUTHORIZED,
             "a valid agent token is needed (Authorization: Bearer TOKEN)".into(),

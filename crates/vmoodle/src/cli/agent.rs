@@ -141,7 +141,7 @@ impl Cmd {
                     );
                 }
                 give_token(&home, token_file.as_deref())?;
-                eprintln!("the old token no longer works; give the new one to `vmoodle node token NAME --token-stdin` on the control node");
+                eprintln!("the old token no longer works; on the control node, `vmoodle node remove NAME` and `vmoodle node add NAME ... --token-stdin` with the new one");
             }
             Verb::Fingerprint => {
                 let pem = std::fs::read(home.cert())

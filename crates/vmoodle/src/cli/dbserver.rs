@@ -144,7 +144,9 @@ impl Cmd {
                         (
                             "reads",
                             match (&s.reader_host, s.reader_port) {
-                                (Some(h), Some(p)) => format!("{h}:{p} (Moodle's read-only replica option)"),
+                                (Some(h), Some(p)) => {
+                                    format!("{h}:{p} (Moodle's read-only replica option)")
+                                }
                                 _ => "the same server".into(),
                             },
                         ),
@@ -153,12 +155,21 @@ impl Cmd {
                     if let Some(c) = cluster {
                         eprintln!(
                             "cluster `{}` ({}): VIP {} writer :{} reader :{}; was {}:{}",
-                            c.name, c.state, c.vip, c.writer_port, c.reader_port, c.orig_host, c.orig_port
+                            c.name,
+                            c.state,
+                            c.vip,
+                            c.writer_port,
+                            c.reader_port,
+                            c.orig_host,
+                            c.orig_port
                         );
                         for m in &c.members {
                             eprintln!("  {:<8} {}", m.role, m.node);
                         }
-                        eprintln!("`vmoodle cluster status {}` asks every node how it is", c.name);
+                        eprintln!(
+                            "`vmoodle cluster status {}` asks every node how it is",
+                            c.name
+                        );
                     }
                 }
             }

@@ -17,3 +17,4 @@ mod jobs;
 mod master;
 mod mnet;
 mod mnet_live;
+mod node;
