@@ -138,7 +138,10 @@ mod tests {
         assert!(String::from_utf8_lossy(&key).contains("PRIVATE KEY"));
         let fp = fingerprint_pem(&cert).unwrap();
         assert_eq!(fp.len(), 32 * 3 - 1);
-        assert_eq!(normalise_fingerprint(&fp.to_lowercase()), fp.replace(':', ""));
+        assert_eq!(
+            normalise_fingerprint(&fp.to_lowercase()),
+            fp.replace(':', "")
+        );
         let text = String::from_utf8(X509::from_pem(&cert).unwrap().to_text().unwrap()).unwrap();
         assert!(text.contains("IP Address:10.0.0.1"), "{text}");
         assert!(text.contains("DNS:db1"), "{text}");

@@ -18,8 +18,12 @@ use tower_service::Service;
 /// (TLS 1.2 and 1.3).
 pub fn acceptor(cert: &Path, key: &Path) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
-    b.set_certificate_chain_file(cert)
-        .with_context(|| format!("the TLS certificate {} (its PEM certificate chain)", cert.display()))?;
+    b.set_certificate_chain_file(cert).with_context(|| {
+        format!(
+            "the TLS certificate {} (its PEM certificate chain)",
+            cert.display()
+        )
+    })?;
     b.set_private_key_file(key, SslFiletype::PEM)
         .with_context(|| format!("the TLS key {} (its PEM private key)", key.display()))?;
     b.check_private_key()
