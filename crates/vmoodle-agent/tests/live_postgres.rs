@@ -153,7 +153,14 @@ impl Node {
             .args(["-u", "postgres", "--", &format!("{BIN}/psql")])
             .arg("-h")
             .arg(&self.cfg.socket)
-            .args(["-p", &self.cfg.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &self.cfg.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-XAtq", "-v", "ON_ERROR_STOP=1"])
             .current_dir("/")
             .stdin(Stdio::piped())
@@ -258,8 +265,14 @@ async fn live_postgres_seed_probe_undo() {
     assert!(p1.position.as_deref().unwrap_or("").contains('/'), "{p1:?}");
     let f = postgres::facts(&pg1.cfg).await.unwrap();
     assert!(f.up && f.version.starts_with("15"), "{f:?}");
-    assert_eq!(f.settings.get("wal_level").map(String::as_str), Some("replica"));
-    assert_eq!(f.settings.get("data_checksums").map(String::as_str), Some("on"));
+    assert_eq!(
+        f.settings.get("wal_level").map(String::as_str),
+        Some("replica")
+    );
+    assert_eq!(
+        f.settings.get("data_checksums").map(String::as_str),
+        Some("on")
+    );
     assert_eq!(f.settings.get("port"), Some(&pg1.cfg.port.to_string()));
     assert!(
         f.hba_replication
@@ -279,6 +292,35 @@ async fn live_postgres_seed_probe_undo() {
     let fd = postgres::facts(&gone).await.unwrap();
     assert!(!fd.up && fd.data_bytes > 0);
 
+    // A seed with a wrong password fails with pg_basebackup's reason, and undo puts pg2 back.
+    let bad = ReplicaPlan {
+        primary_host: "127.0.0.1".into(),
+        primary_port: pg1.cfg.port,
+        repl_user: "repl".into(),
+        repl_password: Secret::new("wrong"),
+        server_id: None,
+        slot: Some("vm_bad".into()),
+        application_name: "pg2".into(),
+    };
+    let e = format!(
+        "{:#}",
+        postgres::seed(&pg2.cfg, &home, &bad).await.unwrap_err()
+    );
+    assert!(
+        e.contains("pg_basebackup") && e.contains("password authentication failed"),
+        "{e}"
+    );
+    eprintln!("failed seed says: {e}");
+    assert_eq!(postgres::probe(&pg2.cfg).await.role, Some(Role::Down));
+    postgres::undo_seed(&pg2.cfg, &home).await.unwrap();
+    assert_eq!(pg2.sql("SELECT v FROM mine").unwrap(), "pg2 own data");
+    assert!(!postgres::passfile_path(&pg2.cfg).exists());
+    assert_eq!(
+        pg1.sql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0"
+    );
+
     // Seed pg2 from pg1.
     let plan = ReplicaPlan {
         primary_host: "127.0.0.1".into(),
@@ -291,7 +333,10 @@ async fn live_postgres_seed_probe_undo() {
     };
     let t = Instant::now();
     postgres::seed(&pg2.cfg, &home, &plan).await.unwrap();
-    eprintln!("seed (stop, basebackup, start, streaming) took {:.2} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "seed (stop, basebackup, start, streaming) took {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let passfile = postgres::passfile_path(&pg2.cfg);
     {
@@ -309,13 +354,17 @@ async fn live_postgres_seed_probe_undo() {
     assert_eq!(slot, "t");
 
     // A row written on pg1 now is on pg2 soon.
-    pg1.sql("INSERT INTO t VALUES (1000, 'after the seed')").unwrap();
+    pg1.sql("INSERT INTO t VALUES (1000, 'after the seed')")
+        .unwrap();
     let t = Instant::now();
     loop {
         if pg2.sql("SELECT v FROM t WHERE id = 1000").as_deref() == Ok("after the seed") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the row did not arrive on pg2");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the row did not arrive on pg2"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("row replicated after {:.3} s", t.elapsed().as_secs_f64());
@@ -324,7 +373,11 @@ async fn live_postgres_seed_probe_undo() {
     let p2 = postgres::probe(&pg2.cfg).await;
     assert_eq!(p2.role, Some(Role::Replica), "{p2:?}");
     assert_eq!(p2.read_only, Some(true));
-    assert_eq!((p2.io_running, p2.sql_running), (Some(true), Some(true)), "{p2:?}");
+    assert_eq!(
+        (p2.io_running, p2.sql_running),
+        (Some(true), Some(true)),
+        "{p2:?}"
+    );
     assert_eq!(p2.source, Some(format!("127.0.0.1:{}", pg1.cfg.port)));
     assert!(p2.lag_seconds.is_some_and(|l| l < 10.0), "{p2:?}");
     assert!(p2.position.is_some());
@@ -369,8 +422,16 @@ async fn live_postgres_seed_probe_undo() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(kept.iter().any(|n| n.starts_with("seeded-data-")), "{kept:?}");
+    assert!(
+        kept.iter().any(|n| n.starts_with("seeded-data-")),
+        "{kept:?}"
+    );
 
-    pg1.sql("SELECT pg_drop_replication_slot('vm_pg2')").unwrap();
-    assert_eq!(pg1.sql("SELECT count(*) FROM pg_replication_slots").unwrap(), "0");
+    pg1.sql("SELECT pg_drop_replication_slot('vm_pg2')")
+        .unwrap();
+    assert_eq!(
+        pg1.sql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0"
+    );
 }

@@ -54,9 +54,9 @@ fn conf_key(line: &str) -> Option<String> {
 /// The value of `key` in a configuration file's text (the last line wins, as in PostgreSQL).
 pub fn conf_get(text: &str, key: &str) -> Option<String> {
     text.lines()
+        .rev()
         .filter(|l| conf_key(l).as_deref() == Some(key))
-        .filter_map(|l| l.split_once('=').map(|(_, v)| conf_unquote(v)))
-        .last()
+        .find_map(|l| l.split_once('=').map(|(_, v)| conf_unquote(v)))
 }
 
 /// The text without the lines that set any of `keys`.
