@@ -404,6 +404,23 @@ async fn live_postgres_seed_probe_undo() {
         postgres::passfile_line("127.0.0.1", pg1.cfg.port, "repl", &password)
     );
 
+    // Seeding again over the standby (a new slot) keeps the record of the data from before the
+    // first seed: undo still goes back to it.
+    let again = ReplicaPlan {
+        slot: Some("vm_pg2b".into()),
+        ..plan.clone()
+    };
+    let t = Instant::now();
+    postgres::seed(&pg2.cfg, &home, &again).await.unwrap();
+    eprintln!("re-seed took {:.2} s", t.elapsed().as_secs_f64());
+    let p2 = postgres::probe(&pg2.cfg).await;
+    assert_eq!(
+        (p2.role, p2.sql_running),
+        (Some(Role::Replica), Some(true)),
+        "{p2:?}"
+    );
+    assert_eq!(pg2.sql("SELECT count(*) FROM t").unwrap(), "101");
+
     // Undo: pg2 is its old self again, twice over.
     let t = Instant::now();
     postgres::undo_seed(&pg2.cfg, &home).await.unwrap();
@@ -427,8 +444,10 @@ async fn live_postgres_seed_probe_undo() {
         "{kept:?}"
     );
 
-    pg1.sql("SELECT pg_drop_replication_slot('vm_pg2')")
-        .unwrap();
+    pg1.sql(
+        "SELECT pg_drop_replication_slot('vm_pg2'); SELECT pg_drop_replication_slot('vm_pg2b');",
+    )
+    .unwrap();
     assert_eq!(
         pg1.sql("SELECT count(*) FROM pg_replication_slots")
             .unwrap(),
