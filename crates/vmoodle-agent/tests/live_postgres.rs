@@ -444,10 +444,15 @@ async fn live_postgres_seed_probe_undo() {
         "{kept:?}"
     );
 
-    pg1.sql(
-        "SELECT pg_drop_replication_slot('vm_pg2'); SELECT pg_drop_replication_slot('vm_pg2b');",
-    )
-    .unwrap();
+    // (A walsender may take a moment to let go of a slot.)
+    let t = Instant::now();
+    while let Err(e) = pg1.sql(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name IN ('vm_pg2', 'vm_pg2b')",
+    ) {
+        assert!(t.elapsed() < Duration::from_secs(5), "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         pg1.sql("SELECT count(*) FROM pg_replication_slots")
             .unwrap(),
