@@ -5,6 +5,7 @@
 //! Every route is added through [`Api::op`], which registers the handler on the router AND its
 //! `#[utoipa::path]` operation in the document, so the document cannot miss a route.
 
+mod clusters;
 mod dbservers;
 mod deploy;
 mod fleet;
@@ -61,6 +62,7 @@ pub fn build() -> Api {
     let api = mnet::add(api);
     let api = jobs::add(api);
     let api = fleet::add(api);
+    let api = clusters::add(api);
     misc::add(api)
 }
 

@@ -127,6 +127,9 @@ pub struct DbServerView {
     pub socket: Option<String>,
     pub admin_user: String,
     pub topology: String,
+    /// Where reads go when the server is a cluster (its reader port behind the virtual IP).
+    pub reader_host: Option<String>,
+    pub reader_port: Option<u16>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -144,6 +147,8 @@ impl From<DbServer> for DbServerView {
             socket: s.socket,
             admin_user: s.admin_user,
             topology: s.topology,
+            reader_host: s.reader_host,
+            reader_port: s.reader_port,
             created_at: s.created_at,
             updated_at: s.updated_at,
         }

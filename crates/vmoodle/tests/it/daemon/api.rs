@@ -40,6 +40,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/settings"),
     ("post", "/api/v1/fleet"),
     ("post", "/api/v1/fleet/preview"),
+    ("get", "/api/v1/clusters"),
+    ("get", "/api/v1/clusters/{name}/status"),
+    ("get", "/api/v1/nodes"),
 ];
 
 /// A bearer-token client of one daemon, keeping every answer's body to grep for secrets.
