@@ -143,6 +143,46 @@ pub struct ReplicaPlan {
     pub application_name: String,
 }
 
+impl ReplicaPlan {
+    /// Refuses values that could not come from a sane control node: they end up in SQL,
+    /// configuration files and connection strings.
+    pub fn check(&self) -> Result<(), String> {
+        let plain = |what: &str, v: &str, extra: &[u8]| {
+            if v.is_empty()
+                || v.len() > 253
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b) || extra.contains(&b))
+            {
+                Err(format!(
+                    "{what} `{}` is not allowed (letters, digits, `_ - .`{})",
+                    v.escape_debug(),
+                    if extra.is_empty() {
+                        ""
+                    } else {
+                        ", `:` in an IPv6 address"
+                    }
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        plain("primary_host", &self.primary_host, b":")?;
+        plain("repl_user", &self.repl_user, b"")?;
+        plain("application_name", &self.application_name, b"")?;
+        if let Some(s) = &self.slot {
+            plain("slot", s, b"")?;
+        }
+        if self.primary_port == 0 {
+            return Err("primary_port 0 is not a port".into());
+        }
+        if self.repl_password.expose().chars().any(char::is_control) {
+            return Err("the replication password holds control characters".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeedTicket {
     /// MariaDB: where to POST the backup stream; PostgreSQL: "done".

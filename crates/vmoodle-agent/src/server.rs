@@ -353,6 +353,8 @@ async fn replica_plan(
 ) -> Result<Json<SeedTicket>, Failure> {
     authorise(&a, &h)?;
     let d = database(&a)?;
+    plan.check()
+        .map_err(|e| Failure(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     match d.engine {
         Engine::Mariadb => {
             let ticket = crate::identity::new_token()?;

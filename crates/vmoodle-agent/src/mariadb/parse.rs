@@ -66,6 +66,8 @@ pub fn state_from_rows(rows: &[Row], probed_at: i64) -> DbState {
     let yes = |r: &Row, k: &str| r.get(k).map(|v| v.trim() == "Yes");
     let configured = slave.is_some_and(|s| s.get("Master_Host").is_some_and(|h| !h.is_empty()));
     let role = match read_only {
+        // Writable but replicating from a source: never a primary HAProxy may send writes to.
+        Some(false) if configured => Role::Readonly,
         Some(false) => Role::Primary,
         Some(true) if configured => Role::Replica,
         Some(true) => Role::Readonly,
@@ -137,7 +139,7 @@ pub fn sql_literal(s: &str) -> String {
 /// The SQL that points a freshly seeded replica at its primary and starts it.
 pub fn replication_sql(gtid: &str, host: &str, port: u16, user: &str, password: &str) -> String {
     format!(
-        "SET GLOBAL gtid_slave_pos={};\nCHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={port}, \
+        "SET SESSION sql_mode='';\nSET GLOBAL gtid_slave_pos={};\nCHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={port}, \
          MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, \
          MASTER_CONNECT_RETRY=1;\nSTART SLAVE;\n",
         sql_literal(gtid),
@@ -238,7 +240,7 @@ gtid_current_pos: 0-1-8
         let sql = replication_sql("0-1-7", "db1", 3306, "repl", "p'w");
         assert!(sql.contains("MASTER_PASSWORD='p\\'w'"), "{sql}");
         assert!(sql.contains("MASTER_PORT=3306,"), "{sql}");
-        assert!(sql.starts_with("SET GLOBAL gtid_slave_pos='0-1-7';"));
+        assert!(sql.starts_with("SET SESSION sql_mode='';\nSET GLOBAL gtid_slave_pos='0-1-7';"));
         assert!(replica_config(2).contains("\nserver_id=2\n"));
     }
 }

@@ -183,6 +183,33 @@ pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
         }
         proxies.push(find(p)?);
     }
+    // A node serves one cluster: seeding stops its server and moves its data aside.
+    let taken: Vec<(String, String, String)> = home
+        .registry
+        .clusters()
+        .await?
+        .into_iter()
+        .flat_map(|c| {
+            c.members
+                .into_iter()
+                .map(move |m| (m.node, c.name.clone(), m.role))
+        })
+        .collect();
+    for n in std::iter::once(&primary).chain(&replicas).chain(&proxies) {
+        if let Some((_, c, role)) = taken.iter().find(|(node, _, _)| *node == n.name) {
+            bail!(
+                "node `{}` is already the {role} of cluster `{c}`; a node serves one cluster",
+                n.name
+            );
+        }
+        // HAProxy and keepalived are given addresses, never names to resolve.
+        if n.address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "node `{}` is registered by the name `{}`: a cluster's nodes need IP addresses (HAProxy and keepalived must not depend on name resolution); `vmoodle node remove {}` and add it with --address IP",
+                n.name, n.address, n.name
+            );
+        }
+    }
     if server.socket.is_some() && server.host.is_empty() {
         bail!("database server `{}` is reached through a socket only: register it with the address the replicas reach", server.name);
     }

@@ -30,9 +30,14 @@ pub enum Cmd {
         /// Read the agent's token from standard input.
         #[arg(long)]
         token_stdin: bool,
-        /// The SHA-256 fingerprint of the agent's certificate (`vmoodle agent fingerprint`).
-        #[arg(long)]
+        /// The SHA-256 fingerprint of the agent's certificate (`vmoodle agent fingerprint` on
+        /// the node). Required unless --trust-on-first-use.
+        #[arg(long, required_unless_present = "trust_on_first_use")]
         fingerprint: Option<String>,
+        /// Pin whatever certificate the agent presents now (the token is sent to it): only on a
+        /// network you trust.
+        #[arg(long)]
+        trust_on_first_use: bool,
     },
     /// List registered nodes.
     List {
@@ -65,6 +70,7 @@ impl Cmd {
                 token_file,
                 token_stdin,
                 fingerprint,
+                trust_on_first_use: _,
             } => {
                 let token = match (&token_file, token_stdin) {
                     (Some(f), _) => vmoodle_ops::read_password_file(f)?,

@@ -124,6 +124,7 @@ fn a_node_is_registered_with_its_certificate_pinned_and_its_token_sealed() {
             "--port",
             &port,
             "--token-stdin",
+            "--trust-on-first-use",
         ],
         "not-the-token\n",
         1,
@@ -139,6 +140,24 @@ fn a_node_is_registered_with_its_certificate_pinned_and_its_token_sealed() {
             .len(),
         0
     );
+
+    // Neither a fingerprint nor an explicit trust on first use: a usage error.
+    let tf = token_file.to_str().unwrap();
+    let err = vm.fails(
+        &[
+            "node",
+            "add",
+            "lb1",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--token-file",
+            tf,
+        ],
+        2,
+    );
+    assert!(err.contains("--fingerprint"), "{err}");
 
     // The right token and fingerprint (pasted in lower case without colons: normalised).
     let fp = fingerprint(&a).replace(':', "").to_lowercase();
@@ -176,6 +195,7 @@ fn a_node_is_registered_with_its_certificate_pinned_and_its_token_sealed() {
             &port,
             "--token-file",
             token_file.to_str().unwrap(),
+            "--trust-on-first-use",
         ],
         1,
     );
