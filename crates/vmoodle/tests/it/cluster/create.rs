@@ -1,0 +1,292 @@
+//! `vmoodle cluster create` end to end in the lab, on both engines: a standalone server holding
+//! three instances deployed from the real Moodle fixture becomes a primary with two replicas
+//! behind two HAProxy nodes and a keepalived VIP; writes reach both replicas, reads reach only
+//! replicas, the host files carry Moodle's read-replica option, Moodle's cron.php runs through
+//! the VIP; killing HAProxy on the VIP's holder moves the VIP; a stopped replica leaves the
+//! reader pool; a failure injected before each step leaves the server standalone with every host
+//! file as it was; destroy puts it all back.
+
+use crate::fleet::LiveFleet;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use vmoodle_test::lab::{Engine, Lab};
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Ctl<'a> {
+    lab: &'a Lab,
+    home: PathBuf,
+}
+
+impl Ctl<'_> {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.lab.vmoodle(&self.home, args, "")
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        ok(self.run(args), &format!("vmoodle {}", args.join(" ")))
+    }
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+}
+
+/// One value from SQL run as vmadmin from the app namespace against `addr:port`.
+fn sql_at(lab: &Lab, addr: &str, port: u16, sql: &str) -> Result<String, String> {
+    let app = lab.dir().join("app");
+    let port = port.to_string();
+    let out = match lab.engine() {
+        Engine::Mariadb => {
+            let df = format!("--defaults-file={}", app.join("admin.cnf").display());
+            lab.exec_in(
+                "app",
+                &["mariadb", &df, "-h", addr, "-P", &port, "-N", "-B", "-e", sql],
+            )
+        }
+        Engine::Postgresql => {
+            let pgpass = format!("PGPASSFILE={}", app.join("pgpass").display());
+            lab.exec_in(
+                "app",
+                &[
+                    "env", &pgpass, "psql", "-h", addr, "-p", &port, "-U", lab.admin_user(), "-d",
+                    "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql,
+                ],
+            )
+        }
+    };
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.elapsed()
+}
+
+fn host_files(home: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(home.join("hosts"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Which server a connection through `port` of the VIP lands on (MariaDB server_id; PostgreSQL
+/// its listen address).
+fn landed(lab: &Lab, port: u16) -> Result<String, String> {
+    let sql = match lab.engine() {
+        Engine::Mariadb => "SELECT @@server_id",
+        Engine::Postgresql => "SELECT host(inet_server_addr())",
+    };
+    sql_at(lab, &lab.vip(), port, sql)
+}
+
+fn cluster_end_to_end(engine: Engine) {
+    let (server, dbtype) = match engine {
+        Engine::Mariadb => ("maria", "mariadb"),
+        Engine::Postgresql => ("pg", "pgsql"),
+    };
+    // The template and the Moodle code (with the hook) come from the local servers.
+    let fleet = LiveFleet::new(server, 0);
+    let Some(lab) = super::lab(engine) else {
+        return;
+    };
+    if engine == Engine::Postgresql {
+        // PostgreSQL 15 lets only a superuser give a role REPLICATION.
+        lab.server_sql("db1", &format!("ALTER ROLE {} SUPERUSER", lab.admin_user()))
+            .expect("vmadmin superuser");
+    }
+    let ctl = Ctl {
+        lab: &lab,
+        home: fleet.s.vm.home.clone(),
+    };
+    let db1 = lab.node("db1").ip.clone();
+    let port = lab.db_port();
+    let (writer, reader) = (port, port + 1);
+    let out = lab.vmoodle(
+        &ctl.home,
+        &[
+            "dbserver", "add", "lab", "--type", dbtype, "--host", &db1, "--user", lab.admin_user(),
+            "--password-stdin",
+        ],
+        lab.admin_password(),
+    );
+    ok(out, "dbserver add");
+    let tokens: Vec<String> = (0..3).map(|i| crate::deploy::token(&format!("c{i}"))).collect();
+    let r = ctl.json(&[
+        "deploy", "--template", &fleet.template, "--tokens", &tokens.join(","), "--dbserver", "lab",
+        "--json",
+    ]);
+    assert!(r.as_array().unwrap().iter().all(|i| i["ok"] == true), "{r}");
+    for n in lab.nodes() {
+        ctl.ok(&[
+            "node", "add", &n.name, "--address", &n.ip, "--token-file",
+            n.token_file.to_str().unwrap(), "--fingerprint", &n.fingerprint,
+        ]);
+    }
+    let before = host_files(&ctl.home);
+    let vip = format!("{}/24", lab.vip());
+    let create: Vec<&str> = vec![
+        "cluster", "create", "prod", "--from", "lab", "--replica", "db2", "--replica", "db3",
+        "--proxy", "lb1", "--proxy", "lb2", "--vip", &vip, "--interface", "eth0",
+    ];
+
+    // A failure before each step: everything before it undone, the server standalone, every
+    // host file as it was, the replicas back to what they were.
+    let steps = [
+        "replication account",
+        "seed db2",
+        "seed db3",
+        "proxy lb1",
+        "proxy lb2",
+        "virtual IP",
+        "check instances",
+        "repoint",
+        "activate",
+    ];
+    for step in steps {
+        let out = lab.vmoodle_env(
+            &ctl.home,
+            &create,
+            &[("VMOODLE_TEST_FAIL_STEP", &format!("cluster-create:{step}"))],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "failing before {step}: {err}");
+        assert!(err.contains("every step was undone"), "{step}: {err}");
+        assert_eq!(host_files(&ctl.home), before, "host files after a failure before {step}");
+        let s = ctl.json(&["dbserver", "show", "lab", "--json"]);
+        assert_eq!(s["server"]["topology"], "standalone", "{step}: {s}");
+        assert!(s["cluster"].is_null(), "{step}: {s}");
+        for r in ["db2", "db3"] {
+            let role = lab.node_role(r);
+            assert_eq!(role.as_deref(), Some("primary"), "{r} after a failure before {step}");
+        }
+        assert!(
+            sql_at(&lab, &lab.vip(), writer, "SELECT 1").is_err(),
+            "the VIP still answers after a failure before {step}"
+        );
+    }
+
+    // The real thing.
+    let t = Instant::now();
+    ctl.ok(&create);
+    eprintln!("cluster create ({}) took {:.1} s", engine.as_str(), t.elapsed().as_secs_f64());
+    let status = ctl.json(&["cluster", "status", "prod", "--json"]);
+    assert!(status["problems"].as_array().unwrap().is_empty(), "{status}");
+
+    // The host files: writes to the VIP's writer port, reads to its reader port.
+    for (name, text) in host_files(&ctl.home) {
+        assert!(text.contains(&format!("'dbhost' => '{}'", lab.vip())), "{name}: {text}");
+        assert!(text.contains(&format!("'dbport' => {writer}")), "{name}: {text}");
+        assert!(text.contains(&format!("'dbport' => {reader}]]")), "{name}: {text}");
+        assert!(text.contains("'latency' => 1"), "{name}: {text}");
+    }
+
+    // Writes through the writer port reach both replicas; reads through the reader port reach
+    // only replicas.
+    let primary_id = landed(&lab, writer).unwrap();
+    let db = format!("vmt_{}", tokens[0]);
+    if engine == Engine::Mariadb {
+        let insert = format!(
+            "INSERT INTO `{db}`.mdl_config (name, value) VALUES ('vmoodle_cluster_probe', 'x')"
+        );
+        sql_at(&lab, &lab.vip(), writer, &insert).unwrap();
+        for r in ["db2", "db3"] {
+            let ip = lab.node(r).ip.clone();
+            eventually(&format!("the row on {r}"), Duration::from_secs(10), || {
+                sql_at(&lab, &ip, port, &format!("SELECT value FROM `{db}`.mdl_config WHERE name = 'vmoodle_cluster_probe'"))
+                    .is_ok_and(|v| v == "x")
+            });
+        }
+    } else {
+        let ins = "CREATE TABLE IF NOT EXISTS vmoodle_probe (v text); INSERT INTO vmoodle_probe VALUES ('x')";
+        sql_at(&lab, &lab.vip(), writer, ins).unwrap();
+        for r in ["db2", "db3"] {
+            let ip = lab.node(r).ip.clone();
+            eventually(&format!("the row on {r}"), Duration::from_secs(10), || {
+                sql_at(&lab, &ip, port, "SELECT v FROM vmoodle_probe").is_ok_and(|v| v == "x")
+            });
+        }
+    }
+    for _ in 0..6 {
+        let r = landed(&lab, reader).unwrap();
+        assert_ne!(r, primary_id, "a read through the reader port reached the primary");
+    }
+
+    // Moodle itself, through the VIP: a cron pass of a repointed instance.
+    ctl.ok(&["cron", &tokens[0]]);
+    let hist = ctl.json(&["cron", "history", &tokens[0], "--json"]);
+    assert_eq!(hist[0]["status"], "ok", "{hist}");
+
+    // HAProxy killed on the VIP's holder: the other proxy takes the VIP, writes go on.
+    let holder = ["lb1", "lb2"]
+        .into_iter()
+        .find(|p| lab.holds_vip(p))
+        .expect("a proxy holds the VIP");
+    lab.kill_haproxy(holder);
+    let moved = eventually("the VIP on the other proxy", Duration::from_secs(10), || {
+        ["lb1", "lb2"].iter().any(|p| *p != holder && lab.holds_vip(p))
+    });
+    eprintln!("VIP moved in {:.2} s", moved.as_secs_f64());
+    assert!(moved < Duration::from_secs(5), "the VIP took {moved:?} to move");
+    eventually("writes through the VIP", Duration::from_secs(5), || {
+        landed(&lab, writer).is_ok_and(|id| id == primary_id)
+    });
+
+    // A replica whose SQL thread (replay) stops leaves the reader pool.
+    let stop = match engine {
+        Engine::Mariadb => "STOP SLAVE SQL_THREAD",
+        Engine::Postgresql => "SELECT pg_wal_replay_pause()",
+    };
+    lab.server_sql("db2", stop).unwrap();
+    let db2_id = match engine {
+        Engine::Mariadb => "2".to_string(),
+        Engine::Postgresql => lab.node("db2").ip.clone(),
+    };
+    eventually("db2 out of the reader pool", Duration::from_secs(10), || {
+        let s = ctl.run(&["cluster", "status", "prod", "--json"]);
+        s.status.code() == Some(3)
+            && String::from_utf8_lossy(&s.stdout).contains("out of the reader pool")
+    });
+    for _ in 0..6 {
+        assert_ne!(landed(&lab, reader).unwrap(), db2_id, "db2 still serves reads");
+    }
+
+    // Destroy: instances back on the primary first, then everything else.
+    ctl.ok(&["cluster", "destroy", "prod", "--yes"]);
+    assert_eq!(host_files(&ctl.home), before);
+    ctl.ok(&["cron", &tokens[0]]);
+}
+
+#[test]
+fn mariadb_cluster_end_to_end() {
+    cluster_end_to_end(Engine::Mariadb);
+}
+
+#[test]
+fn postgres_cluster_end_to_end() {
+    cluster_end_to_end(Engine::Postgresql);
+}
