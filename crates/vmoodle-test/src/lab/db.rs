@@ -59,6 +59,10 @@ impl Server {
             Engine::Mariadb => {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
                 chown(dir, "mysql")?;
+                // A private tmpdir: parallel installs sharing /tmp lose each other's temporary
+                // tables (`Unknown table 'mysql.tmp_user_sys'`).
+                std::fs::create_dir_all(dir.join("tmp"))?;
+                chown(&dir.join("tmp"), "mysql")?;
                 let cnf = dir.join("my.cnf");
                 let managed = dir.join("vmoodle.cnf");
                 let d = s(dir);
@@ -66,7 +70,7 @@ impl Server {
                     &cnf,
                     &format!(
                         "[client]\nsocket={d}/mysqld.sock\n[mysqld]\nuser=mysql\n\
-                         datadir={d}/data\nsocket={d}/mysqld.sock\npid-file={d}/mysqld.pid\n\
+                         datadir={d}/data\ntmpdir={d}/tmp\nsocket={d}/mysqld.sock\npid-file={d}/mysqld.pid\n\
                          log-error={d}/error.log\nbind-address={ip}\nport=3306\nserver_id={n}\n\
                          log_bin=mysql-bin\nbinlog_format=ROW\nlog_slave_updates=ON\n\
                          gtid_strict_mode=ON\nskip-name-resolve\ninnodb_buffer_pool_size=64M\n\

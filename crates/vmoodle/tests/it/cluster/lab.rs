@@ -1,0 +1,126 @@
+//! The lab itself: every agent answers the control node in the app namespace, db1's admin
+//! account works from there, and teardown leaves nothing behind.
+
+use serde_json::Value;
+use std::path::Path;
+use vmoodle_test::lab::Engine;
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn smoke(engine: Engine) {
+    let Some(mut lab) = super::lab(engine) else {
+        return;
+    };
+    let prefix = lab.prefix().to_string();
+    let home = lab.dir().join("control");
+    ok(&lab.vmoodle(&home, &["init"], ""), "vmoodle init");
+    let names: Vec<String> = lab.nodes().map(|n| n.name.clone()).collect();
+    assert_eq!(names, ["db1", "db2", "db3", "lb1", "lb2"]);
+    for name in &names {
+        let n = lab.node(name);
+        let token_file = n.token_file.to_str().unwrap();
+        ok(
+            &lab.vmoodle(
+                &home,
+                &[
+                    "node",
+                    "add",
+                    name,
+                    "--address",
+                    &n.ip,
+                    "--token-file",
+                    token_file,
+                    "--fingerprint",
+                    &n.fingerprint,
+                ],
+                "",
+            ),
+            &format!("node add {name}"),
+        );
+    }
+    let out = ok(
+        &lab.vmoodle(&home, &["node", "check", "--json"], ""),
+        "node check",
+    );
+    let reports: Vec<Value> = serde_json::from_str(&out).expect("node check --json");
+    assert_eq!(reports.len(), 5, "{out}");
+    for r in &reports {
+        assert!(r["error"].is_null(), "{out}");
+        let proxy = r["health"]["proxy"].as_bool().expect("health.proxy");
+        let name = r["node"]["name"].as_str().unwrap();
+        assert_eq!(proxy, name.starts_with("lb"), "{out}");
+    }
+
+    // db1's /health, from the app namespace: primary once the engine probes are in (the agent
+    // probes once a second). The stubs never probe (probed_at 0 in /v1/status): accepted.
+    let db1 = lab.node("db1");
+    let health = |path: &str, auth: bool| -> Value {
+        let url = format!("https://{}:{}{path}", db1.ip, db1.port);
+        let hdr = lab.dir().join("app/auth-header");
+        let mut argv = vec!["curl", "-sk", "--fail", "--max-time", "5"];
+        let h = format!("@{}", hdr.display());
+        if auth {
+            // The token in a 0600 file, not in argv.
+            std::fs::write(&hdr, "").unwrap();
+            std::fs::set_permissions(&hdr, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            std::fs::write(&hdr, format!("Authorization: Bearer {}\n", db1.token)).unwrap();
+            argv.extend(["-H", &h]);
+        }
+        argv.push(&url);
+        let body = ok(&lab.exec_in("app", &argv), &format!("GET {path} of db1"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    };
+    let t = std::time::Instant::now();
+    let mut h = health("/health", false);
+    while h["role"] != "primary" && t.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        h = health("/health", false);
+    }
+    assert_eq!(h["name"], "db1", "{h}");
+    if h["role"] != "primary" && !h["role"].is_null() {
+        let st = health("/v1/status", true);
+        assert_eq!(
+            st["database"]["probed_at"], 0,
+            "db1 is not primary though its agent probes it: {h} {st}"
+        );
+        eprintln!("db1's agent has no engine probe yet (role {})", h["role"]);
+    }
+
+    // The admin account answers over the lab network; the root namespace cannot reach it.
+    let v = lab.sql("db1", "SELECT 1+1").expect("SQL as vmadmin on db1");
+    assert_eq!(v.trim(), "2");
+    let none = lab.exec_in(
+        "app",
+        &["curl", "-sk", "--max-time", "1", "https://10.0.0.1:1/"],
+    );
+    assert!(!none.status.success(), "the lab reached outside its /24");
+    assert!(Path::new("/run/netns").join(lab.ns("db1")).exists());
+
+    let down = lab.teardown();
+    eprintln!("lab {prefix} torn down in {:.2} s", down.as_secs_f64());
+    let left: Vec<String> = vmoodle_test::lab::namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    assert!(!lab.dir().exists(), "the lab's directory is still there");
+}
+
+#[test]
+fn lab_mariadb() {
+    smoke(Engine::Mariadb);
+}
+
+#[test]
+fn lab_postgresql() {
+    smoke(Engine::Postgresql);
+}
