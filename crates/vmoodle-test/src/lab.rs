@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub use vmoodle_agent::config::Engine;
 
 pub use db::{ADMIN, PG_BIN};
-pub use net::{is_prefix, namespaces, sweep};
+pub use net::{is_prefix, marker, namespaces, sweep, write_marker, MARKER_DIR};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -204,8 +204,10 @@ impl Lab {
         self.namespaces.push(format!("{}-sw", self.prefix));
         self.namespaces
             .extend(hosts.iter().map(|(h, _, _)| format!("{}-{h}", self.prefix)));
-        let pairs: Vec<(String, String)> =
-            hosts.iter().map(|(h, ip, _)| (h.clone(), ip.clone())).collect();
+        let pairs: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(h, ip, _)| (h.clone(), ip.clone()))
+            .collect();
         net::build(&self.prefix, &pairs).context("building the lab's network")?;
         for (h, _, kind) in &hosts {
             if *kind == Some(Kind::Proxy) {
@@ -228,7 +230,8 @@ impl Lab {
             .filter(|(_, _, k)| *k == Some(Kind::Database))
             .enumerate()
             .map(|(i, (h, ip, _))| {
-                let (dir, ip, net, h) = (self.path.join(h), ip.clone(), self.net.clone(), h.clone());
+                let (dir, ip, net, h) =
+                    (self.path.join(h), ip.clone(), self.net.clone(), h.clone());
                 std::thread::spawn(move || {
                     db::Server::install(engine, &dir.join("server"), i as u32 + 1, &ip, &net)
                         .map(|s| (h, s))
@@ -288,13 +291,15 @@ impl Lab {
         }
         let app = self.ns("app");
         for n in self.nodes.values() {
-            agent::wait_health(&app, &n.ip, n.port, Duration::from_secs(30)).with_context(|| {
-                format!(
-                    "agent {}; its log:\n{}",
-                    n.name,
-                    std::fs::read_to_string(n.dir.join("agent.log")).unwrap_or_default()
-                )
-            })?;
+            agent::wait_health(&app, &n.ip, n.port, Duration::from_secs(30)).with_context(
+                || {
+                    format!(
+                        "agent {}; its log:\n{}",
+                        n.name,
+                        std::fs::read_to_string(n.dir.join("agent.log")).unwrap_or_default()
+                    )
+                },
+            )?;
         }
         Ok(())
     }
@@ -305,10 +310,7 @@ impl Lab {
         for (f, text) in [
             (
                 "admin.cnf",
-                format!(
-                    "[client]\nuser={ADMIN}\npassword={}\n",
-                    self.admin_password
-                ),
+                format!("[client]\nuser={ADMIN}\npassword={}\n", self.admin_password),
             ),
             ("pgpass", format!("*:*:*:{ADMIN}:{}\n", self.admin_password)),
         ] {
@@ -414,7 +416,10 @@ impl Lab {
     /// Runs SQL as vmadmin from the app namespace against `host` (a node name, or an address
     /// such as the VIP) on the database port; the password comes from a 0600 file. Err(stderr).
     pub fn sql(&self, host: &str, sql: &str) -> std::result::Result<String, String> {
-        let addr = self.nodes.get(host).map_or(host.to_string(), |n| n.ip.clone());
+        let addr = self
+            .nodes
+            .get(host)
+            .map_or(host.to_string(), |n| n.ip.clone());
         let app = self.path.join("app");
         let port = self.db_port().to_string();
         let ns = self.ns("app");
@@ -434,8 +439,26 @@ impl Lab {
                 let psql = format!("{PG_BIN}/psql");
                 net::output(
                     &[
-                        "ip", "netns", "exec", &ns, "env", &pgpass, &psql, "-h", &addr, "-p",
-                        &port, "-U", ADMIN, "-d", "postgres", "-X", "-q", "-A", "-t", "-v",
+                        "ip",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "env",
+                        &pgpass,
+                        &psql,
+                        "-h",
+                        &addr,
+                        "-p",
+                        &port,
+                        "-U",
+                        ADMIN,
+                        "-d",
+                        "postgres",
+                        "-X",
+                        "-q",
+                        "-A",
+                        "-t",
+                        "-v",
                         "ON_ERROR_STOP=1",
                     ],
                     Some(sql),

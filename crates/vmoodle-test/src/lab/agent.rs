@@ -207,3 +207,42 @@ pub fn wait_health(from_ns: &str, ip: &str, port: u16, within: Duration) -> Resu
     }
     bail!("the agent at {url} did not answer within {within:?}: {last}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_settings_parse_as_the_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("agent");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join(vmoodle_agent::config::CONFIG_FILE),
+            "listen = \"10.200.1.21:8008\"\nname = \"lb1\"\n",
+        )
+        .unwrap();
+        let pdir = dir.path().join("proxy");
+        rewrite(&home, None, Some(&pdir)).unwrap();
+        let cfg = AgentConfig::load(&home).unwrap();
+        let p = cfg.proxy.expect("[proxy]");
+        assert_eq!(p.haproxy_pidfile, pdir.join("haproxy.pid"));
+        assert_eq!(p.haproxy_start[0], "haproxy");
+        assert!(p
+            .keepalived_start
+            .contains(&pdir.join("keepalived.pid").display().to_string()));
+        assert!(cfg.database.is_none());
+    }
+
+    #[test]
+    fn both_proxy_command_forms_name_the_pid_files() {
+        let d = Path::new("/lab/lb1/proxy");
+        for with_pid in [true, false] {
+            let t = proxy_table(d, with_pid);
+            let text = toml::to_string(&t).unwrap();
+            assert!(text.contains("/lab/lb1/proxy/haproxy.pid"), "{text}");
+            assert_eq!(t.contains_key("keepalived_pidfile"), with_pid);
+            assert_eq!(text.contains("{pid}"), with_pid, "{text}");
+        }
+    }
+}

@@ -156,7 +156,10 @@ impl Server {
         let st = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         match self.engine {
             Engine::Mariadb => {
-                let df = format!("--defaults-file={}", s(self.defaults_file.as_ref().unwrap()));
+                let df = format!(
+                    "--defaults-file={}",
+                    s(self.defaults_file.as_ref().unwrap())
+                );
                 DatabaseConfig {
                     engine: self.engine,
                     datadir: self.datadir.clone(),
@@ -219,7 +222,10 @@ impl Server {
         let argv: Vec<String> = match self.engine {
             Engine::Mariadb => vec![
                 "mariadb-admin".into(),
-                format!("--defaults-file={}", s(self.defaults_file.as_ref().unwrap())),
+                format!(
+                    "--defaults-file={}",
+                    s(self.defaults_file.as_ref().unwrap())
+                ),
                 "--connect-timeout=2".into(),
                 "ping".into(),
             ],
@@ -244,7 +250,10 @@ impl Server {
             Engine::Mariadb => run_stdin(
                 &[
                     "mariadb",
-                    &format!("--defaults-file={}", s(self.defaults_file.as_ref().unwrap())),
+                    &format!(
+                        "--defaults-file={}",
+                        s(self.defaults_file.as_ref().unwrap())
+                    ),
                     "-N",
                     "-B",
                 ],
@@ -285,9 +294,9 @@ impl Server {
                 "CREATE USER '{ADMIN}'@'%' IDENTIFIED BY '{password}';\n\
                  GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION;\n"
             ),
-            Engine::Postgresql => format!(
-                "CREATE ROLE {ADMIN} LOGIN CREATEDB CREATEROLE PASSWORD '{password}';\n"
-            ),
+            Engine::Postgresql => {
+                format!("CREATE ROLE {ADMIN} LOGIN CREATEDB CREATEROLE PASSWORD '{password}';\n")
+            }
         };
         self.local_sql(&sql).map(|_| ())
     }

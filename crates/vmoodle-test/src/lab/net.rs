@@ -105,7 +105,16 @@ pub fn build(prefix: &str, hosts: &[(String, String)]) -> Result<()> {
         ])?;
         run(&["ip", "-n", &sw, "link", "set", &peer, "master", "br0"])?;
         run(&["ip", "-n", &sw, "link", "set", &peer, "up"])?;
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
     }
     Ok(())
@@ -213,9 +222,7 @@ fn owner(prefix: &str) -> (bool, Option<PathBuf>) {
 
 /// Whether a name is a lab prefix: `vml` and 4 hex digits.
 pub fn is_prefix(p: &str) -> bool {
-    p.len() == 7
-        && p.starts_with("vml")
-        && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    p.len() == 7 && p.starts_with("vml") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Removes what labs of dead test processes left: their processes, namespaces, directories and
@@ -250,4 +257,26 @@ pub fn sweep() -> Vec<String> {
         removed.push(p);
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_prefixes() {
+        assert!(is_prefix("vml1a2b"));
+        assert!(!is_prefix("vmlab"));
+        assert!(!is_prefix("vmlabcde"));
+        assert!(!is_prefix("vmlxyz1"));
+        assert!(!is_prefix("vmt-1234"));
+    }
+
+    #[test]
+    fn own_start_time_is_stable_and_marks_this_process_live() {
+        let me = std::process::id();
+        let a = start_time(me).expect("start time");
+        assert_eq!(start_time(me), Some(a));
+        assert_eq!(start_time(u32::MAX), None);
+    }
 }

@@ -124,3 +124,59 @@ fn lab_mariadb() {
 fn lab_postgresql() {
     smoke(Engine::Postgresql);
 }
+
+/// `sweep` (run by every `Lab::new`) removes what a dead test process left (its processes and
+/// namespaces) and leaves a lab whose test process still runs alone.
+#[test]
+fn sweep_removes_leftovers_only() {
+    use std::process::{Command, Stdio};
+    if let Some(why) = vmoodle_test::lab::unusable(Engine::Mariadb) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let rnd = || {
+        let mut b = [0u8; 2];
+        openssl::rand::rand_bytes(&mut b).unwrap();
+        format!("vml{:02x}{:02x}", b[0], b[1])
+    };
+    let (dead, live) = (rnd(), rnd());
+    let run = |a: &[&str]| {
+        let o = Command::new(a[0]).args(&a[1..]).output().unwrap();
+        assert!(o.status.success(), "{a:?}: {o:?}");
+    };
+    let (dead_ns, live_ns) = (format!("{dead}-db1"), format!("{live}-db1"));
+    run(&["ip", "netns", "add", &dead_ns]);
+    run(&["ip", "netns", "add", &live_ns]);
+    // A leftover: a process still in its namespace, a marker naming a process that is gone.
+    let mut orphan = Command::new("ip")
+        .args(["netns", "exec", &dead_ns, "sleep", "300"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(vmoodle_test::lab::MARKER_DIR).unwrap();
+    std::fs::write(
+        vmoodle_test::lab::marker(&dead),
+        "4194304999 1 /nonexistent\n",
+    )
+    .unwrap();
+    // A live lab: its marker names this very process.
+    vmoodle_test::lab::write_marker(&live, Path::new("/nonexistent")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    let removed = vmoodle_test::lab::sweep();
+    let left = vmoodle_test::lab::namespaces();
+    let orphan_status = orphan.wait().unwrap();
+    let live_kept = left.contains(&live_ns);
+    let _ = Command::new("ip").args(["netns", "del", &live_ns]).status();
+    let _ = std::fs::remove_file(vmoodle_test::lab::marker(&live));
+
+    assert!(removed.contains(&dead), "{removed:?}");
+    assert!(!removed.contains(&live), "{removed:?}");
+    assert!(!left.contains(&dead_ns), "{left:?}");
+    assert!(live_kept, "the live lab's namespace was removed: {left:?}");
+    assert!(
+        !orphan_status.success(),
+        "the leftover's process was not stopped"
+    );
+    assert!(!vmoodle_test::lab::marker(&dead).exists());
+}
