@@ -473,6 +473,57 @@ impl Lab {
         }
     }
 
+    /// Calls a node's agent from the app namespace (curl; the token goes in a 0600 header file,
+    /// never in argv): `method` `path` with an optional JSON body. Returns (HTTP status, body).
+    pub fn agent_call(
+        &self,
+        node: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> (u16, String) {
+        let n = self.node(node);
+        let app = self.path.join("app");
+        let hdr = app.join(format!("auth-{node}"));
+        if !hdr.exists() {
+            std::fs::write(&hdr, "").expect("header file");
+            std::fs::set_permissions(&hdr, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            std::fs::write(&hdr, format!("Authorization: Bearer {}\n", n.token)).expect("header");
+        }
+        let url = format!("https://{}:{}{path}", n.ip, n.port);
+        let h = format!("@{}", hdr.display());
+        let ns = self.ns("app");
+        let mut argv = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "curl",
+            "-sk",
+            "--max-time",
+            "600",
+            "-X",
+            method,
+            "-H",
+            &h,
+            "-w",
+            "\n%{http_code}",
+        ];
+        if json.is_some() {
+            argv.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ]);
+        }
+        argv.push(&url);
+        let out = net::output(&argv, json).expect("curl in the app namespace");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     /// Tears the lab down (what Drop does) and says how long it took. Idempotent.
     pub fn teardown(&mut self) -> Duration {
         let t = Instant::now();
