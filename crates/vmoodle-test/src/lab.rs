@@ -238,8 +238,13 @@ impl Lab {
                 })
             })
             .collect();
-        for j in installs {
-            let (h, server) = j.join().expect("install thread")?;
+        // Every install finishes before an error is returned (teardown removes their files).
+        let installed: Vec<Result<_>> = installs
+            .into_iter()
+            .map(|j| j.join().expect("install thread"))
+            .collect();
+        for r in installed {
+            let (h, server) = r?;
             server.start(&self.ns(&h))?;
             self.servers.insert(h, server);
         }
