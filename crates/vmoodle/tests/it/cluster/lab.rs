@@ -61,33 +61,22 @@ fn smoke(engine: Engine) {
 
     // db1's /health, from the app namespace: primary once the engine probes are in (the agent
     // probes once a second). The stubs never probe (probed_at 0 in /v1/status): accepted.
-    let db1 = lab.node("db1");
-    let health = |path: &str, auth: bool| -> Value {
-        let url = format!("https://{}:{}{path}", db1.ip, db1.port);
-        let hdr = lab.dir().join("app/auth-header");
-        let mut argv = vec!["curl", "-sk", "--fail", "--max-time", "5"];
-        let h = format!("@{}", hdr.display());
-        if auth {
-            // The token in a 0600 file, not in argv.
-            std::fs::write(&hdr, "").unwrap();
-            std::fs::set_permissions(&hdr, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .unwrap();
-            std::fs::write(&hdr, format!("Authorization: Bearer {}\n", db1.token)).unwrap();
-            argv.extend(["-H", &h]);
-        }
-        argv.push(&url);
-        let body = ok(&lab.exec_in("app", &argv), &format!("GET {path} of db1"));
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    let health = || -> Value {
+        let (code, body) = lab.agent_call("db1", "GET", "/health", None);
+        assert_eq!(code, 200, "GET /health of db1: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/health: {e}: {body}"))
     };
     let t = std::time::Instant::now();
-    let mut h = health("/health", false);
+    let mut h = health();
     while h["role"] != "primary" && t.elapsed().as_secs() < 5 {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        h = health("/health", false);
+        h = health();
     }
     assert_eq!(h["name"], "db1", "{h}");
     if h["role"] != "primary" && !h["role"].is_null() {
-        let st = health("/v1/status", true);
+        let (code, body) = lab.agent_call("db1", "GET", "/v1/status", None);
+        assert_eq!(code, 200, "GET /v1/status of db1: {body}");
+        let st: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             st["database"]["probed_at"], 0,
             "db1 is not primary though its agent probes it: {h} {st}"

@@ -2,6 +2,7 @@
 //! MariaDB/PostgreSQL servers, HAProxy, keepalived and vmoodle agents on simulated hosts. Heavy:
 //! run one at a time (.config/nextest.toml).
 
+mod agents;
 mod lab;
 
 use vmoodle_test::lab::{Engine, Lab, LabSpec};
