@@ -4,6 +4,8 @@
 //! administrators (`VMOODLE_TEST_MARIADB_USER`, default root; `VMOODLE_TEST_PG_USER`, default
 //! postgres) on 127.0.0.1. Setup uses the servers' own client tools, as an administrator would.
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

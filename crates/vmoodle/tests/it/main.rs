@@ -1,6 +1,7 @@
 //! Integration tests: the vmoodle binary against real MariaDB, PostgreSQL and php-cli.
 
 mod clone;
+mod cluster;
 mod common;
 mod daemon;
 mod dbserver;

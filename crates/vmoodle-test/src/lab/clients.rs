@@ -1,0 +1,185 @@
+//! Reaching the lab from its app namespace: commands, the vmoodle binary, SQL as vmadmin, the
+//! agents' HTTP API. Secrets go in 0600 files under app/, never in argv or the environment.
+
+use anyhow::Result;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use super::db::{ADMIN, PG_BIN};
+use super::{net, Engine, Lab};
+
+impl Lab {
+    /// 0600 client files in app/: admin.cnf (MariaDB) and pgpass (PostgreSQL) for vmadmin.
+    pub(super) fn write_client_files(&self) -> Result<()> {
+        let app = self.path.join("app");
+        for (f, text) in [
+            (
+                "admin.cnf",
+                format!("[client]\nuser={ADMIN}\npassword={}\n", self.admin_password),
+            ),
+            ("pgpass", format!("*:*:*:{ADMIN}:{}\n", self.admin_password)),
+        ] {
+            let p = app.join(f);
+            std::fs::write(&p, "")?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::write(&p, text)?;
+        }
+        Ok(())
+    }
+
+    /// Runs argv inside a host's namespace (`host` is db1, lb1, app... or a full namespace).
+    pub fn exec_in(&self, host: &str, argv: &[&str]) -> Output {
+        let ns = if host.starts_with(&self.prefix) {
+            host.to_string()
+        } else {
+            self.ns(host)
+        };
+        let mut a = vec!["ip", "netns", "exec", &ns];
+        a.extend(argv);
+        net::output(&a, None).expect("ip netns exec")
+    }
+
+    /// Runs the vmoodle binary inside the app namespace with `VMOODLE_HOME=home`, `stdin` on
+    /// its standard input.
+    pub fn vmoodle(&self, home: &Path, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("app")])
+            .arg(&self.spec.bin)
+            .args(args)
+            .env("VMOODLE_HOME", home)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir("/")
+            .spawn()
+            .expect("running vmoodle in the app namespace");
+        let mut w = child.stdin.take().expect("stdin");
+        let _ = w.write_all(stdin.as_bytes());
+        drop(w);
+        child.wait_with_output().expect("waiting for vmoodle")
+    }
+
+    /// Runs SQL as vmadmin from the app namespace against `host` (a node name, or an address
+    /// such as the VIP) on the database port; the password comes from a 0600 file. Err(stderr).
+    pub fn sql(&self, host: &str, sql: &str) -> std::result::Result<String, String> {
+        self.sql_port(host, self.db_port(), sql)
+    }
+
+    /// `sql` on another port (a proxy's reader port, say).
+    pub fn sql_port(
+        &self,
+        host: &str,
+        port: u16,
+        sql: &str,
+    ) -> std::result::Result<String, String> {
+        let addr = self
+            .nodes
+            .get(host)
+            .map_or(host.to_string(), |n| n.ip.clone());
+        let app = self.path.join("app");
+        let port = port.to_string();
+        let ns = self.ns("app");
+        let out = match self.engine {
+            Engine::Mariadb => {
+                let df = format!("--defaults-file={}", app.join("admin.cnf").display());
+                net::output(
+                    &[
+                        "ip", "netns", "exec", &ns, "mariadb", &df, "-h", &addr, "-P", &port, "-N",
+                        "-B",
+                    ],
+                    Some(sql),
+                )
+            }
+            Engine::Postgresql => {
+                let pgpass = format!("PGPASSFILE={}", app.join("pgpass").display());
+                let psql = format!("{PG_BIN}/psql");
+                net::output(
+                    &[
+                        "ip",
+                        "netns",
+                        "exec",
+                        &ns,
+                        "env",
+                        &pgpass,
+                        &psql,
+                        "-h",
+                        &addr,
+                        "-p",
+                        &port,
+                        "-U",
+                        ADMIN,
+                        "-d",
+                        "postgres",
+                        "-X",
+                        "-q",
+                        "-A",
+                        "-t",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                    ],
+                    Some(sql),
+                )
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Calls a node's agent from the app namespace (curl; the token goes in a 0600 header file,
+    /// never in argv): `method` `path` with an optional JSON body. Returns (HTTP status, body).
+    pub fn agent_call(
+        &self,
+        node: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> (u16, String) {
+        let n = self.node(node);
+        let app = self.path.join("app");
+        let hdr = app.join(format!("auth-{node}"));
+        if !hdr.exists() {
+            std::fs::write(&hdr, "").expect("header file");
+            std::fs::set_permissions(&hdr, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            std::fs::write(&hdr, format!("Authorization: Bearer {}\n", n.token)).expect("header");
+        }
+        let url = format!("https://{}:{}{path}", n.ip, n.port);
+        let h = format!("@{}", hdr.display());
+        let ns = self.ns("app");
+        let mut argv = vec![
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "curl",
+            "-sk",
+            "--max-time",
+            "600",
+            "-X",
+            method,
+            "-H",
+            &h,
+            "-w",
+            "\n%{http_code}",
+        ];
+        if json.is_some() {
+            argv.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ]);
+        }
+        argv.push(&url);
+        let out = net::output(&argv, json).expect("curl in the app namespace");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
