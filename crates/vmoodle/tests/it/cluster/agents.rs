@@ -38,7 +38,7 @@ fn until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<(T, Du
 }
 
 fn seed_and_proxy(engine: Engine) {
-    let Some(lab) = super::lab(engine) else {
+    let Some(mut lab) = super::lab(engine) else {
         return;
     };
     if !probes(&lab) {
