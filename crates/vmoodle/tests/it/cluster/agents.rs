@@ -171,6 +171,11 @@ fn seed_and_proxy(engine: Engine) {
         [true, false],
         "lb1 (priority 110) should hold the VIP"
     );
+    let down = lab.teardown();
+    eprintln!(
+        "torn down (replicas, HAProxy, keepalived) in {:.2} s",
+        down.as_secs_f64()
+    );
 }
 
 #[test]
