@@ -372,11 +372,16 @@ impl Lab {
     /// Runs SQL on a database host's server as its local administrator, through its socket from
     /// the root namespace (MariaDB root by unix_socket, PostgreSQL postgres by peer, database
     /// postgres); for what vmadmin may not do (PostgreSQL: create a REPLICATION role).
-    pub fn local_sql(&self, host: &str, sql: &str) -> Result<String> {
+    pub fn server_sql(&self, host: &str, sql: &str) -> Result<String> {
         self.servers
             .get(host)
             .with_context(|| format!("{host} is not a database host of the lab"))?
             .local_sql(sql)
+    }
+
+    /// The same as `server_sql`.
+    pub fn local_sql(&self, host: &str, sql: &str) -> Result<String> {
+        self.server_sql(host, sql)
     }
 
     /// Tears the lab down (what Drop does) and says how long it took. Idempotent.
