@@ -10,7 +10,12 @@
 //!
 //! Needs root. Dropping the lab tears it all down (PostgreSQL stopped with pg_ctl, every process
 //! of its namespaces stopped, the namespaces deleted, its directory removed). `sweep` removes
-//! what labs of dead test processes left. Building takes a few seconds: share one lab per test.
+//! what labs of dead test processes left (labs whose test process still runs are left alone:
+//! each lab records its owner in /run/vmoodle-lab/<prefix>).
+//!
+//! Measured here (2 cores): build 2.7–6.2 s (three servers installed in parallel, five agents
+//! answering), teardown 0.15–0.7 s bare, 1.2–1.8 s with replicas, HAProxy and keepalived
+//! running. Share one lab per test.
 
 mod agent;
 mod clients;
@@ -372,11 +377,16 @@ impl Lab {
     /// Runs SQL on a database host's server as its local administrator, through its socket from
     /// the root namespace (MariaDB root by unix_socket, PostgreSQL postgres by peer, database
     /// postgres); for what vmadmin may not do (PostgreSQL: create a REPLICATION role).
-    pub fn local_sql(&self, host: &str, sql: &str) -> Result<String> {
+    pub fn server_sql(&self, host: &str, sql: &str) -> Result<String> {
         self.servers
             .get(host)
             .with_context(|| format!("{host} is not a database host of the lab"))?
             .local_sql(sql)
+    }
+
+    /// The same as `server_sql`.
+    pub fn local_sql(&self, host: &str, sql: &str) -> Result<String> {
+        self.server_sql(host, sql)
     }
 
     /// Tears the lab down (what Drop does) and says how long it took. Idempotent.

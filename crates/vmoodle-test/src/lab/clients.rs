@@ -43,9 +43,18 @@ impl Lab {
     /// Runs the vmoodle binary inside the app namespace with `VMOODLE_HOME=home`, `stdin` on
     /// its standard input.
     pub fn vmoodle(&self, home: &Path, args: &[&str], stdin: &str) -> Output {
+        self.run_vmoodle(home, args, &[], stdin)
+    }
+
+    /// `vmoodle` with extra environment variables (e.g. VMOODLE_TEST_FAIL_STEP); stdin empty.
+    pub fn vmoodle_env(&self, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_vmoodle(home, args, env, "")
+    }
+
+    fn run_vmoodle(&self, home: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("app")])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns("app")])
             .arg(&self.spec.bin)
             .args(args)
             .env("VMOODLE_HOME", home)
@@ -53,13 +62,51 @@ impl Lab {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .current_dir("/")
-            .spawn()
-            .expect("running vmoodle in the app namespace");
+            .current_dir("/");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("running vmoodle in the app namespace");
         let mut w = child.stdin.take().expect("stdin");
         let _ = w.write_all(stdin.as_bytes());
         drop(w);
         child.wait_with_output().expect("waiting for vmoodle")
+    }
+
+    /// The role a database node's agent reports on /health (primary, replica, read-only,
+    /// down), or None when it reports none or does not answer.
+    pub fn node_role(&self, node: &str) -> Option<String> {
+        let (code, body) = self.agent_call(node, "GET", "/health", None);
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["role"].as_str().map(str::to_string)
+    }
+
+    /// Whether a proxy node holds the VIP now (on its eth0).
+    pub fn holds_vip(&self, node: &str) -> bool {
+        let out = self.exec_in(node, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        let vip = format!(" {}/", self.vip());
+        String::from_utf8_lossy(&out.stdout).contains(&vip)
+    }
+
+    /// Kills (SIGKILL) every HAProxy process of a proxy node, as a crash would; returns how
+    /// many there were.
+    pub fn kill_haproxy(&self, node: &str) -> usize {
+        let ns = self.ns(node);
+        let mut n = 0;
+        for pid in net::pids(&ns) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "haproxy" {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Runs SQL as vmadmin from the app namespace against `host` (a node name, or an address

@@ -38,7 +38,7 @@ fn until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<(T, Du
 }
 
 fn seed_and_proxy(engine: Engine) {
-    let Some(lab) = super::lab(engine) else {
+    let Some(mut lab) = super::lab(engine) else {
         return;
     };
     if !probes(&lab) {
@@ -170,6 +170,32 @@ fn seed_and_proxy(engine: Engine) {
         holders,
         [true, false],
         "lb1 (priority 110) should hold the VIP"
+    );
+    assert!(lab.holds_vip("lb1") && !lab.holds_vip("lb2"));
+    for n in ["db2", "db3"] {
+        assert_eq!(lab.node_role(n).as_deref(), Some("replica"), "{n}");
+    }
+    assert_eq!(lab.node_role("db1").as_deref(), Some("primary"));
+
+    // HAProxy crashes on the holder: lb2 takes the VIP, and writes go on through it.
+    assert!(lab.kill_haproxy("lb1") > 0, "no HAProxy process on lb1");
+    let (_, moved) = until(Duration::from_secs(10), || {
+        lab.holds_vip("lb2").then_some(())
+    })
+    .expect("the VIP never moved to lb2");
+    eprintln!(
+        "VIP moved to lb2 {:.2} s after HAProxy was killed on lb1",
+        moved.as_secs_f64()
+    );
+    let w = until(Duration::from_secs(5), || {
+        lab.sql(&lab.vip(), "SELECT 1").ok()
+    });
+    assert!(w.is_some(), "the VIP's writer does not answer on lb2");
+
+    let down = lab.teardown();
+    eprintln!(
+        "torn down (replicas, HAProxy, keepalived) in {:.2} s",
+        down.as_secs_f64()
     );
 }
 
