@@ -161,7 +161,9 @@ async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster>
     };
     wait_for_vip(home, plan).await?;
     check_writer(&via_vip(plan.writer_port), plan).await?;
-    check_reader(&via_vip(plan.reader_port)).await?;
+    if let Err(e) = check_reader(&via_vip(plan.reader_port)).await {
+        return Err(e.context(diagnose(home, plan).await));
+    }
 
     j.step("check instances").await?;
     let instances: Vec<_> = home
@@ -308,6 +310,48 @@ async fn wait_for_vip(home: &Home, plan: &Plan) -> Result<()> {
     }
 }
 
+/// What the proxies and the replicas' agents say, for an error message.
+async fn diagnose(home: &Home, plan: &Plan) -> String {
+    let mut out = Vec::new();
+    for p in &plan.proxies {
+        match crate::nodes::client(home, p) {
+            Ok(c) => match c.proxy_status().await {
+                Ok(s) => out.push(format!(
+                    "{}: {}",
+                    p.name,
+                    s.backends
+                        .iter()
+                        .map(|b| format!(
+                            "{}/{} {} {}",
+                            b.listener, b.server, b.status, b.check_status
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Err(e) => out.push(format!("{}: {e:#}", p.name)),
+            },
+            Err(e) => out.push(format!("{}: {e:#}", p.name)),
+        }
+    }
+    for (n, _, _) in &plan.replicas {
+        if let Ok(c) = crate::nodes::client(home, n) {
+            let code = c
+                .check(&format!("/replica?max_lag={}", plan.req.max_lag))
+                .await
+                .map_or_else(|e| format!("{e:#}"), |c| c.to_string());
+            let st = c
+                .status()
+                .await
+                .ok()
+                .and_then(|s| s.database)
+                .map(|d| serde_json::to_string(&d).unwrap_or_default())
+                .unwrap_or_default();
+            out.push(format!("{} /replica: {code} {st}", n.name));
+        }
+    }
+    format!("what the nodes say: {}", out.join("; "))
+}
+
 async fn one_value(spec: &ConnSpec, sql: &str) -> Result<String> {
     let mut c = vmoodle_dbserver::connect(spec, None).await?;
     let v = c.column(sql, &[]).await;
@@ -348,7 +392,7 @@ async fn check_writer(spec: &ConnSpec, plan: &Plan) -> Result<()> {
 /// The reader port must reach a replica once the checks have settled (they need two passes).
 async fn check_reader(spec: &ConnSpec) -> Result<()> {
     let sql = if spec.kind.is_mysql_family() {
-        "SELECT CAST(@@read_only AS CHAR)"
+        "SELECT IF(@@read_only, '1', '0')"
     } else {
         "SELECT CASE WHEN pg_is_in_recovery() THEN '1' ELSE '0' END"
     };

@@ -3,6 +3,7 @@
 //! run one at a time (.config/nextest.toml).
 
 mod agents;
+mod create;
 mod lab;
 
 use vmoodle_test::lab::{Engine, Lab, LabSpec};
