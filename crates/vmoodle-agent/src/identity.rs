@@ -11,7 +11,6 @@ use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509NameBuilder, X509};
-use std::path::Path;
 
 /// A new random token (32 bytes, hex).
 pub fn new_token() -> Result<String> {
@@ -90,28 +89,6 @@ pub fn normalise_fingerprint(s: &str) -> String {
         .filter(|c| c.is_ascii_hexdigit())
         .collect::<String>()
         .to_ascii_uppercase()
-}
-
-/// Writes a file atomically with `mode` (0600 for keys and token hashes).
-pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().context("a path with no directory")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {

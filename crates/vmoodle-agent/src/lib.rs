@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod config;
+pub mod fsutil;
 pub mod identity;
 pub mod mariadb;
 pub mod postgres;

@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{AgentHome, ProxyConfig};
+use crate::fsutil::write_atomic;
 use crate::protocol::{ProxySpec, ProxyStatus};
-use control::{pidfile_pid, run_argv, uses_pid, wait_exit, write_atomic};
+use control::{pidfile_pid, run_argv, uses_pid, wait_exit};
 
 const PREV_DIR: &str = "proxy-prev";
 const SPEC_FILE: &str = "proxy-spec.json";

@@ -65,23 +65,6 @@ fn read_record(state: &Path) -> Result<Option<SeedRecord>> {
     }
 }
 
-fn write_file_atomic(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("vmoodle-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
@@ -425,9 +408,9 @@ async fn seed_with_staging(
                 was_running,
                 at: ts,
             };
-            write_file_atomic(
+            crate::fsutil::write_atomic(
                 &record_path(state),
-                &serde_json::to_string_pretty(&rec)?,
+                serde_json::to_string_pretty(&rec)?.as_bytes(),
                 0o600,
             )?;
         }
@@ -469,9 +452,9 @@ async fn seed_with_staging(
     tokio::task::spawn_blocking(move || chown_tree(&dir, uid, gid))
         .await?
         .with_context(|| format!("giving {} to {}", cfg.datadir.display(), cfg.os_user))?;
-    write_file_atomic(
+    crate::fsutil::write_atomic(
         &cfg.managed_config,
-        &parse::replica_config(server_id),
+        parse::replica_config(server_id).as_bytes(),
         0o644,
     )?;
     let copied = t0.elapsed();

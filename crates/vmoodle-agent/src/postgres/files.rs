@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{AgentHome, DatabaseConfig};
@@ -111,32 +111,7 @@ pub fn make_datadir(path: &Path, uid: u32, gid: u32) -> Result<()> {
         .with_context(|| format!("giving {} to the server's OS user", path.display()))
 }
 
-/// Writes a file (0600, owned by uid:gid) through a new temporary file renamed over it: a
-/// symlink at `path` is replaced, never written through.
-pub fn write_private(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.vmoodle-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("writing {}", path.display()))
-}
+pub use crate::fsutil::write_owned as write_private;
 
 /// A text file's content, or None when it does not exist.
 pub fn read_opt(path: &Path) -> Result<Option<String>> {

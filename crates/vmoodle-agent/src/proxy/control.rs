@@ -2,7 +2,6 @@
 //! substituted, wait for a process to exit; files written atomically.
 
 use anyhow::{bail, Context, Result};
-use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -125,27 +124,6 @@ pub fn log_tail(log: &Path) -> String {
     }
 }
 
-/// Writes `path` atomically (a temporary file beside it, synced, renamed over it).
-pub fn write_atomic(path: &Path, text: &[u8], mode: u32) -> Result<()> {
-    let tmp = sibling(path, ".vmoodle-new");
-    let res = (|| -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
-}
-
 /// `path` with `suffix` appended to its file name.
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -156,6 +134,7 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::write_atomic;
 
     #[test]
     fn pid_files() {

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use vmoodle_agent::config::{AgentConfig, AgentHome, DatabaseConfig, Engine, ProxyConfig};
-use vmoodle_agent::identity;
+use vmoodle_agent::{fsutil, identity};
 
 use super::exit;
 
@@ -105,13 +105,13 @@ impl Cmd {
                 let mut names = vec![listen.ip().to_string(), node.clone()];
                 names.dedup();
                 let (cert, key) = identity::self_signed(&node, &names)?;
-                identity::write_private(&home.key(), &key, 0o600)?;
-                identity::write_private(&home.cert(), &cert, 0o644)?;
+                fsutil::write_atomic(&home.key(), &key, 0o600)?;
+                fsutil::write_atomic(&home.cert(), &cert, 0o644)?;
                 let text = format!(
                     "# vmoodle agent settings (see `vmoodle agent --help`); made by `vmoodle agent init`.\n{}",
                     toml::to_string_pretty(&cfg)?
                 );
-                identity::write_private(&home.config(), text.as_bytes(), 0o600)?;
+                fsutil::write_atomic(&home.config(), text.as_bytes(), 0o600)?;
                 give_token(&home, token_file.as_deref())?;
                 println!("fingerprint: {}", identity::fingerprint_pem(&cert)?);
                 eprintln!(
@@ -156,14 +156,14 @@ impl Cmd {
 /// Makes a new token, keeps its hash, and hands the token to the operator once.
 fn give_token(home: &AgentHome, file: Option<&Path>) -> Result<()> {
     let token = identity::new_token()?;
-    identity::write_private(
+    fsutil::write_atomic(
         &home.token_hash(),
         identity::token_hash(&token).as_bytes(),
         0o600,
     )?;
     match file {
         Some(f) => {
-            identity::write_private(f, format!("{token}\n").as_bytes(), 0o600)?;
+            fsutil::write_atomic(f, format!("{token}\n").as_bytes(), 0o600)?;
             eprintln!("token written to {}", f.display());
         }
         None => println!("token: {token}"),
