@@ -193,7 +193,7 @@ pub struct SeedTicket {
 }
 
 /// A database server behind the proxies.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
     /// The node's name (HAProxy server name).
     pub name: String,
@@ -204,7 +204,7 @@ pub struct Backend {
 }
 
 /// What a proxy node serves: the writer and reader ports, and its part of the VRRP pair.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxySpec {
     /// The cluster's name (HAProxy and keepalived name things after it).
     pub cluster: String,

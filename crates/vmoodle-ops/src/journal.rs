@@ -52,6 +52,18 @@ pub enum Undo {
     DropSlot { server_id: i64, slot: String },
     /// Ask a proxy node's agent to stop HAProxy and keepalived and put their files back.
     RemoveProxy { node: String },
+    /// Give a running proxy node the configuration it served before (HAProxy reloaded with
+    /// its listeners kept).
+    ApplyProxy {
+        node: String,
+        spec: Box<vmoodle_agent::ProxySpec>,
+    },
+    /// Remove a node from a cluster's members in the register.
+    RemoveClusterMember {
+        cluster: String,
+        node: String,
+        role: String,
+    },
     /// Point a database server back at its own address and republish its instances' host files.
     RestoreEndpoint {
         server_id: i64,
@@ -91,6 +103,14 @@ impl std::fmt::Display for Undo {
                 write!(f, "drop replication slot `{slot}` (server #{server_id})")
             }
             Undo::RemoveProxy { node } => write!(f, "stop the proxies of node `{node}`"),
+            Undo::ApplyProxy { node, .. } => {
+                write!(f, "give proxy node `{node}` its previous configuration")
+            }
+            Undo::RemoveClusterMember {
+                cluster,
+                node,
+                role,
+            } => write!(f, "remove {role} `{node}` from cluster `{cluster}`"),
             Undo::RestoreEndpoint {
                 server_id,
                 host,
@@ -687,6 +707,26 @@ pub async fn undo_one(home: &Home, u: &Undo) -> Result<()> {
                 .await?
                 .remove_proxy()
                 .await?;
+        }
+        Undo::ApplyProxy { node, spec } => {
+            crate::cluster::node_client(home, node)
+                .await?
+                .apply_proxy(spec)
+                .await?;
+        }
+        Undo::RemoveClusterMember {
+            cluster,
+            node,
+            role,
+        } => {
+            if let (Some(c), Some(n)) = (
+                home.registry.find_cluster(cluster).await?,
+                home.registry.find_cluster_node(node).await?,
+            ) {
+                home.registry
+                    .remove_cluster_member(c.id, n.id, role)
+                    .await?;
+            }
         }
         Undo::RestoreEndpoint {
             server_id,

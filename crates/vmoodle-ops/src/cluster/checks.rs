@@ -112,6 +112,50 @@ pub fn primary_problems(engine: Engine, f: &ServerFacts, replicas: usize) -> Vec
     p
 }
 
+/// HAProxy and keepalived are given addresses, never names to resolve.
+pub(crate) fn by_ip(n: &ClusterNode) -> Result<()> {
+    if n.address.parse::<std::net::IpAddr>().is_err() {
+        bail!(
+            "node `{}` is registered by the name `{}`: a cluster's nodes need IP addresses (HAProxy and keepalived must not depend on name resolution); `vmoodle node remove {}` and add it with --address IP",
+            n.name, n.address, n.name
+        );
+    }
+    Ok(())
+}
+
+/// What keeps node `name` (with facts `f`) from becoming a replica of a primary with facts
+/// `primary`: another engine, another major version, too little room.
+pub(crate) fn replica_problems(
+    engine: Engine,
+    primary: &ServerFacts,
+    name: &str,
+    f: &ServerFacts,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if f.engine != engine {
+        problems.push(format!(
+            "replica `{name}` runs {}, not {}",
+            f.engine.as_str(),
+            engine.as_str()
+        ));
+    }
+    if major(&f.version) != major(&primary.version) {
+        problems.push(format!(
+            "replica `{name}` runs version {} but the primary runs {}: install the same major version",
+            f.version, primary.version
+        ));
+    }
+    let need = primary.data_bytes + primary.data_bytes / 5;
+    if f.free_bytes < need {
+        problems.push(format!(
+            "replica `{name}` has {} MiB free where its data goes; the primary's data takes {} MiB (+20%): free space first",
+            f.free_bytes >> 20,
+            primary.data_bytes >> 20
+        ));
+    }
+    problems
+}
+
 /// Checks a `cluster create` request against the register and every node's agent.
 pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
     validate::object_name("cluster name", &req.name)?;
@@ -184,17 +228,7 @@ pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
         proxies.push(find(p)?);
     }
     // A node serves one cluster: seeding stops its server and moves its data aside.
-    let taken: Vec<(String, String, String)> = home
-        .registry
-        .clusters()
-        .await?
-        .into_iter()
-        .flat_map(|c| {
-            c.members
-                .into_iter()
-                .map(move |m| (m.node, c.name.clone(), m.role))
-        })
-        .collect();
+    let taken = super::taken_nodes(home).await?;
     for n in std::iter::once(&primary).chain(&replicas).chain(&proxies) {
         if let Some((_, c, role)) = taken.iter().find(|(node, _, _)| *node == n.name) {
             bail!(
@@ -202,13 +236,7 @@ pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
                 n.name
             );
         }
-        // HAProxy and keepalived are given addresses, never names to resolve.
-        if n.address.parse::<std::net::IpAddr>().is_err() {
-            bail!(
-                "node `{}` is registered by the name `{}`: a cluster's nodes need IP addresses (HAProxy and keepalived must not depend on name resolution); `vmoodle node remove {}` and add it with --address IP",
-                n.name, n.address, n.name
-            );
-        }
+        by_ip(n)?;
     }
     if server.socket.is_some() && server.host.is_empty() {
         bail!("database server `{}` is reached through a socket only: register it with the address the replicas reach", server.name);
@@ -251,36 +279,12 @@ pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
     let mut next_id = used_ids.iter().max().copied().unwrap_or(1);
     for r in &replicas {
         let f = crate::nodes::client(home, r)?.facts().await?;
-        if f.engine != engine {
-            problems.push(format!(
-                "replica `{}` runs {}, not {}",
-                r.name,
-                f.engine.as_str(),
-                engine.as_str()
-            ));
-        }
-        if major(&f.version) != major(&primary_facts.version) {
-            problems.push(format!(
-                "replica `{}` runs version {} but the primary runs {}: install the same major version",
-                r.name, f.version, primary_facts.version
-            ));
-        }
-        let need = primary_facts.data_bytes + primary_facts.data_bytes / 5;
-        if f.free_bytes < need {
-            problems.push(format!(
-                "replica `{}` has {} MiB free where its data goes; the primary's data takes {} MiB (+20%): free space first",
-                r.name, f.free_bytes >> 20, primary_facts.data_bytes >> 20
-            ));
-        }
+        problems.extend(replica_problems(engine, &primary_facts, &r.name, &f));
         next_id += 1;
         while !used_ids.insert(next_id) {
             next_id += 1;
         }
-        let slot = format!(
-            "vmoodle_{}",
-            r.name.replace(['-', '.'], "_").to_ascii_lowercase()
-        );
-        planned.push((r.clone(), next_id, slot));
+        planned.push((r.clone(), next_id, super::slot_name(&r.name)));
     }
     for p in &proxies {
         match crate::nodes::client(home, p)?.health().await {

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
-use vmoodle_agent::{Backend, Engine, ProxySpec, ReplicaPlan, Role};
+use vmoodle_agent::{ReplicaPlan, Role};
 use vmoodle_core::{Binding, Secret};
 use vmoodle_dbserver::ConnSpec;
 use vmoodle_registry::{Cluster, NewCluster};
@@ -86,58 +86,24 @@ async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster>
     create_repl_account(&admin, &plan.req.repl_user, &repl_password).await?;
     j.made().await?;
 
-    let primary = crate::nodes::client(home, &plan.primary)?;
     for (node, server_id, slot) in &plan.replicas {
         j.step(&format!("seed {}", node.name)).await?;
-        let c = crate::nodes::client(home, node)?;
-        if plan.engine == Engine::Postgresql {
-            j.intend(Undo::DropSlot {
-                server_id: server.id,
-                slot: slot.clone(),
-            })
-            .await?;
-            j.made().await?;
-        }
-        j.intend(Undo::UndoReplica {
-            node: node.name.clone(),
-        })
-        .await?;
-        let rp = ReplicaPlan {
-            primary_host: plan.primary.address.clone(),
-            primary_port: plan.primary_port(),
-            repl_user: plan.req.repl_user.clone(),
-            repl_password: repl_password.clone(),
-            server_id: Some(*server_id),
-            slot: (plan.engine == Engine::Postgresql).then(|| slot.clone()),
-            application_name: node.name.clone(),
+        let seed = Seed {
+            cluster: &cluster,
+            server,
+            primary: &plan.primary,
+            node,
+            server_id: *server_id,
+            slot,
+            repl_password: &repl_password,
         };
-        let st = c
-            .seed_replica(&rp, &primary)
-            .await
-            .with_context(|| format!("seeding replica `{}`", node.name))?;
-        j.made().await?;
-        let db = st.database.unwrap_or_default();
-        if db.role != Some(Role::Replica) {
-            bail!(
-                "node `{}` was seeded but says it is {} rather than a replica",
-                node.name,
-                db.role.map_or("unknown", Role::as_str)
-            );
-        }
-        home.registry
-            .add_cluster_member(
-                cluster.id,
-                node.id,
-                "replica",
-                Some(i64::from(*server_id)),
-                (plan.engine == Engine::Postgresql).then_some(slot.as_str()),
-            )
-            .await?;
+        seed_replica(home, j, &seed).await?;
     }
 
+    let replicas: Vec<_> = plan.replicas.iter().map(|(n, _, _)| n.clone()).collect();
     for (i, node) in plan.proxies.iter().enumerate() {
         j.step(&format!("proxy {}", node.name)).await?;
-        let spec = proxy_spec(plan, i);
+        let spec = super::proxy_spec(&cluster, &plan.primary, &replicas, &plan.proxies, i);
         j.intend(Undo::RemoveProxy {
             node: node.name.clone(),
         })
@@ -224,48 +190,66 @@ async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster>
     Ok(home.registry.cluster(&plan.req.name).await?)
 }
 
-impl Plan {
-    /// The port replicas reach the primary's server on (the server's own port).
-    pub fn primary_port(&self) -> u16 {
-        self.server.port
-    }
+/// One replica to seed from the cluster's primary.
+pub(super) struct Seed<'a> {
+    pub cluster: &'a Cluster,
+    pub server: &'a vmoodle_registry::DbServer,
+    pub primary: &'a vmoodle_registry::ClusterNode,
+    pub node: &'a vmoodle_registry::ClusterNode,
+    pub server_id: u32,
+    pub slot: &'a str,
+    pub repl_password: &'a Secret,
 }
 
-/// What proxy node number `i` serves.
-pub fn proxy_spec(plan: &Plan, i: usize) -> ProxySpec {
-    let backend = |n: &vmoodle_registry::ClusterNode| Backend {
-        name: n.name.clone(),
-        host: n.address.clone(),
-        port: plan.primary_port(),
-        agent_port: n.agent_port,
+/// Seeds one replica through the agents (journaled: its slot and its seed are undone when a
+/// later step fails) and registers it as a member of the cluster.
+pub(super) async fn seed_replica(home: &Home, j: &mut Journal<'_>, s: &Seed<'_>) -> Result<()> {
+    let pg = !s.server.kind.is_mysql_family();
+    let c = crate::nodes::client(home, s.node)?;
+    if pg {
+        j.intend(Undo::DropSlot {
+            server_id: s.server.id,
+            slot: s.slot.to_string(),
+        })
+        .await?;
+        j.made().await?;
+    }
+    j.intend(Undo::UndoReplica {
+        node: s.node.name.clone(),
+    })
+    .await?;
+    let rp = ReplicaPlan {
+        primary_host: s.primary.address.clone(),
+        primary_port: s.cluster.orig_port,
+        repl_user: s.cluster.repl_user.clone(),
+        repl_password: s.repl_password.clone(),
+        server_id: Some(s.server_id),
+        slot: pg.then(|| s.slot.to_string()),
+        application_name: s.node.name.clone(),
     };
-    ProxySpec {
-        cluster: plan.req.name.clone(),
-        vip: plan.req.vip.clone(),
-        interface: plan.req.interface.clone(),
-        self_address: plan.proxies[i].address.clone(),
-        peers: plan
-            .proxies
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| *k != i)
-            .map(|(_, p)| p.address.clone())
-            .collect(),
-        priority: if i == 0 { 101 } else { 100 },
-        router_id: router_id(&plan.req.name),
-        writer_port: plan.writer_port,
-        reader_port: plan.reader_port,
-        max_lag: plan.req.max_lag,
-        primary: backend(&plan.primary),
-        replicas: plan.replicas.iter().map(|(n, _, _)| backend(n)).collect(),
+    let st = c
+        .seed_replica(&rp, &crate::nodes::client(home, s.primary)?)
+        .await
+        .with_context(|| format!("seeding replica `{}`", s.node.name))?;
+    j.made().await?;
+    let db = st.database.unwrap_or_default();
+    if db.role != Some(Role::Replica) {
+        bail!(
+            "node `{}` was seeded but says it is {} rather than a replica",
+            s.node.name,
+            db.role.map_or("unknown", Role::as_str)
+        );
     }
-}
-
-/// A VRRP router id (1-255) stable for a cluster name, so two clusters on one network rarely
-/// share one.
-fn router_id(name: &str) -> u8 {
-    let h = openssl::sha::sha256(name.as_bytes());
-    (h[0] % 254) + 1
+    home.registry
+        .add_cluster_member(
+            s.cluster.id,
+            s.node.id,
+            "replica",
+            Some(i64::from(s.server_id)),
+            pg.then_some(s.slot),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn create_repl_account(admin: &ConnSpec, user: &str, password: &Secret) -> Result<()> {

@@ -1,22 +1,26 @@
 //! Database clusters: a standalone database server becomes a primary with replicas behind two
 //! HAProxy nodes and a keepalived virtual IP (`create`), is watched (`status`) and taken apart
-//! again (`destroy`). Every node is reached through its agent (vmoodle-agent); the engines
+//! again (`destroy`); replicas are added and removed while it runs (`add_replica`,
+//! `remove_replica`). Every node is reached through its agent (vmoodle-agent); the engines
 //! themselves (mariadb-backup, pg_basebackup, HAProxy, keepalived) do the work.
 
 mod checks;
 mod create;
 mod destroy;
+mod replicas;
 mod status;
 
 pub use checks::{plan, Plan};
 pub use create::create;
 pub use destroy::destroy;
+pub use replicas::{add_replica, finish_remove_replica, plan_replica, remove_replica};
 pub use status::{status, ClusterStatus, NodeLine, ProxyLine};
 
 use anyhow::{bail, Context, Result};
 use vmoodle_agent::client::AgentClient;
+use vmoodle_agent::{Backend, ProxySpec};
 use vmoodle_core::DbKind;
-use vmoodle_registry::DbServer;
+use vmoodle_registry::{Cluster, ClusterNode, DbServer};
 
 use crate::Home;
 
@@ -51,6 +55,120 @@ pub const DEFAULT_MAX_LAG: u32 = 10;
 pub async fn node_client(home: &Home, name: &str) -> Result<AgentClient> {
     let n = home.registry.cluster_node(name).await?;
     crate::nodes::client(home, &n)
+}
+
+/// A cluster's members resolved to their registered nodes (proxies in the order they joined:
+/// the first gets the higher VRRP priority).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub primary: ClusterNode,
+    /// Each replica with its MariaDB server_id and PostgreSQL slot.
+    pub replicas: Vec<(ClusterNode, Option<i64>, Option<String>)>,
+    pub proxies: Vec<ClusterNode>,
+}
+
+impl Topology {
+    pub async fn of(home: &Home, c: &Cluster) -> Result<Topology> {
+        let nodes = home.registry.cluster_nodes().await?;
+        let node = |name: &str| {
+            nodes
+                .iter()
+                .find(|n| n.name == name)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "cluster `{}` names node `{name}`, which is not registered",
+                        c.name
+                    )
+                })
+        };
+        let mut primary = None;
+        let mut replicas = Vec::new();
+        let mut proxies = Vec::new();
+        for m in &c.members {
+            match m.role.as_str() {
+                "primary" => primary = Some(node(&m.node)?),
+                "replica" => replicas.push((node(&m.node)?, m.server_id, m.slot.clone())),
+                _ => proxies.push(node(&m.node)?),
+            }
+        }
+        Ok(Topology {
+            primary: primary
+                .with_context(|| format!("cluster `{}` has no primary in the register", c.name))?,
+            replicas,
+            proxies,
+        })
+    }
+
+    pub fn replica_nodes(&self) -> Vec<ClusterNode> {
+        self.replicas.iter().map(|(n, _, _)| n.clone()).collect()
+    }
+}
+
+/// What proxy node number `i` of `proxies` serves for cluster `c` with these database nodes.
+pub fn proxy_spec(
+    c: &Cluster,
+    primary: &ClusterNode,
+    replicas: &[ClusterNode],
+    proxies: &[ClusterNode],
+    i: usize,
+) -> ProxySpec {
+    let backend = |n: &ClusterNode| Backend {
+        name: n.name.clone(),
+        host: n.address.clone(),
+        // Every database node listens on the port the primary's server had.
+        port: c.orig_port,
+        agent_port: n.agent_port,
+    };
+    ProxySpec {
+        cluster: c.name.clone(),
+        vip: c.vip.clone(),
+        interface: c.interface.clone(),
+        self_address: proxies[i].address.clone(),
+        peers: proxies
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, p)| p.address.clone())
+            .collect(),
+        priority: if i == 0 { 101 } else { 100 },
+        router_id: router_id(&c.name),
+        writer_port: c.writer_port,
+        reader_port: c.reader_port,
+        max_lag: c.max_lag,
+        primary: backend(primary),
+        replicas: replicas.iter().map(backend).collect(),
+    }
+}
+
+/// A VRRP router id (1-255) stable for a cluster name, so two clusters on one network rarely
+/// share one.
+fn router_id(name: &str) -> u8 {
+    let h = openssl::sha::sha256(name.as_bytes());
+    (h[0] % 254) + 1
+}
+
+/// The PostgreSQL replication slot of a replica node.
+pub(crate) fn slot_name(node: &str) -> String {
+    format!(
+        "vmoodle_{}",
+        node.replace(['-', '.'], "_").to_ascii_lowercase()
+    )
+}
+
+/// Nodes that already serve a cluster: (node, cluster, role).
+pub(crate) async fn taken_nodes(home: &Home) -> Result<Vec<(String, String, String)>> {
+    Ok(home
+        .registry
+        .clusters()
+        .await?
+        .into_iter()
+        .flat_map(|c| {
+            c.members
+                .into_iter()
+                .map(move |m| (m.node, c.name.clone(), m.role))
+        })
+        .collect())
 }
 
 /// `ADDR/PREFIX` split and checked.

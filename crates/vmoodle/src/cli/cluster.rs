@@ -1,5 +1,5 @@
-//! `vmoodle cluster create|list|status|destroy`: a database server scaled into a primary with
-//! replicas behind two HAProxy nodes and a keepalived virtual IP.
+//! `vmoodle cluster create|list|status|add-replica|remove-replica|destroy`: a database server
+//! scaled into a primary with replicas behind two HAProxy nodes and a keepalived virtual IP.
 
 use anyhow::Result;
 use vmoodle_ops::cluster::{self, CreateCluster};
@@ -65,6 +65,32 @@ pub enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Seed a registered node as one more replica of a running cluster (a hot backup of the
+    /// primary, streamed through the agents), then put it in the reader pool of both proxies
+    /// (HAProxy reloaded with its listeners kept). Journaled: a failure undoes every step.
+    ///
+    /// Example: vmoodle cluster add-replica prod db4
+    AddReplica {
+        name: String,
+        /// The registered node to seed (`vmoodle node add`); it must serve no other cluster.
+        node: String,
+        /// Run the checks only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Take a replica out of a running cluster: out of the reader pool of both proxies first,
+    /// then its server put back as it was before it joined (its replicated data kept aside on
+    /// the node), its replication slot dropped. Reads fall back to the primary when no
+    /// replica is left.
+    ///
+    /// Example: vmoodle cluster remove-replica prod db4 --yes
+    RemoveReplica {
+        name: String,
+        node: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Take a cluster apart: instances back on the primary first, proxies stopped, replicas
     /// put back as they were before, the replication account dropped.
@@ -175,6 +201,49 @@ impl Cmd {
                 }
                 if s.degraded() {
                     return Ok(exit::PARTIAL);
+                }
+            }
+            Cmd::AddReplica {
+                name,
+                node,
+                dry_run,
+            } => {
+                let home = super::open_locked(root).await?;
+                let plan = cluster::plan_replica(&home, &name, &node).await?;
+                eprintln!(
+                    "checks passed: `{node}` can join cluster `{name}` as a replica of `{}`",
+                    plan.topology.primary.name
+                );
+                if dry_run {
+                    return Ok(exit::OK);
+                }
+                let p = Progress::new(0);
+                let r = cluster::add_replica(&home, &plan, &|e| p.event(e)).await;
+                p.finish();
+                let c = r?;
+                eprintln!(
+                    "`{node}` replicates from `{}` and serves reads in cluster `{name}` ({} replica(s))",
+                    plan.topology.primary.name,
+                    c.members.iter().filter(|m| m.role == "replica").count()
+                );
+            }
+            Cmd::RemoveReplica { name, node, yes } => {
+                let home = super::open_locked(root).await?;
+                if !super::confirm(
+                    yes,
+                    &format!("take replica `{node}` out of cluster `{name}` (its server goes back to what it was before it joined)"),
+                    &node,
+                )? {
+                    return Ok(exit::ERROR);
+                }
+                let p = Progress::new(0);
+                let r = cluster::remove_replica(&home, &name, &node, &|e| p.event(e)).await;
+                p.finish();
+                let c = r?;
+                let left = c.members.iter().filter(|m| m.role == "replica").count();
+                eprintln!("`{node}` left cluster `{name}`; {left} replica(s) serve reads");
+                if left == 0 {
+                    eprintln!("warning: no replica is left: reads go to the primary (add one with `vmoodle cluster add-replica {name} NODE`)");
                 }
             }
             Cmd::Destroy { name, yes } => {

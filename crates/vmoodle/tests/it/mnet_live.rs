@@ -79,8 +79,35 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn serve(moodle: &Path, port: u16, openssl_cnf: &Path, router: &Path) -> PhpServer {
+    serve_in(None, moodle, port, openssl_cnf, router)
+}
+
+/// `serve` inside a network namespace (`ip netns exec NS php ...`) when one is given.
+pub(crate) fn serve_in(
+    netns: Option<&str>,
+    moodle: &Path,
+    port: u16,
+    openssl_cnf: &Path,
+    router: &Path,
+) -> PhpServer {
     // OPENSSL_CONF=... PHP_CLI_SERVER_WORKERS=4 php -d max_input_vars=5000 -S 127.0.0.1:PORT -t public router.php
-    let child = Command::new("php")
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "php"]);
+            c
+        }
+        None => Command::new("php"),
+    };
+    let listening = || match netns {
+        None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        Some(ns) => Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-s", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .status()
+            .is_ok_and(|s| s.success()),
+    };
+    let child = cmd
         .args(["-d", "max_input_vars=5000", "-S"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-t")
@@ -98,7 +125,7 @@ pub(crate) fn serve(moodle: &Path, port: u16, openssl_cnf: &Path, router: &Path)
         .expect("php -S");
     let mut server = PhpServer(child);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening() {
         if let Ok(Some(status)) = server.0.try_wait() {
             let mut err = String::new();
             let _ = server.0.stderr.take().unwrap().read_to_string(&mut err);

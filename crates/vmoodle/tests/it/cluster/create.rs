@@ -2,7 +2,8 @@
 //! three instances deployed from the real Moodle fixture becomes a primary with two replicas
 //! behind two HAProxy nodes and a keepalived VIP; writes reach both replicas, reads reach only
 //! replicas, the host files carry Moodle's read-replica option, Moodle's cron.php runs through
-//! the VIP; killing HAProxy on the VIP's holder moves the VIP; a stopped replica leaves the
+//! the VIP, and a Moodle page is served through it; a replica removed and added back (and a
+//! failed add undone) while the cluster runs; killing HAProxy on the VIP's holder moves the VIP; a stopped replica leaves the
 //! reader pool; a failure injected before a step of each kind of undo leaves the server standalone with every host
 //! file as it was; destroy puts it all back.
 
@@ -125,11 +126,36 @@ fn host_files(home: &Path) -> Vec<(String, String)> {
 /// Which server a connection through `port` of the VIP lands on (MariaDB server_id; PostgreSQL
 /// its listen address).
 fn landed(lab: &Lab, port: u16) -> Result<String, String> {
-    let sql = match lab.engine() {
+    sql_at(lab, &lab.vip(), port, ident_sql(lab.engine()))
+}
+
+/// What `landed` answers for a server, asked on the server itself.
+fn ident_sql(engine: Engine) -> &'static str {
+    match engine {
         Engine::Mariadb => "SELECT @@server_id",
         Engine::Postgresql => "SELECT host(inet_server_addr())",
-    };
-    sql_at(lab, &lab.vip(), port, sql)
+    }
+}
+
+/// GET a page from PHP's built-in server in the app namespace: (status, body).
+fn page(lab: &Lab, host: &str, port: u16, path: &str) -> (u16, String) {
+    let out = lab.exec_in(
+        "app",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "120",
+            "-H",
+            &format!("Host: {host}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn cluster_end_to_end(engine: Engine) {
@@ -339,6 +365,109 @@ fn cluster_end_to_end(engine: Engine) {
     let hist = ctl.json(&["cron", "history", &tokens[0], "--json"]);
     assert_eq!(hist[0]["status"], "ok", "{hist}");
 
+    // A Moodle page of a repointed instance, served from the app host through the VIP.
+    {
+        let _php = fleet.serve_in(Some(&lab.ns("app")));
+        let (code, body) = page(
+            &lab,
+            &fleet.host(&tokens[0]),
+            fleet.port,
+            "/login/index.php",
+        );
+        assert_eq!(code, 200, "the login page through the VIP: {body}");
+        assert!(
+            body.contains("logintoken"),
+            "not Moodle's login form: {body}"
+        );
+    }
+
+    // A replica out of the running cluster and back in.
+    let ident = |node: &str| sql_at(&lab, &lab.node(node).ip, port, ident_sql(engine)).unwrap();
+    let (db2_id, db3_id) = (ident("db2"), ident("db3"));
+    ctl.ok(&["cluster", "remove-replica", "prod", "db3", "--yes"]);
+    assert_eq!(
+        node_role(&ctl, "db3").as_deref(),
+        Some("primary"),
+        "db3 after its removal"
+    );
+    let status = ctl.json(&["cluster", "status", "prod", "--json"]);
+    assert!(
+        status["problems"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    assert_eq!(status["databases"].as_array().unwrap().len(), 2, "{status}");
+    for _ in 0..6 {
+        assert_eq!(
+            landed(&lab, reader).unwrap(),
+            db2_id,
+            "a read after db3 left"
+        );
+    }
+    // A failure before the last step of add-replica: db3 back as it was, the pool as before.
+    let add = ["cluster", "add-replica", "prod", "db3"];
+    let out = vmoodle_env(
+        &lab,
+        &ctl.home,
+        &add,
+        &[("VMOODLE_TEST_FAIL_STEP", "cluster-add-replica:reader pool")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "add-replica with a failure: {err}"
+    );
+    assert!(err.contains("every step was undone"), "{err}");
+    assert_eq!(
+        node_role(&ctl, "db3").as_deref(),
+        Some("primary"),
+        "db3 after a failed add"
+    );
+    let status = ctl.json(&["cluster", "status", "prod", "--json"]);
+    assert!(
+        status["problems"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    assert_eq!(status["databases"].as_array().unwrap().len(), 2, "{status}");
+    for _ in 0..6 {
+        assert_eq!(
+            landed(&lab, reader).unwrap(),
+            db2_id,
+            "a read after a failed add"
+        );
+    }
+    // And for real: db3 replicates again and serves reads.
+    ctl.ok(&add);
+    assert_eq!(node_role(&ctl, "db3").as_deref(), Some("replica"));
+    let probe = match engine {
+        Engine::Mariadb => format!(
+            "INSERT INTO `{db}`.mdl_config (name, value) VALUES ('vmoodle_cluster_probe2', 'y')"
+        ),
+        Engine::Postgresql => "INSERT INTO vmoodle_probe VALUES ('y')".to_string(),
+    };
+    sql_at(&lab, &lab.vip(), writer, &probe).unwrap();
+    let check = match engine {
+        Engine::Mariadb => {
+            format!("SELECT value FROM `{db}`.mdl_config WHERE name = 'vmoodle_cluster_probe2'")
+        }
+        Engine::Postgresql => "SELECT v FROM vmoodle_probe WHERE v = 'y'".to_string(),
+    };
+    let db3 = lab.node("db3").ip.clone();
+    eventually("the new row on db3", Duration::from_secs(10), || {
+        sql_at(&lab, &db3, port, &check).is_ok_and(|v| v == "y")
+    });
+    let reads: Vec<String> = (0..8).map(|_| landed(&lab, reader).unwrap()).collect();
+    assert!(
+        !reads.contains(&primary_id),
+        "a read reached the primary: {reads:?}"
+    );
+    assert!(reads.contains(&db3_id), "db3 serves no reads: {reads:?}");
+    let status = ctl.json(&["cluster", "status", "prod", "--json"]);
+    assert!(
+        status["problems"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+
     // HAProxy killed on the VIP's holder: the other proxy takes the VIP, writes go on.
     let holder = ["lb1", "lb2"]
         .into_iter()
@@ -369,10 +498,6 @@ fn cluster_end_to_end(engine: Engine) {
         Engine::Postgresql => "SELECT pg_wal_replay_pause()",
     };
     lab.local_sql("db2", stop).unwrap();
-    let db2_id = match engine {
-        Engine::Mariadb => "2".to_string(),
-        Engine::Postgresql => lab.node("db2").ip.clone(),
-    };
     eventually(
         "db2 out of the reader pool",
         Duration::from_secs(10),

@@ -13,7 +13,7 @@ mod upgrade;
 mod web;
 
 use crate::deploy::{deploy_json, token, Setup};
-use crate::mnet_live::{free_port, serve, PhpServer, ROUTER};
+use crate::mnet_live::{free_port, PhpServer, ROUTER};
 use std::path::{Path, PathBuf};
 
 /// Writes the master's config.php into a copy of the Moodle code, as Moodle's installer writes
@@ -118,12 +118,17 @@ impl LiveFleet {
 
     /// Serves every instance with PHP's built-in server (routed like nginx's try_files).
     pub(crate) fn serve(&self) -> PhpServer {
+        self.serve_in(None)
+    }
+
+    /// [`LiveFleet::serve`] inside a network namespace (a lab's app host).
+    pub(crate) fn serve_in(&self, netns: Option<&str>) -> PhpServer {
         let dir = self.s._data.path();
         let cnf = dir.join("openssl.cnf");
         std::fs::write(&cnf, vmoodle_site::php_env::LEGACY_OPENSSL_CONF).unwrap();
         let router = dir.join("router.php");
         std::fs::write(&router, ROUTER).unwrap();
-        serve(&self.moodle, self.port, &cnf, &router)
+        crate::mnet_live::serve_in(netns, &self.moodle, self.port, &cnf, &router)
     }
 
     /// GET a page of an instance over HTTP: (status, body).
