@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use serde::Serialize;
+use std::time::Duration;
 use vmoodle_agent::{BackendState, DbState, Role};
 use vmoodle_registry::Cluster;
 
@@ -43,15 +44,51 @@ impl ClusterStatus {
     }
 }
 
+/// How long one node's agent may take to answer before it counts as down.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A call to a node's agent, bounded by `NODE_TIMEOUT`.
+async fn ask<T>(what: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(NODE_TIMEOUT, what)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "its agent did not answer within {} s",
+                NODE_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+/// Asks every node at once (each bounded in time), so one hung agent costs seconds, not the
+/// whole answer.
 pub async fn status(home: &Home, name: &str) -> Result<ClusterStatus> {
     let cluster = home.registry.cluster(name).await?;
     let mut problems = Vec::new();
     if cluster.state != "active" {
         problems.push(format!("the cluster is `{}`, not active", cluster.state));
     }
+    let dbs: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.role != "proxy")
+        .collect();
+    let pxs: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.role == "proxy")
+        .collect();
+    let (db_answers, proxy_answers) = tokio::join!(
+        futures::future::join_all(
+            dbs.iter()
+                .map(|m| ask(async { node_client(home, &m.node).await?.status().await }))
+        ),
+        futures::future::join_all(
+            pxs.iter()
+                .map(|m| ask(async { node_client(home, &m.node).await?.proxy_status().await }))
+        ),
+    );
     let mut databases = Vec::new();
-    for m in cluster.members.iter().filter(|m| m.role != "proxy") {
-        let r = async { node_client(home, &m.node).await?.status().await }.await;
+    for (m, r) in dbs.into_iter().zip(db_answers) {
         let (state, error) = match r {
             Ok(s) => (s.database, None),
             Err(e) => (None, Some(format!("{e:#}"))),
@@ -103,8 +140,7 @@ pub async fn status(home: &Home, name: &str) -> Result<ClusterStatus> {
         });
     }
     let mut proxies = Vec::new();
-    for m in cluster.members.iter().filter(|m| m.role == "proxy") {
-        let r = async { node_client(home, &m.node).await?.proxy_status().await }.await;
+    for (m, r) in pxs.into_iter().zip(proxy_answers) {
         let line = match r {
             Ok(s) => {
                 if !s.haproxy_running {

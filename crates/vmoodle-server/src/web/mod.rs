@@ -2,6 +2,7 @@
 //! JavaScript; app.js adds live updates. Each section has its module with its routes.
 
 mod bulk;
+mod clusters;
 mod dbservers;
 mod fleet;
 mod instance;
@@ -39,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .merge(fleet::routes())
         .merge(templates::routes())
         .merge(dbservers::routes())
+        .merge(clusters::routes())
         .merge(mnet::routes())
         .merge(jobs::routes())
         .merge(settings::routes())

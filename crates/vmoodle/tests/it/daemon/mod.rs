@@ -244,6 +244,7 @@ mod api;
 mod api_schema;
 mod auth;
 mod browser;
+mod clusters;
 mod metrics;
 mod nodes;
 mod pages_fleet;
