@@ -9,7 +9,8 @@ use std::time::Duration;
 use vmoodle_core::Secret;
 
 use crate::protocol::{
-    ErrorBody, Health, NodeStatus, ProxySpec, ProxyStatus, ReplicaPlan, SeedTicket, ServerFacts,
+    CatchUp, ErrorBody, Fenced, FollowPlan, Health, NodeStatus, Promotion, ProxySpec, ProxyStatus,
+    ReplicaPlan, SeedTicket, ServerFacts,
 };
 
 /// How to reach one agent.
@@ -188,6 +189,63 @@ impl AgentClient {
             reqwest::Method::POST,
             "/v1/db/replica/undo",
             &(),
+        )
+        .await
+    }
+
+    /// The old primary of a switchover stops taking writes (MariaDB read_only and its client
+    /// sessions closed; PostgreSQL a clean shutdown); answers the position replicas must reach.
+    pub async fn fence(&self) -> Result<Fenced> {
+        self.send(
+            "fencing its server",
+            reqwest::Method::POST,
+            "/v1/db/fence",
+            &(),
+        )
+        .await
+    }
+
+    /// Takes writes again after a `fence` (a switchover that did not happen).
+    pub async fn unfence(&self) -> Result<NodeStatus> {
+        self.send(
+            "lifting its fence",
+            reqwest::Method::POST,
+            "/v1/db/unfence",
+            &(),
+        )
+        .await
+    }
+
+    /// Waits until this replica has applied `position`.
+    pub async fn catch_up(&self, position: &str, timeout_secs: u32) -> Result<NodeStatus> {
+        self.send(
+            "catching up",
+            reqwest::Method::POST,
+            "/v1/db/catch-up",
+            &CatchUp {
+                position: position.to_string(),
+                timeout_secs,
+            },
+        )
+        .await
+    }
+
+    pub async fn promote(&self, p: &Promotion) -> Result<NodeStatus> {
+        self.send(
+            "promoting it to primary",
+            reqwest::Method::POST,
+            "/v1/db/promote",
+            p,
+        )
+        .await
+    }
+
+    pub async fn follow(&self, p: &FollowPlan) -> Result<NodeStatus> {
+        self.send(
+            "following the new primary",
+            reqwest::Method::POST,
+            "/v1/db/follow",
+            p,
         )
         .await
     }

@@ -99,6 +99,13 @@ pub struct ProxyConfig {
     pub haproxy_pidfile: PathBuf,
     /// HAProxy's admin socket (`show stat`, `show servers state`).
     pub haproxy_socket: PathBuf,
+    /// Where the agent saves HAProxy's server states (`show servers state`) right before a
+    /// reload, for the new process to start from them (`server-state-file`) instead of every
+    /// server "UP 1/2" until its first check. Default: beside the pid file, named after it with
+    /// `.server-state` (/run/haproxy.pid: /run/haproxy.server-state), so a reboot clears it
+    /// like the pid file.
+    #[serde(default)]
+    pub haproxy_state_file: Option<PathBuf>,
     pub haproxy_start: Vec<String>,
     /// A reload that keeps the listening sockets (systemctl reload haproxy; `-sf {pid}` in a
     /// lab).
@@ -122,6 +129,23 @@ pub struct ProxyConfig {
 
 fn default_ip_command() -> Vec<String> {
     vec!["ip".into()]
+}
+
+impl ProxyConfig {
+    /// HAProxy's server-state file: `haproxy_state_file`, or beside the pid file.
+    pub fn server_state_file(&self) -> PathBuf {
+        if let Some(f) = &self.haproxy_state_file {
+            return f.clone();
+        }
+        let stem = self
+            .haproxy_pidfile
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "haproxy".into());
+        self.haproxy_pidfile
+            .with_file_name(format!("{stem}.server-state"))
+    }
 }
 
 impl AgentConfig {
@@ -169,6 +193,12 @@ impl AgentConfig {
                     .any(|a| a.iter().any(|x| x == "{pid}"))
             {
                 bail!("proxy.keepalived_reload or keepalived_stop uses {{pid}} but proxy.keepalived_pidfile is not set: name keepalived's pid file");
+            }
+            if p.haproxy_state_file
+                .as_ref()
+                .is_some_and(|f| !f.is_absolute())
+            {
+                bail!("proxy.haproxy_state_file must be an absolute path");
             }
             if p.ip_command.is_empty() {
                 bail!("proxy.ip_command is empty: name the ip command (default [\"ip\"])");
@@ -271,6 +301,7 @@ impl ProxyConfig {
             haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
             haproxy_pidfile: "/run/haproxy.pid".into(),
             haproxy_socket: "/run/haproxy/admin.sock".into(),
+            haproxy_state_file: None,
             haproxy_start: argv(&["systemctl", "start", "haproxy"]),
             haproxy_reload: argv(&["systemctl", "reload", "haproxy"]),
             haproxy_stop: argv(&["systemctl", "stop", "haproxy"]),
@@ -281,5 +312,55 @@ impl ProxyConfig {
             keepalived_reload: argv(&["systemctl", "reload", "keepalived"]),
             keepalived_stop: argv(&["systemctl", "stop", "keepalived"]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent.toml written before `haproxy_state_file` existed.
+    const OLD_PROXY_TOML: &str = r#"
+listen = "10.0.0.21:8008"
+[proxy]
+haproxy_config = "/etc/haproxy/haproxy.cfg"
+haproxy_pidfile = "/run/haproxy.pid"
+haproxy_socket = "/run/haproxy/admin.sock"
+haproxy_start = ["systemctl", "start", "haproxy"]
+haproxy_reload = ["systemctl", "reload", "haproxy"]
+haproxy_stop = ["systemctl", "stop", "haproxy"]
+keepalived_config = "/etc/keepalived/keepalived.conf"
+keepalived_pidfile = "/run/keepalived.pid"
+keepalived_start = ["systemctl", "start", "keepalived"]
+keepalived_reload = ["systemctl", "reload", "keepalived"]
+keepalived_stop = ["systemctl", "stop", "keepalived"]
+"#;
+
+    #[test]
+    fn old_proxy_settings_load_and_the_state_file_defaults_beside_the_pid_file() {
+        let cfg: AgentConfig = toml::from_str(OLD_PROXY_TOML).unwrap();
+        cfg.check().unwrap();
+        let p = cfg.proxy.unwrap();
+        assert_eq!(p.haproxy_state_file, None);
+        assert_eq!(
+            p.server_state_file(),
+            PathBuf::from("/run/haproxy.server-state")
+        );
+        assert_eq!(
+            ProxyConfig::debian().server_state_file(),
+            PathBuf::from("/run/haproxy.server-state")
+        );
+        let text = OLD_PROXY_TOML.replace(
+            "[proxy]\n",
+            "[proxy]\nhaproxy_state_file = \"/var/lib/haproxy/state\"\n",
+        );
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            cfg.proxy.unwrap().server_state_file(),
+            PathBuf::from("/var/lib/haproxy/state")
+        );
+        let text = OLD_PROXY_TOML.replace("[proxy]\n", "[proxy]\nhaproxy_state_file = \"state\"\n");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert!(cfg.check().unwrap_err().to_string().contains("absolute"));
     }
 }

@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
+pub mod switch;
 pub mod tls;
 
 pub use config::{AgentConfig, AgentHome, DatabaseConfig, Engine, ProxyConfig};

@@ -19,6 +19,7 @@
 
 mod parse;
 mod seed;
+pub mod switch;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -33,6 +34,11 @@ use crate::config::{AgentHome, DatabaseConfig, Engine};
 use crate::protocol::{DbState, ReplicaPlan, Role, ServerFacts};
 
 pub use parse::{backup_gtid, replica_config, sql_literal, state_from_rows, vertical_rows};
+
+/// Whether the agent seeded this node's server (its previous data is kept for an undo).
+pub fn is_seeded(home: &AgentHome) -> Result<bool> {
+    seed::is_seeded(&state_dir(home)?)
+}
 
 /// How long one probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,6 +13,7 @@
 
 mod conf;
 mod files;
+pub mod switch;
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -224,6 +225,11 @@ async fn start(cfg: &DatabaseConfig) -> Result<DbState> {
     }
 }
 
+/// Whether the agent seeded this node's server (its previous data is kept for an undo).
+pub fn is_seeded(home: &AgentHome) -> Result<bool> {
+    Ok(Prev::load(home)?.is_some())
+}
+
 /// The standby's password file: beside the data directory, where the OS user can read it.
 pub fn passfile_path(cfg: &DatabaseConfig) -> PathBuf {
     let name = cfg
@@ -342,20 +348,30 @@ pub async fn seed(cfg: &DatabaseConfig, home: &AgentHome, plan: &ReplicaPlan) ->
     let stripped = conf::conf_without(&node_auto, &["primary_conninfo", "primary_slot_name"]);
     files::write_private(&auto, stripped.as_bytes(), uid, gid)?;
     files::write_private(&cfg.datadir.join("standby.signal"), b"", uid, gid)?;
+    files::write_private(
+        &cfg.managed_config,
+        standby_managed(plan, &conninfo).as_bytes(),
+        uid,
+        gid,
+    )?;
+
+    start(cfg).await.context("starting the seeded standby")?;
+    wait_streaming(cfg).await
+}
+
+/// The managed configuration of a standby of the plan's primary.
+fn standby_managed(plan: &ReplicaPlan, conninfo: &str) -> String {
     let mut managed = format!(
         "# Written by vmoodle-agent: this server is a standby of {}:{}.\n\
          primary_conninfo = {}\nhot_standby = on\n",
         plan.primary_host,
         plan.primary_port,
-        conf::conf_quote(&conninfo)
+        conf::conf_quote(conninfo)
     );
     if let Some(slot) = &plan.slot {
         managed.push_str(&format!("primary_slot_name = {}\n", conf::conf_quote(slot)));
     }
-    files::write_private(&cfg.managed_config, managed.as_bytes(), uid, gid)?;
-
-    start(cfg).await.context("starting the seeded standby")?;
-    wait_streaming(cfg).await
+    managed
 }
 
 /// `primary_conninfo` for the standby: what `pg_basebackup -R` wrote (its TLS and other

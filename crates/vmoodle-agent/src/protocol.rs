@@ -201,6 +201,46 @@ pub struct Backend {
     pub port: u16,
     /// The node's agent port (HAProxy checks /primary, /replica, /read-only there, over TLS).
     pub agent_port: u16,
+    /// The node's agent certificate (PEM), as the control node pinned it: HAProxy's checks
+    /// verify the agent against it (`check-ssl verify required ca-file`). None (a control node
+    /// from before this field): the checks do not verify the certificate (`verify none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+}
+
+/// The answer to `POST /v1/db/fence`: the old primary of a switchover takes no more writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fenced {
+    /// What a replica must have applied to hold every committed write: MariaDB the primary's
+    /// `gtid_binlog_pos`; PostgreSQL the LSN of the clean shutdown's checkpoint.
+    pub position: String,
+}
+
+/// `POST /v1/db/catch-up`: wait until this replica has applied `position`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub position: String,
+    pub timeout_secs: u32,
+}
+
+/// `POST /v1/db/promote`: this replica becomes the primary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Promotion {
+    /// PostgreSQL: the physical replication slots to create on the new primary, one for each
+    /// server that will follow it.
+    #[serde(default)]
+    pub slots: Vec<String>,
+}
+
+/// `POST /v1/db/follow`: this server (a replica of the old primary, or the old primary itself,
+/// fenced) replicates from a new primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowPlan {
+    /// The new primary (`server_id` is not used: a server keeps its own).
+    pub plan: ReplicaPlan,
+    /// PostgreSQL: replication slots this server held as the primary, dropped once it follows.
+    #[serde(default)]
+    pub drop_slots: Vec<String>,
 }
 
 /// What a proxy node serves: the writer and reader ports, and its part of the VRRP pair.

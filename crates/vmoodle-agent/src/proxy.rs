@@ -7,10 +7,16 @@
 //!   `NAME.absent` when there was none), put back by `remove`;
 //! - `proxy-spec.json`: the spec last applied (status reads the VIP and interface from it);
 //! - `chk_haproxy.sh`: keepalived's HAProxy check (root-owned, 0755);
+//! - `proxy-ca/`: the backends' pinned agent certificates HAProxy's checks verify against
+//!   (`NAME-SHA256PREFIX.pem`, 0644; those the applied spec no longer names are deleted);
 //! - `proxy-*.log`: the output of the last start, reload and stop commands.
 //!
 //! HAProxy must be allowed to bind the VIP before it holds it: set
 //! `net.ipv4.ip_nonlocal_bind=1` on proxy nodes (in the node's network namespace).
+//!
+//! Right before each reload the agent saves `show servers state` into HAProxy's server-state
+//! file (`ProxyConfig::server_state_file`), which the new process loads; before a start it
+//! deletes the file (no process ran to vouch for it).
 
 pub mod control;
 pub mod render;
@@ -29,6 +35,7 @@ use control::{pidfile_pid, run_argv, uses_pid, wait_exit};
 const PREV_DIR: &str = "proxy-prev";
 const SPEC_FILE: &str = "proxy-spec.json";
 const CHECK_SCRIPT: &str = "chk_haproxy.sh";
+const CA_DIR: &str = "proxy-ca";
 /// How long `apply` waits for HAProxy's first checks, and `remove` for a service to exit.
 const SETTLE: Duration = Duration::from_secs(10);
 /// How long a started or reloaded service may take to show up in its pid file.
@@ -164,15 +171,97 @@ async fn check_haproxy(cfg: &ProxyConfig, text: &str) -> Result<()> {
     res
 }
 
+/// Saves HAProxy's server states where the process a reload (to `spec`) starts loads them:
+/// those of the servers `spec` keeps as they were. When they cannot be read, the file goes
+/// instead (an older state is worse than none); the reload goes on either way.
+async fn save_server_state(cfg: &ProxyConfig, spec: &ProxySpec) {
+    let file = cfg.server_state_file();
+    let saved = match stat::servers_state(&cfg.haproxy_socket).await {
+        Ok(text) => {
+            let (text, dropped) = stat::keep_unchanged(&text, &render::servers(spec));
+            if dropped > 0 {
+                tracing::info!("{dropped} HAProxy server(s) change or go in this reload: they start without a saved state");
+            }
+            write_atomic(&file, text.as_bytes(), 0o644)
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = saved {
+        tracing::warn!(
+            "HAProxy's server states were not saved before the reload (its servers start UP until their first checks): {e:#}"
+        );
+        forget_server_state(cfg);
+    }
+}
+
+fn forget_server_state(cfg: &ProxyConfig) {
+    let file = cfg.server_state_file();
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", file.display())
+        }
+        _ => {}
+    }
+}
+
+/// Writes the backends' pinned certificates into `dir` (before `haproxy -c`, which loads them).
+fn write_certificates(dir: &Path, spec: &ProxySpec) -> Result<()> {
+    ensure_dir(dir, 0o755)?;
+    for b in std::iter::once(&spec.primary).chain(&spec.replicas) {
+        if let Some((file, pem)) = render::backend_ca(b)? {
+            let path = dir.join(file);
+            if std::fs::read(&path).ok().as_deref() != Some(pem.as_slice()) {
+                write_atomic(&path, &pem, 0o644)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the certificates in `dir` that `spec` no longer names (once the HAProxy that used
+/// them has been replaced).
+fn prune_certificates(dir: &Path, spec: &ProxySpec) -> Result<()> {
+    let keep: std::collections::BTreeSet<String> = std::iter::once(&spec.primary)
+        .chain(&spec.replicas)
+        .filter_map(|b| render::backend_ca(b).ok().flatten().map(|(f, _)| f))
+        .collect();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
 /// Starts the service, or reloads it when it runs and its configuration changed; then waits
-/// until its pid file names a live process (for a `{pid}` reload: a new one).
-async fn start_or_reload(cfg: &ProxyConfig, state: &Path, svc: Svc, changed: bool) -> Result<()> {
+/// until its pid file names a live process (for a `{pid}` reload: a new one). HAProxy's server
+/// states are saved right before a reload and forgotten before a start.
+async fn start_or_reload(
+    cfg: &ProxyConfig,
+    state: &Path,
+    svc: Svc,
+    changed: bool,
+    spec: &ProxySpec,
+) -> Result<()> {
     let old = svc.pid(cfg);
     let (op, argv) = match old {
         Some(_) if !changed => return Ok(()),
         Some(_) => ("reload", svc.argv(cfg, "reload")),
         None => ("start", svc.argv(cfg, "start")),
     };
+    if matches!(svc, Svc::Haproxy) {
+        if op == "reload" {
+            save_server_state(cfg, spec).await;
+        } else {
+            forget_server_state(cfg);
+        }
+    }
     let log = state.join(format!("proxy-{}-{op}.log", svc.name()));
     let what = format!("{} {op}", svc.name());
     run_argv(&what, &argv, old, &log).await?;
@@ -222,8 +311,10 @@ pub async fn apply(cfg: &ProxyConfig, home: &AgentHome, spec: &ProxySpec) -> Res
     ensure_dir(&state, 0o700)?;
     let script = state.join(CHECK_SCRIPT);
     write_atomic(&script, render::check_script().as_bytes(), 0o755)?;
+    let ca_dir = state.join(CA_DIR);
+    write_certificates(&ca_dir, spec)?;
     let texts = [
-        (Svc::Haproxy, render::haproxy_cfg(cfg, spec)?),
+        (Svc::Haproxy, render::haproxy_cfg(cfg, spec, &ca_dir)?),
         (
             Svc::Keepalived,
             render::keepalived_conf(cfg, spec, &node_name(), &script)?,
@@ -240,8 +331,9 @@ pub async fn apply(cfg: &ProxyConfig, home: &AgentHome, spec: &ProxySpec) -> Res
         if changed {
             write_atomic(path, text.as_bytes(), 0o644)?;
         }
-        start_or_reload(cfg, &state, *svc, changed).await?;
+        start_or_reload(cfg, &state, *svc, changed, spec).await?;
     }
+    prune_certificates(&ca_dir, spec)?;
     write_atomic(
         &state.join(SPEC_FILE),
         &serde_json::to_vec_pretty(spec)?,
@@ -279,6 +371,8 @@ pub async fn remove(cfg: &ProxyConfig, home: &AgentHome) -> Result<()> {
         let _ = std::fs::remove_file(state.join(f));
     }
     let _ = std::fs::remove_dir(state.join(PREV_DIR));
+    let _ = std::fs::remove_dir_all(state.join(CA_DIR));
+    forget_server_state(cfg);
     Ok(())
 }
 
@@ -362,6 +456,47 @@ mod tests {
         let a = parse_addrs(text);
         assert_eq!(a.len(), 3);
         assert!(a.contains(&"10.251.0.100".parse().unwrap()));
+    }
+
+    #[test]
+    fn pinned_certificates_written_and_pruned() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("proxy-ca");
+        let cert = |n: &str| {
+            let (pem, _) = crate::identity::self_signed(n, &[n.into()]).unwrap();
+            Some(String::from_utf8(pem).unwrap())
+        };
+        let mut spec = render::tests::spec();
+        spec.primary.cert_pem = cert("db1");
+        spec.replicas[0].cert_pem = cert("db2");
+        write_certificates(&dir, &spec).unwrap();
+        let files = |dir: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let first = files(&dir);
+        assert_eq!(first.len(), 2, "{first:?}");
+        let (f1, pem1) = render::backend_ca(&spec.primary).unwrap().unwrap();
+        assert_eq!(std::fs::read(dir.join(&f1)).unwrap(), pem1);
+        let mode = std::fs::metadata(dir.join(&f1))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // db2 gets a new certificate and db1 loses its own (an older control node): the new
+        // file appears beside the old ones until the HAProxy using them has been replaced.
+        spec.replicas[0].cert_pem = cert("db2");
+        spec.primary.cert_pem = None;
+        write_certificates(&dir, &spec).unwrap();
+        assert_eq!(files(&dir).len(), 3);
+        prune_certificates(&dir, &spec).unwrap();
+        let (f2, _) = render::backend_ca(&spec.replicas[0]).unwrap().unwrap();
+        assert_eq!(files(&dir), vec![f2]);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config::{AgentConfig, AgentHome, Engine};
 use crate::protocol::{
-    DbState, ErrorBody, Health, NodeStatus, ProxySpec, ReplicaPlan, Role, SeedTicket,
+    CatchUp, DbState, ErrorBody, Fenced, FollowPlan, Health, NodeStatus, Promotion, ProxySpec,
+    ReplicaPlan, Role, SeedTicket,
 };
 use crate::{mariadb, postgres, proxy, tls};
 
@@ -41,8 +42,8 @@ struct Agent {
     cfg: AgentConfig,
     home: AgentHome,
     db: RwLock<Option<DbState>>,
-    /// Replica plans waiting for their backup stream, by ticket.
-    seeds: Mutex<HashMap<String, ReplicaPlan>>,
+    /// Replica plans waiting for their backup stream, by ticket (see `keep_ticket`).
+    seeds: Mutex<Seeds>,
     /// One local step at a time.
     step: Mutex<()>,
 }
@@ -102,6 +103,11 @@ fn router(agent: Shared) -> Router {
         .route("/v1/db/replica", post(replica_plan))
         .route("/v1/db/replica/undo", post(replica_undo))
         .route("/v1/db/replica/{ticket}/stream", post(replica_stream))
+        .route("/v1/db/fence", post(fence))
+        .route("/v1/db/unfence", post(unfence))
+        .route("/v1/db/catch-up", post(catch_up))
+        .route("/v1/db/promote", post(promote))
+        .route("/v1/db/follow", post(follow))
         .route("/v1/proxy", put(proxy_apply).delete(proxy_remove))
         .route("/v1/proxy/status", get(proxy_status))
         .with_state(agent)
@@ -346,6 +352,94 @@ async fn backup(State(a): State<Shared>, h: HeaderMap) -> Result<Response, Failu
         .map_err(|e| anyhow::anyhow!(e))?)
 }
 
+/// How long a replica ticket waits for its backup stream (the control node sends it at once).
+const TICKET_TTL: Duration = Duration::from_secs(600);
+
+/// Replica plans waiting for their backup stream, by ticket, with when each ticket was made.
+type Seeds = HashMap<String, (std::time::Instant, ReplicaPlan)>;
+
+fn drop_stale_tickets(seeds: &mut Seeds, now: std::time::Instant) {
+    seeds.retain(|_, (made, _)| now.saturating_duration_since(*made) <= TICKET_TTL);
+}
+
+/// Keeps a new ticket's plan (and drops the tickets older than `TICKET_TTL`).
+fn keep_ticket(seeds: &mut Seeds, ticket: String, plan: ReplicaPlan, now: std::time::Instant) {
+    drop_stale_tickets(seeds, now);
+    seeds.insert(ticket, (now, plan));
+}
+
+/// Takes a ticket's plan; a ticket older than `TICKET_TTL` is refused (and dropped).
+fn take_ticket(
+    seeds: &mut Seeds,
+    ticket: &str,
+    now: std::time::Instant,
+) -> Result<ReplicaPlan, Failure> {
+    let taken = seeds.remove(ticket);
+    drop_stale_tickets(seeds, now);
+    match taken {
+        Some((made, plan)) if now.saturating_duration_since(made) <= TICKET_TTL => Ok(plan),
+        Some(_) => Err(Failure(
+            StatusCode::GONE,
+            format!(
+                "this replica ticket expired ({} min after it was made): POST /v1/db/replica again",
+                TICKET_TTL.as_secs() / 60
+            ),
+        )),
+        None => Err(Failure(
+            StatusCode::NOT_FOUND,
+            "no replica plan with this ticket (POST /v1/db/replica first)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn plan() -> ReplicaPlan {
+        ReplicaPlan {
+            primary_host: "10.0.0.11".into(),
+            primary_port: 3306,
+            repl_user: "repl".into(),
+            repl_password: vmoodle_core::Secret::new("pw".to_string()),
+            server_id: Some(2),
+            slot: None,
+            application_name: "db2".into(),
+        }
+    }
+
+    #[test]
+    fn tickets_expire() {
+        let t0 = Instant::now();
+        let mut seeds = Seeds::new();
+        keep_ticket(&mut seeds, "a".into(), plan(), t0);
+        keep_ticket(&mut seeds, "b".into(), plan(), t0);
+        let later = t0 + TICKET_TTL;
+        assert_eq!(
+            take_ticket(&mut seeds, "a", later)
+                .ok()
+                .unwrap()
+                .application_name,
+            "db2"
+        );
+        // Taken once only.
+        assert_eq!(
+            take_ticket(&mut seeds, "a", later).err().unwrap().0,
+            StatusCode::NOT_FOUND
+        );
+        // Too old: refused, and gone.
+        let too_late = t0 + TICKET_TTL + Duration::from_secs(1);
+        let e = take_ticket(&mut seeds, "b", too_late).err().unwrap();
+        assert_eq!(e.0, StatusCode::GONE, "{}", e.1);
+        assert!(seeds.is_empty());
+        // A new ticket drops the stale ones nobody came for.
+        keep_ticket(&mut seeds, "c".into(), plan(), t0);
+        keep_ticket(&mut seeds, "d".into(), plan(), too_late);
+        assert_eq!(seeds.keys().collect::<Vec<_>>(), vec!["d"]);
+    }
+}
+
 async fn replica_plan(
     State(a): State<Shared>,
     h: HeaderMap,
@@ -358,7 +452,12 @@ async fn replica_plan(
     match d.engine {
         Engine::Mariadb => {
             let ticket = crate::identity::new_token()?;
-            a.seeds.lock().await.insert(ticket.clone(), plan);
+            keep_ticket(
+                &mut *a.seeds.lock().await,
+                ticket.clone(),
+                plan,
+                std::time::Instant::now(),
+            );
             Ok(Json(SeedTicket {
                 ticket,
                 status: None,
@@ -384,12 +483,11 @@ async fn replica_stream(
 ) -> Result<Json<NodeStatus>, Failure> {
     authorise(&a, &h)?;
     let d = database(&a)?;
-    let plan = a.seeds.lock().await.remove(&ticket).ok_or_else(|| {
-        Failure(
-            StatusCode::NOT_FOUND,
-            "no replica plan with this ticket (POST /v1/db/replica first)".into(),
-        )
-    })?;
+    let plan = take_ticket(
+        &mut *a.seeds.lock().await,
+        &ticket,
+        std::time::Instant::now(),
+    )?;
     let _one = a.step.lock().await;
     let stream = body
         .into_data_stream()
@@ -409,6 +507,97 @@ async fn replica_undo(State(a): State<Shared>, h: HeaderMap) -> Result<Json<Node
         Engine::Postgresql => postgres::undo_seed(d, &a.home).await?,
     }
     probe_now(&a).await;
+    Ok(Json(node_status(&a).await))
+}
+
+/// Whether the agent seeded this node (engine by engine).
+fn seeded(a: &Agent, d: &crate::config::DatabaseConfig) -> Result<bool> {
+    match d.engine {
+        Engine::Mariadb => mariadb::is_seeded(&a.home),
+        Engine::Postgresql => postgres::is_seeded(&a.home),
+    }
+}
+
+async fn fence(State(a): State<Shared>, h: HeaderMap) -> Result<Json<Fenced>, Failure> {
+    authorise(&a, &h)?;
+    let d = database(&a)?;
+    let _one = a.step.lock().await;
+    let position = match d.engine {
+        Engine::Mariadb => mariadb::switch::fence(d).await,
+        Engine::Postgresql => postgres::switch::fence(d).await,
+    };
+    probe_now(&a).await;
+    Ok(Json(Fenced {
+        position: position?,
+    }))
+}
+
+async fn unfence(State(a): State<Shared>, h: HeaderMap) -> Result<Json<NodeStatus>, Failure> {
+    authorise(&a, &h)?;
+    let d = database(&a)?;
+    let _one = a.step.lock().await;
+    let r = match d.engine {
+        Engine::Mariadb => mariadb::switch::unfence(d).await,
+        Engine::Postgresql => postgres::switch::unfence(d).await,
+    };
+    probe_now(&a).await;
+    r?;
+    Ok(Json(node_status(&a).await))
+}
+
+async fn catch_up(
+    State(a): State<Shared>,
+    h: HeaderMap,
+    Json(c): Json<CatchUp>,
+) -> Result<Json<NodeStatus>, Failure> {
+    authorise(&a, &h)?;
+    let d = database(&a)?;
+    let timeout = c.timeout_secs.clamp(1, 3600);
+    match d.engine {
+        Engine::Mariadb => mariadb::switch::catch_up(d, &c.position, timeout).await?,
+        Engine::Postgresql => postgres::switch::catch_up(d, &c.position, timeout).await?,
+    }
+    probe_now(&a).await;
+    Ok(Json(node_status(&a).await))
+}
+
+async fn promote(
+    State(a): State<Shared>,
+    h: HeaderMap,
+    Json(p): Json<Promotion>,
+) -> Result<Json<NodeStatus>, Failure> {
+    authorise(&a, &h)?;
+    let d = database(&a)?;
+    let _one = a.step.lock().await;
+    let seeded = seeded(&a, d)?;
+    let r = match d.engine {
+        Engine::Mariadb => mariadb::switch::promote(d, &a.home, seeded).await,
+        Engine::Postgresql => postgres::switch::promote(d, &a.home, seeded, &p.slots).await,
+    };
+    // HAProxy's checks see the new role at once, not at the next probe.
+    probe_now(&a).await;
+    r?;
+    Ok(Json(node_status(&a).await))
+}
+
+async fn follow(
+    State(a): State<Shared>,
+    h: HeaderMap,
+    Json(f): Json<FollowPlan>,
+) -> Result<Json<NodeStatus>, Failure> {
+    authorise(&a, &h)?;
+    let d = database(&a)?;
+    f.plan
+        .check()
+        .map_err(|e| Failure(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let _one = a.step.lock().await;
+    let seeded = seeded(&a, d)?;
+    let r = match d.engine {
+        Engine::Mariadb => mariadb::switch::follow(d, &a.home, seeded, &f).await,
+        Engine::Postgresql => postgres::switch::follow(d, &a.home, seeded, &f).await,
+    };
+    probe_now(&a).await;
+    r?;
     Ok(Json(node_status(&a).await))
 }
 

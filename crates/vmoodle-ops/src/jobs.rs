@@ -219,6 +219,10 @@ async fn finish_forward(home: &Home, j: Journal<'_>, why: &str) -> (String, Vec<
             Ok(()) => ("done".into(), Vec::new()),
             Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
         },
+        "cluster-switchover" => match crate::cluster::finish_switchover(home, j).await {
+            Ok(()) => ("done".into(), Vec::new()),
+            Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),
+        },
         "cluster-remove-replica" => match crate::cluster::finish_remove_replica(home, j).await {
             Ok(()) => ("done".into(), Vec::new()),
             Err(e) => ("incomplete".into(), vec![format!("{e:#}")]),

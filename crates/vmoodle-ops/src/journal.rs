@@ -58,6 +58,8 @@ pub enum Undo {
         node: String,
         spec: Box<vmoodle_agent::ProxySpec>,
     },
+    /// Let a fenced old primary take writes again (a switchover that did not happen).
+    Unfence { node: String },
     /// Remove a node from a cluster's members in the register.
     RemoveClusterMember {
         cluster: String,
@@ -111,6 +113,7 @@ impl std::fmt::Display for Undo {
                 node,
                 role,
             } => write!(f, "remove {role} `{node}` from cluster `{cluster}`"),
+            Undo::Unfence { node } => write!(f, "let `{node}` take writes again"),
             Undo::RestoreEndpoint {
                 server_id,
                 host,
@@ -712,6 +715,12 @@ pub async fn undo_one(home: &Home, u: &Undo) -> Result<()> {
             crate::cluster::node_client(home, node)
                 .await?
                 .apply_proxy(spec)
+                .await?;
+        }
+        Undo::Unfence { node } => {
+            crate::cluster::node_client(home, node)
+                .await?
+                .unfence()
                 .await?;
         }
         Undo::RemoveClusterMember {

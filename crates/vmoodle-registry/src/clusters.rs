@@ -26,6 +26,8 @@ pub struct Cluster {
     pub repl_user: String,
     #[serde(skip)]
     pub repl_password_sealed: String,
+    /// The node that was the primary when the cluster was built.
+    pub origin_node_id: Option<i64>,
     pub members: Vec<Member>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -81,6 +83,7 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
         orig_socket: r.try_get("orig_socket").map_err(g())?,
         repl_user: r.try_get("repl_user").map_err(g())?,
         repl_password_sealed: r.try_get("repl_password").map_err(g())?,
+        origin_node_id: r.try_get("origin_node_id").map_err(g())?,
         members: Vec::new(),
         created_at: r.try_get("created_at").map_err(g())?,
         updated_at: r.try_get("updated_at").map_err(g())?,
@@ -235,6 +238,59 @@ impl Registry {
         .execute(&self.pool)
         .await
         .map_err(q("removing a cluster member"))?;
+        Ok(())
+    }
+
+    /// Records the node that was the primary when the cluster was built.
+    pub async fn set_cluster_origin(&self, id: i64, node_id: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET origin_node_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(node_id)
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("recording a cluster's first primary"))?;
+        Ok(())
+    }
+
+    /// Swaps the primary role after a switchover: `new_primary` (a replica) becomes the primary,
+    /// the old primary a replica with `old_server_id` and `old_slot`, in one transaction.
+    pub async fn swap_cluster_primary(
+        &self,
+        cluster_id: i64,
+        old_primary: i64,
+        new_primary: i64,
+        old_server_id: Option<i64>,
+        old_slot: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(q("swapping the primary"))?;
+        sqlx::query(
+            "UPDATE cluster_members SET role = 'replica', server_id = $1, slot = $2 \
+             WHERE cluster_id = $3 AND node_id = $4 AND role = 'primary'",
+        )
+        .bind(old_server_id)
+        .bind(old_slot.map(str::to_string))
+        .bind(cluster_id)
+        .bind(old_primary)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("swapping the primary"))?;
+        sqlx::query(
+            "UPDATE cluster_members SET role = 'primary' \
+             WHERE cluster_id = $1 AND node_id = $2 AND role = 'replica'",
+        )
+        .bind(cluster_id)
+        .bind(new_primary)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("swapping the primary"))?;
+        sqlx::query("UPDATE clusters SET updated_at = $1 WHERE id = $2")
+            .bind(now_unix())
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("swapping the primary"))?;
+        tx.commit().await.map_err(q("swapping the primary"))?;
         Ok(())
     }
 

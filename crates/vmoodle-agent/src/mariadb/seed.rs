@@ -51,6 +51,11 @@ fn record_path(state: &Path) -> PathBuf {
     prev_dir(state).join("record.json")
 }
 
+/// Whether this node's server was seeded by the agent (and not undone).
+pub(super) fn is_seeded(state: &Path) -> Result<bool> {
+    Ok(read_record(state)?.is_some())
+}
+
 fn read_record(state: &Path) -> Result<Option<SeedRecord>> {
     let p = record_path(state);
     match std::fs::read_to_string(&p) {

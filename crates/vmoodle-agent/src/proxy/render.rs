@@ -6,6 +6,25 @@
 //! that check). So the reader is a `frontend reader` with two backends: `reader_replicas` (the
 //! replicas, checked on `/replica?max_lag=N`) and `reader_primary` (the primary, checked on
 //! `/read-only`), and `use_backend reader_primary if { nbsrv(reader_replicas) eq 0 }`.
+//!
+//! Across reloads: the agent saves `show servers state` into `server-state-file` right before a
+//! reload, so the new process starts with the servers as the old one last saw them (without
+//! it, every server starts "UP 1/2" until its first check: a replica would be in the writer
+//! for a moment). HAProxy 2.6 also takes a server's port and check port from that file over
+//! the configuration's (verified), so the agent saves only the servers whose address, port and
+//! agent port the new configuration keeps (`stat::keep_unchanged`); the others start afresh.
+//! `hard-stop-after 60s` ends the old process a minute after a reload, with the
+//! sessions it still holds (e.g. to a server the new configuration removed); without it they
+//! would last up to the 30 min client timeout.
+//!
+//! Checks: each server is checked over TLS on its agent port. When the spec carries the
+//! agent's pinned certificate, the agent writes it to a file and HAProxy verifies the agent
+//! against it alone (`verify required ca-file FILE`: the self-signed certificate is its own
+//! CA). There is no hostname check, on purpose: HAProxy checks the certificate's names only
+//! against an SNI or `verifyhost`, we give neither, and the agent's certificate names its
+//! listen address and node name, not necessarily the address the spec uses. The pin is the
+//! whole trust (as for the control node's client), verified live with HAProxy 2.6: a
+//! certificate naming another host passes, a different certificate fails (L6RSP).
 
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -136,8 +155,38 @@ pub fn validate(spec: &ProxySpec) -> Result<()> {
                 b.name
             );
         }
+        backend_ca(b)?;
     }
     Ok(())
+}
+
+/// A backend's pinned agent certificate as HAProxy's checks get it: the file name (the
+/// backend's name and the certificate's SHA-256, so a new certificate is a new file and
+/// changes haproxy.cfg, which reloads HAProxy) and the certificate re-encoded as PEM (only the
+/// certificate, whatever else the text held). None when the spec has no certificate.
+pub fn backend_ca(b: &Backend) -> Result<Option<(String, Vec<u8>)>> {
+    let Some(pem) = &b.cert_pem else {
+        return Ok(None);
+    };
+    let cert = openssl::x509::X509::from_pem(pem.as_bytes())
+        .with_context(|| format!("backend {}'s cert_pem is not a PEM certificate", b.name))?;
+    let der = cert.to_der()?;
+    let hash: String = openssl::sha::sha256(&der)[..8]
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    Ok(Some((format!("{}-{hash}.pem", b.name), cert.to_pem()?)))
+}
+
+/// Every server line of haproxy.cfg: (its backend, the spec's backend).
+pub fn servers(spec: &ProxySpec) -> Vec<(&'static str, &Backend)> {
+    let mut v: Vec<(&'static str, &Backend)> = std::iter::once(&spec.primary)
+        .chain(&spec.replicas)
+        .map(|b| (WRITER, b))
+        .collect();
+    v.extend(spec.replicas.iter().map(|b| (READER_REPLICAS, b)));
+    v.push((READER_PRIMARY, &spec.primary));
+    v
 }
 
 fn addr(host: &str, port: u16) -> String {
@@ -147,32 +196,46 @@ fn addr(host: &str, port: u16) -> String {
     }
 }
 
-fn server(out: &mut String, b: &Backend, extra: &str) {
+/// A server line. Its check verifies the agent's certificate when the spec pins one (the file
+/// `backend_ca` names, in `ca_dir`; no `verifyhost`: see the module's notes).
+fn server(out: &mut String, b: &Backend, ca_dir: &Path, extra: &str) -> Result<()> {
+    let verify = match backend_ca(b)? {
+        Some((file, _)) => format!(
+            "verify required ca-file {}",
+            check_path("the certificate file", &ca_dir.join(file))?
+        ),
+        None => "verify none".into(),
+    };
     let _ = writeln!(
         out,
-        "    server {} {} check port {} check-ssl verify none{extra}",
+        "    server {} {} check port {} check-ssl {verify}{extra}",
         b.name,
         addr(&b.host, b.port),
         b.agent_port
     );
+    Ok(())
 }
 
+/// Checks once a second while a server's state holds, four times a second while it changes or
+/// is down: a promoted primary joins the writer within about half a second of its agent saying
+/// so (two passing checks), and a fenced one leaves it as fast.
 const DEFAULT_SERVER: &str =
-    "    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n";
+    "    default-server inter 1s fastinter 250ms downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions\n";
 
-/// haproxy.cfg.
-pub fn haproxy_cfg(cfg: &ProxyConfig, spec: &ProxySpec) -> Result<String> {
+/// haproxy.cfg; `ca_dir` is where the agent writes the backends' certificates (`backend_ca`).
+pub fn haproxy_cfg(cfg: &ProxyConfig, spec: &ProxySpec, ca_dir: &Path) -> Result<String> {
     validate(spec)?;
     let pidfile = check_path("haproxy_pidfile", &cfg.haproxy_pidfile)?;
     let socket = check_path("haproxy_socket", &cfg.haproxy_socket)?;
+    let state_file = check_path("haproxy_state_file", &cfg.server_state_file())?;
     let (vip, _) = split_vip(&spec.vip)?;
     let vip = vip.to_string();
     let mut o = String::new();
     let _ = write!(
         o,
         "# Written by vmoodle-agent for cluster {cluster}; changes are overwritten.\n\
-         global\n    pidfile {pidfile}\n    stats socket {socket} mode 600 level admin expose-fd listeners\n    maxconn 4000\n\
-         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 1s\n",
+         global\n    pidfile {pidfile}\n    stats socket {socket} mode 600 level admin expose-fd listeners\n    maxconn 4000\n    hard-stop-after 60s\n    server-state-file {state_file}\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 1s\n    load-server-state-from-file global\n",
         cluster = spec.cluster
     );
     let binds = |o: &mut String, port: u16| {
@@ -185,7 +248,7 @@ pub fn haproxy_cfg(cfg: &ProxyConfig, spec: &ProxySpec) -> Result<String> {
     o.push_str("    option httpchk GET /primary\n    http-check expect status 200\n");
     o.push_str(DEFAULT_SERVER);
     for b in std::iter::once(&spec.primary).chain(&spec.replicas) {
-        server(&mut o, b, "");
+        server(&mut o, b, ca_dir, "")?;
     }
     // The reader: the healthy replicas, or the primary when none is.
     o.push_str("frontend reader\n");
@@ -201,18 +264,22 @@ pub fn haproxy_cfg(cfg: &ProxyConfig, spec: &ProxySpec) -> Result<String> {
     );
     o.push_str(DEFAULT_SERVER);
     for b in &spec.replicas {
-        server(&mut o, b, "");
+        server(&mut o, b, ca_dir, "")?;
     }
     let _ = writeln!(
         o,
         "backend {READER_PRIMARY}\n    option httpchk GET /read-only\n    http-check expect status 200"
     );
     o.push_str(DEFAULT_SERVER);
-    server(&mut o, &spec.primary, " backup");
+    server(&mut o, &spec.primary, ca_dir, " backup")?;
     Ok(o)
 }
 
 /// keepalived.conf; `check_script` is the script `check_script()` renders, written by the agent.
+/// `check_unicast_src`: adverts from any address but the unicast peers are ignored (verified
+/// live with keepalived 2.2.7: without it, a stranger advertising a higher priority for the
+/// same router id made the holder drop the VIP; with it, keepalived logs "unicast source
+/// address ... not a unicast peer" and keeps it).
 pub fn keepalived_conf(
     cfg: &ProxyConfig,
     spec: &ProxySpec,
@@ -232,7 +299,7 @@ pub fn keepalived_conf(
         "# Written by vmoodle-agent for cluster {cluster}; changes are overwritten.\n\
 global_defs {{\n    router_id {node_name}\n    enable_script_security\n    script_user root\n}}\n\
 vrrp_script chk_haproxy {{\n    script \"{script} {pidfile}\"\n    interval 1\n    fall 2\n    rise 2\n}}\n\
-vrrp_instance VI_{cluster} {{\n    state BACKUP\n    nopreempt\n    interface {iface}\n    virtual_router_id {rid}\n    priority {prio}\n    advert_int 1\n    unicast_src_ip {src}\n    unicast_peer {{\n{peers}    }}\n    virtual_ipaddress {{\n        {vip}/{prefix} dev {iface}\n    }}\n    track_script {{\n        chk_haproxy\n    }}\n}}\n",
+vrrp_instance VI_{cluster} {{\n    state BACKUP\n    nopreempt\n    interface {iface}\n    virtual_router_id {rid}\n    priority {prio}\n    advert_int 1\n    unicast_src_ip {src}\n    check_unicast_src\n    unicast_peer {{\n{peers}    }}\n    virtual_ipaddress {{\n        {vip}/{prefix} dev {iface}\n    }}\n    track_script {{\n        chk_haproxy\n    }}\n}}\n",
         cluster = spec.cluster,
         iface = spec.interface,
         rid = spec.router_id,
@@ -252,7 +319,7 @@ p=$(cat \"$1\" 2>/dev/null) || exit 1\n\
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
@@ -261,6 +328,7 @@ mod tests {
             haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
             haproxy_pidfile: "/run/haproxy.pid".into(),
             haproxy_socket: "/run/haproxy/admin.sock".into(),
+            haproxy_state_file: None,
             haproxy_start: vec!["haproxy".into()],
             haproxy_reload: vec!["haproxy".into()],
             haproxy_stop: vec!["kill".into(), "{pid}".into()],
@@ -279,7 +347,15 @@ mod tests {
             host: host.into(),
             port: 3306,
             agent_port: 8008,
+            cert_pem: None,
         }
+    }
+
+    const CA_DIR: &str = "/var/lib/agent/state/proxy-ca";
+
+    fn agent_cert(name: &str) -> String {
+        let (pem, _) = crate::identity::self_signed(name, &[name.into()]).unwrap();
+        String::from_utf8(pem).unwrap()
     }
 
     pub(crate) fn spec() -> ProxySpec {
@@ -301,24 +377,27 @@ mod tests {
 
     #[test]
     fn renders_haproxy() {
-        let text = haproxy_cfg(&cfg(), &spec()).unwrap();
+        let text = haproxy_cfg(&cfg(), &spec(), Path::new(CA_DIR)).unwrap();
         let want = "\
 global
     pidfile /run/haproxy.pid
     stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
     maxconn 4000
+    hard-stop-after 60s
+    server-state-file /run/haproxy.server-state
 defaults
     mode tcp
     timeout connect 2s
     timeout client 30m
     timeout server 30m
     timeout check 1s
+    load-server-state-from-file global
 listen writer
     bind 10.251.0.21:3306
     bind 10.251.0.100:3306
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server inter 1s fastinter 250ms downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions
     server db1 10.251.0.11:3306 check port 8008 check-ssl verify none
     server db2 10.251.0.12:3306 check port 8008 check-ssl verify none
 frontend reader
@@ -329,15 +408,72 @@ frontend reader
 backend reader_replicas
     option httpchk GET /replica?max_lag=10
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server inter 1s fastinter 250ms downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions
     server db2 10.251.0.12:3306 check port 8008 check-ssl verify none
 backend reader_primary
     option httpchk GET /read-only
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    default-server inter 1s fastinter 250ms downinter 250ms fall 2 rise 2 on-marked-down shutdown-sessions
     server db1 10.251.0.11:3306 check port 8008 check-ssl verify none backup
 ";
         assert_eq!(text.split_once('\n').unwrap().1, want);
+        let mut c = cfg();
+        c.haproxy_state_file = Some("/var/lib/haproxy/state".into());
+        let text = haproxy_cfg(&c, &spec(), Path::new(CA_DIR)).unwrap();
+        assert!(text.contains("\n    server-state-file /var/lib/haproxy/state\n"));
+    }
+
+    #[test]
+    fn pinned_certificates_are_verified() {
+        let mut s = spec();
+        let cert = agent_cert("db1");
+        s.primary.cert_pem = Some(cert.clone());
+        let (file, pem) = backend_ca(&s.primary).unwrap().unwrap();
+        assert!(
+            file.starts_with("db1-") && file.ends_with(".pem") && file.len() == 4 + 16 + 4,
+            "{file}"
+        );
+        assert_eq!(pem, cert.as_bytes(), "a lone certificate is kept as it is");
+        let text = haproxy_cfg(&cfg(), &s, Path::new(CA_DIR)).unwrap();
+        let db1 = format!(
+            "server db1 10.251.0.11:3306 check port 8008 check-ssl verify required ca-file {CA_DIR}/{file}"
+        );
+        assert_eq!(text.matches(&db1).count(), 2, "{text}");
+        assert!(text.contains(&format!("{db1} backup\n")), "{text}");
+        // db2 has no certificate in the spec (an older control node): not verified.
+        assert_eq!(
+            text.matches("server db2 10.251.0.12:3306 check port 8008 check-ssl verify none\n")
+                .count(),
+            2,
+            "{text}"
+        );
+        // Another certificate is another file (and another haproxy.cfg: HAProxy reloads).
+        s.primary.cert_pem = Some(agent_cert("db1"));
+        let (file2, _) = backend_ca(&s.primary).unwrap().unwrap();
+        assert_ne!(file, file2);
+        // Only the certificate is written, whatever surrounds it.
+        s.primary.cert_pem = Some(format!("junk before\n{cert}\nmore junk\n"));
+        let (file3, pem) = backend_ca(&s.primary).unwrap().unwrap();
+        assert_eq!((file3, pem), (file, cert.into_bytes()));
+        // Not a certificate: refused before anything is written.
+        s.primary.cert_pem =
+            Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into());
+        let e = format!("{:#}", validate(&s).unwrap_err());
+        assert!(e.contains("db1's cert_pem is not a PEM certificate"), "{e}");
+        s.primary.cert_pem = Some(String::new());
+        assert!(haproxy_cfg(&cfg(), &s, Path::new(CA_DIR)).is_err());
+    }
+
+    #[test]
+    fn backends_without_a_certificate_keep_their_old_json() {
+        let b = be("db1", "10.0.0.1");
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(!json.contains("cert_pem"), "{json}");
+        let old: Backend = serde_json::from_str(
+            r#"{"name":"db1","host":"10.0.0.1","port":3306,"agent_port":8008}"#,
+        )
+        .unwrap();
+        assert_eq!(old, b);
     }
 
     #[test]
@@ -346,7 +482,7 @@ backend reader_primary
         for line in [
             "    router_id lb1\n",
             "    script \"/s/chk.sh /run/haproxy.pid\"\n",
-            "vrrp_instance VI_db {\n    state BACKUP\n    nopreempt\n    interface eth0\n    virtual_router_id 51\n    priority 101\n    advert_int 1\n    unicast_src_ip 10.251.0.21\n    unicast_peer {\n        10.251.0.22\n    }\n",
+            "vrrp_instance VI_db {\n    state BACKUP\n    nopreempt\n    interface eth0\n    virtual_router_id 51\n    priority 101\n    advert_int 1\n    unicast_src_ip 10.251.0.21\n    check_unicast_src\n    unicast_peer {\n        10.251.0.22\n    }\n",
             "    virtual_ipaddress {\n        10.251.0.100/24 dev eth0\n    }\n",
             "    track_script {\n        chk_haproxy\n    }\n",
         ] {
@@ -375,14 +511,17 @@ backend reader_primary
         check_host("h", "fe80::1").unwrap();
         let mut c = cfg();
         c.haproxy_pidfile = "/run/my haproxy.pid".into();
-        assert!(haproxy_cfg(&c, &spec()).is_err());
+        assert!(haproxy_cfg(&c, &spec(), Path::new(CA_DIR)).is_err());
+        let mut c = cfg();
+        c.haproxy_state_file = Some("/run/my state".into());
+        assert!(haproxy_cfg(&c, &spec(), Path::new(CA_DIR)).is_err());
     }
 
     #[test]
     fn ipv6_addresses_are_prefixed() {
         let mut s = spec();
         s.replicas[0].host = "fd00::12".into();
-        let text = haproxy_cfg(&cfg(), &s).unwrap();
+        let text = haproxy_cfg(&cfg(), &s, Path::new(CA_DIR)).unwrap();
         assert!(
             text.contains("server db2 ipv6@fd00::12:3306 check"),
             "{text}"

@@ -1,12 +1,13 @@
-//! HAProxy's admin socket: `show stat` read and parsed into `BackendState`s.
+//! HAProxy's admin socket: `show stat` read and parsed into `BackendState`s; `show servers
+//! state` read for the server-state file a reload starts from.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::render::WRITER;
-use crate::protocol::BackendState;
+use crate::protocol::{Backend, BackendState};
 
 /// Sends one command to the admin socket and reads the answer.
 pub async fn command(socket: &Path, cmd: &str) -> Result<String> {
@@ -57,6 +58,67 @@ pub async fn show_stat(socket: &Path) -> Result<Vec<BackendState>> {
     Ok(parse_show_stat(&command(socket, "show stat").await?))
 }
 
+/// `show servers state`, as `server-state-file` expects it (HAProxy 2.6: a format version line
+/// "1", a "# be_id be_name ..." header, then a line per server).
+pub async fn servers_state(socket: &Path) -> Result<String> {
+    let text = command(socket, "show servers state").await?;
+    check_servers_state(&text)?;
+    Ok(text)
+}
+
+/// The lines of a server-state dump for the servers a new configuration keeps as they were:
+/// same backend and name, same address (an IP address: for a host name, the saved address
+/// would override a new resolution), port and check port (HAProxy 2.6 takes the saved ports
+/// over the configuration's). `servers` are the new configuration's (`render::servers`).
+/// Returns the dump and how many servers were left out.
+pub fn keep_unchanged(dump: &str, servers: &[(&str, &Backend)]) -> (String, usize) {
+    let (mut out, mut dropped) = (String::new(), 0);
+    for (i, line) in dump.lines().enumerate() {
+        if i == 0 || line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        // be_id be_name srv_id srv_name srv_addr ... srv_port (18) ... srv_check_port (21)
+        let f: Vec<&str> = line.split(' ').collect();
+        let same_ip = |saved: &str, host: &str| {
+            matches!(
+                (saved.parse::<std::net::IpAddr>(), host.parse::<std::net::IpAddr>()),
+                (Ok(x), Ok(y)) if x == y
+            )
+        };
+        let same = f.len() > 21
+            && servers.iter().any(|(be, b)| {
+                f[1] == *be
+                    && f[3] == b.name
+                    && same_ip(f[4], &b.host)
+                    && f[18] == b.port.to_string()
+                    && f[21] == b.agent_port.to_string()
+            });
+        if same {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    (out, dropped)
+}
+
+/// Whether an answer is a server-state dump (not an error message) that HAProxy can load.
+pub fn check_servers_state(text: &str) -> Result<()> {
+    let mut lines = text.lines();
+    let version = lines.next().unwrap_or_default().trim();
+    if version != "1" || !lines.next().is_some_and(|l| l.starts_with("# be_id ")) {
+        let first = text.lines().next().unwrap_or_default();
+        bail!("HAProxy's `show servers state` answered something else than a version 1 state dump: {first:?}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +160,68 @@ mod tests {
         assert!(s[2].backup);
         assert_eq!(s[2].check_status, "INI");
         assert_eq!(s[2].status, "UP 1/2");
+    }
+
+    #[test]
+    fn server_state_dumps_only() {
+        // HAProxy 2.6.12's answer (a server DOWN after failed checks).
+        let dump = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+2 writer 2 db2 10.253.1.1 0 0 1 1 4 11 2 0 6 0 0 0 - 9001 - 0 9001 - - 9001\n\n";
+        check_servers_state(dump).unwrap();
+        for bad in [
+            "",
+            "\n",
+            "Unknown command: 'show servers state'\n",
+            "1\nsomething\n",
+        ] {
+            assert!(check_servers_state(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_unchanged_servers_keep_their_state() {
+        let header = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n";
+        let line = |be: &str, name: &str, addr: &str, port: u16, check: u16| {
+            format!("2 {be} 1 {name} {addr} 0 0 1 1 4 11 2 0 6 0 0 0 - {port} - 0 {check} - - {check}\n")
+        };
+        let b = |name: &str, host: &str, port: u16, agent_port: u16| Backend {
+            name: name.into(),
+            host: host.into(),
+            port,
+            agent_port,
+            cert_pem: None,
+        };
+        let dump = [
+            header.to_string(),
+            line("writer", "db1", "10.0.0.11", 3306, 8008),
+            line("writer", "db2", "10.0.0.12", 3306, 8008),
+            line("writer", "db3", "10.0.0.13", 3306, 8008),
+            line("writer", "db4", "10.0.0.14", 3306, 8008),
+            line("writer", "db5", "10.0.0.15", 3306, 8008),
+            line("reader_replicas", "db1", "10.0.0.11", 3306, 8008),
+            line("writer", "db6", "fd00::16", 3306, 8008),
+            line("writer", "db7", "10.0.0.17", 3306, 8008),
+            "\n".to_string(),
+        ]
+        .concat();
+        let new = [
+            b("db1", "10.0.0.11", 3306, 8008),   // unchanged
+            b("db2", "10.0.0.22", 3306, 8008),   // moved
+            b("db3", "10.0.0.13", 3307, 8008),   // another port
+            b("db4", "10.0.0.14", 3306, 8009),   // another agent port
+            b("db6", "fd00:0::16", 3306, 8008),  // unchanged, written otherwise
+            b("db7", "db7.example", 3306, 8008), // a host name
+        ];
+        let servers: Vec<(&str, &Backend)> = new.iter().map(|b| ("writer", b)).collect();
+        let (kept, dropped) = keep_unchanged(&dump, &servers);
+        check_servers_state(&kept).unwrap();
+        let names: Vec<&str> = kept
+            .lines()
+            .skip(2)
+            .map(|l| l.split(' ').nth(3).unwrap())
+            .collect();
+        // db5 is gone from the configuration; db1 left the reader's replicas.
+        assert_eq!(names, ["db1", "db6"], "{kept}");
+        assert_eq!(dropped, 6);
     }
 }

@@ -227,6 +227,9 @@ pub async fn plan(home: &Home, req: &CreateCluster) -> Result<Plan> {
         }
         proxies.push(find(p)?);
     }
+    // In the register's order (by name): the first gets the higher VRRP priority, the same
+    // whenever the proxies are reconfigured later.
+    proxies.sort_by(|a, b| a.name.cmp(&b.name));
     // A node serves one cluster: seeding stops its server and moves its data aside.
     let taken = super::taken_nodes(home).await?;
     for n in std::iter::once(&primary).chain(&replicas).chain(&proxies) {

@@ -69,6 +69,9 @@ async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster>
     home.registry
         .add_cluster_member(cluster.id, plan.primary.id, "primary", None, None)
         .await?;
+    home.registry
+        .set_cluster_origin(cluster.id, plan.primary.id)
+        .await?;
 
     j.step("replication account").await?;
     if vmoodle_dbserver::admin::user_exists(&admin, &plan.req.repl_user).await? {

@@ -3,14 +3,33 @@
 //! the slots and the replication account dropped, and the register entry removed. Each step can
 //! be repeated: a destroy that stopped half-way is finished by running it again.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{node_client, republish};
 use crate::journal::{Events, Journal};
 use crate::Home;
 
 pub async fn destroy(home: &Home, name: &str, events: Events<'_>) -> Result<()> {
-    let c = home.registry.cluster(name).await?;
+    let mut c = home.registry.cluster(name).await?;
+    // Only the first primary's data is the server's own (every other node goes back to what it
+    // was before its seed): after a switchover, switch back to it first.
+    let primary = c
+        .members
+        .iter()
+        .find(|m| m.role == "primary")
+        .map(|m| m.node_id);
+    if let (Some(origin), Some(p)) = (c.origin_node_id, primary) {
+        if origin != p {
+            let Some(o) = c.members.iter().find(|m| m.node_id == origin) else {
+                bail!("the first primary of cluster `{name}` is no longer one of its members: take it apart by hand");
+            };
+            let o = o.node.clone();
+            super::switchover(home, name, &o, events)
+                .await
+                .with_context(|| format!("switching back to `{o}`, the first primary, before taking the cluster apart"))?;
+            c = home.registry.cluster(name).await?;
+        }
+    }
     let members = c.members.clone();
     let mut j = Journal::start(home, "cluster-destroy", name, 4 + members.len(), events).await?;
     let r = async {

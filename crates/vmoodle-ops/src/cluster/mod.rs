@@ -9,12 +9,14 @@ mod create;
 mod destroy;
 mod replicas;
 mod status;
+mod switchover;
 
 pub use checks::{plan, Plan};
 pub use create::create;
 pub use destroy::destroy;
 pub use replicas::{add_replica, finish_remove_replica, plan_replica, remove_replica};
 pub use status::{status, ClusterStatus, NodeLine, ProxyLine};
+pub use switchover::{finish_switchover, switchover};
 
 use anyhow::{bail, Context, Result};
 use vmoodle_agent::client::AgentClient;
@@ -119,6 +121,8 @@ pub fn proxy_spec(
         // Every database node listens on the port the primary's server had.
         port: c.orig_port,
         agent_port: n.agent_port,
+        // HAProxy checks the agent against the certificate pinned when the node was added.
+        cert_pem: Some(n.cert_pem.clone()),
     };
     ProxySpec {
         cluster: c.name.clone(),
@@ -169,6 +173,11 @@ pub(crate) async fn taken_nodes(home: &Home) -> Result<Vec<(String, String, Stri
                 .map(move |m| (m.node, c.name.clone(), m.role))
         })
         .collect())
+}
+
+/// The virtual IP without its prefix length.
+pub(crate) fn vip_host(c: &Cluster) -> String {
+    c.vip.split('/').next().unwrap_or(&c.vip).to_string()
 }
 
 /// `ADDR/PREFIX` split and checked.
@@ -230,10 +239,18 @@ pub(crate) async fn drop_slot(home: &Home, server: &DbServer, slot: &str) -> Res
     }
     let mut spec = crate::dbservers::admin_spec(home, server)?;
     if let Some(c) = home.registry.cluster_of_dbserver(server.id).await? {
-        // Slots live on the primary itself, not behind the proxies.
-        spec.host = c.orig_host.clone();
-        spec.port = c.orig_port;
-        spec.socket = c.orig_socket.clone();
+        // Slots live on the primary itself, not behind the proxies: the first primary through
+        // the server's own endpoint, another (after a switchover) at its node's address.
+        let t = Topology::of(home, &c).await?;
+        if c.origin_node_id.is_none_or(|o| o == t.primary.id) {
+            spec.host = c.orig_host.clone();
+            spec.port = c.orig_port;
+            spec.socket = c.orig_socket.clone();
+        } else {
+            spec.host = t.primary.address.clone();
+            spec.port = c.orig_port;
+            spec.socket = None;
+        }
     }
     let mut c = vmoodle_dbserver::connect(&spec, None).await?;
     let p = [vmoodle_dbserver::Param::Str(slot.to_string())];

@@ -272,6 +272,14 @@ pub async fn remove_replica(
             }
         );
     };
+    if t.replicas
+        .iter()
+        .any(|(n, _, _)| n.name == node && c.origin_node_id == Some(n.id))
+    {
+        bail!(
+            "`{node}` was the primary of cluster `{name}` when it was built: its data is the server's own, so it cannot leave; switch back to it (`vmoodle cluster switchover {name} --to {node}`) or destroy the cluster"
+        );
+    }
     let keep: Vec<ClusterNode> = t
         .replica_nodes()
         .into_iter()

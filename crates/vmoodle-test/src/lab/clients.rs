@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::db::{ADMIN, PG_BIN};
@@ -122,6 +122,29 @@ impl Lab {
         port: u16,
         sql: &str,
     ) -> std::result::Result<String, String> {
+        self.sql_port_as(None, host, port, sql)
+    }
+
+    /// MariaDB: a client option file (0600, in the app host's directory) for `user`, for
+    /// `sql_port_as`; the password never reaches argv.
+    pub fn client_cnf(&self, user: &str, password: &str) -> Result<PathBuf> {
+        let path = self.path.join("app").join(format!("{user}.cnf"));
+        std::fs::write(
+            &path,
+            format!("[client]\nuser={user}\npassword={password}\n"),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(path)
+    }
+
+    /// `sql_port` as the account of a `client_cnf` file (MariaDB; PostgreSQL ignores it).
+    pub fn sql_port_as(
+        &self,
+        cnf: Option<&Path>,
+        host: &str,
+        port: u16,
+        sql: &str,
+    ) -> std::result::Result<String, String> {
         let addr = self
             .nodes
             .get(host)
@@ -131,7 +154,11 @@ impl Lab {
         let ns = self.ns("app");
         let out = match self.engine {
             Engine::Mariadb => {
-                let df = format!("--defaults-file={}", app.join("admin.cnf").display());
+                let df = format!(
+                    "--defaults-file={}",
+                    cnf.map_or(app.join("admin.cnf"), Path::to_path_buf)
+                        .display()
+                );
                 net::output(
                     &[
                         "ip", "netns", "exec", &ns, "mariadb", &df, "-h", &addr, "-P", &port, "-N",

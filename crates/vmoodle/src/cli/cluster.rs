@@ -1,4 +1,4 @@
-//! `vmoodle cluster create|list|status|add-replica|remove-replica|destroy`: a database server
+//! `vmoodle cluster create|list|status|add-replica|remove-replica|switchover|destroy`: a database server
 //! scaled into a primary with replicas behind two HAProxy nodes and a keepalived virtual IP.
 
 use anyhow::Result;
@@ -91,6 +91,20 @@ pub enum Cmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// Make a replica the primary, with no committed write lost: the old primary stops taking
+    /// writes (MariaDB read_only with its sessions closed; PostgreSQL a clean shutdown), the
+    /// replica applies everything it committed, is promoted, and every other server, the old
+    /// primary included, replicates from it; HAProxy's writer port follows through the agents'
+    /// checks. If the replica cannot catch up, the old primary takes writes again and nothing
+    /// changed.
+    ///
+    /// Example: vmoodle cluster switchover prod --to db2
+    Switchover {
+        name: String,
+        /// The replica to promote.
+        #[arg(long)]
+        to: String,
     },
     /// Take a cluster apart: instances back on the primary first, proxies stopped, replicas
     /// put back as they were before, the replication account dropped.
@@ -245,6 +259,18 @@ impl Cmd {
                 if left == 0 {
                     eprintln!("warning: no replica is left: reads go to the primary (add one with `vmoodle cluster add-replica {name} NODE`)");
                 }
+            }
+            Cmd::Switchover { name, to } => {
+                let home = super::open_locked(root).await?;
+                let t = std::time::Instant::now();
+                let p = Progress::new(0);
+                let r = cluster::switchover(&home, &name, &to, &|e| p.event(e)).await;
+                p.finish();
+                r?;
+                eprintln!(
+                    "`{to}` is the primary of cluster `{name}` ({:.1} s); every other server replicates from it",
+                    t.elapsed().as_secs_f64()
+                );
             }
             Cmd::Destroy { name, yes } => {
                 let home = super::open_locked(root).await?;

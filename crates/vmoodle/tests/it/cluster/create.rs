@@ -468,6 +468,133 @@ fn cluster_end_to_end(engine: Engine) {
         "{status}"
     );
 
+    // Switchover to db2 and back, while a writer commits numbered rows through the VIP: every
+    // acknowledged row is on the new primary, the old one replicates from it, reads never
+    // reach the primary, Moodle's cron runs.
+    let (table, create_table) = match engine {
+        Engine::Mariadb => (
+            "vmoodle_switch.t",
+            "CREATE DATABASE IF NOT EXISTS vmoodle_switch; CREATE TABLE IF NOT EXISTS vmoodle_switch.t (n INT PRIMARY KEY)",
+        ),
+        Engine::Postgresql => (
+            "vmoodle_switch",
+            "CREATE TABLE IF NOT EXISTS vmoodle_switch (n int PRIMARY KEY)",
+        ),
+    };
+    sql_at(&lab, &lab.vip(), writer, create_table).unwrap();
+    // The writes come from an account like Moodle's (no READ_ONLY ADMIN, which would write
+    // through read_only).
+    let cnf = match engine {
+        Engine::Mariadb => {
+            sql_at(
+                &lab,
+                &lab.vip(),
+                writer,
+                "CREATE USER IF NOT EXISTS 'vmswitch'@'%' IDENTIFIED BY 'vmswitch-pw'; \
+                 GRANT SELECT, INSERT ON vmoodle_switch.* TO 'vmswitch'@'%'",
+            )
+            .unwrap();
+            Some(lab.client_cnf("vmswitch", "vmswitch-pw").unwrap())
+        }
+        Engine::Postgresql => None,
+    };
+    let mut next = 0u32;
+    for (to, want) in [("db2", db2_id.clone()), ("db1", primary_id.clone())] {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (acked, gap, failed) = std::thread::scope(|sc| {
+            let w = sc.spawn(|| {
+                let (mut acked, mut failed) = (Vec::new(), 0u32);
+                let mut last = Instant::now();
+                let mut gap = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = next + acked.len() as u32 + failed;
+                    match lab.sql_port_as(
+                        cnf.as_deref(),
+                        &lab.vip(),
+                        writer,
+                        &format!("INSERT INTO {table} VALUES ({n})"),
+                    ) {
+                        Ok(_) => {
+                            gap = gap.max(last.elapsed());
+                            last = Instant::now();
+                            acked.push(n);
+                        }
+                        Err(_) => failed += 1,
+                    }
+                }
+                (acked, gap, failed)
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let t = Instant::now();
+            let out = ctl.run(&["cluster", "switchover", "prod", "--to", to]);
+            if !out.status.success() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                for n in ["db1", "db2", "db3"] {
+                    let q = match engine {
+                        Engine::Mariadb => "SELECT @@gtid_binlog_pos, @@gtid_slave_pos, @@gtid_current_pos, @@gtid_binlog_state; SHOW BINARY LOGS; SHOW SLAVE STATUS\\G",
+                        Engine::Postgresql => "SELECT pg_is_in_recovery(), pg_current_wal_lsn()",
+                    };
+                    eprintln!("{n}: {:?}", lab.local_sql(n, q));
+                }
+                ok(out, &format!("switchover to {to}"));
+            }
+            eprintln!("switchover to {to} took {:.2} s", t.elapsed().as_secs_f64());
+            std::thread::sleep(Duration::from_millis(1500));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            w.join().unwrap()
+        });
+        next += acked.len() as u32 + failed + 1;
+        eprintln!(
+            "switchover to {to}: {} writes acknowledged, {failed} failed, longest gap between acknowledged writes {:.2} s",
+            acked.len(),
+            gap.as_secs_f64()
+        );
+        assert_eq!(
+            landed(&lab, writer).unwrap(),
+            want,
+            "the writer after the switchover to {to}"
+        );
+        assert_eq!(node_role(&ctl, to).as_deref(), Some("primary"));
+        let have = sql_at(
+            &lab,
+            &lab.vip(),
+            writer,
+            &format!(
+                "SELECT COUNT(*) FROM {table} WHERE n IN ({})",
+                acked
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            have,
+            acked.len().to_string(),
+            "acknowledged writes lost in the switchover to {to}"
+        );
+        let status = ctl.json(&["cluster", "status", "prod", "--json"]);
+        eventually(
+            "a healthy cluster after the switchover",
+            Duration::from_secs(15),
+            || {
+                ctl.run(&["cluster", "status", "prod", "--json"])
+                    .status
+                    .success()
+            },
+        );
+        let _ = status;
+        for _ in 0..6 {
+            assert_ne!(
+                landed(&lab, reader).unwrap(),
+                want,
+                "a read reached the new primary"
+            );
+        }
+        ctl.ok(&["cron", &tokens[0]]);
+    }
+
     // HAProxy killed on the VIP's holder: the other proxy takes the VIP, writes go on.
     let holder = ["lb1", "lb2"]
         .into_iter()
