@@ -42,6 +42,8 @@ impl AgentClient {
             .tls_certs_only([cert])
             .tls_danger_accept_invalid_hostnames(true)
             .connect_timeout(Duration::from_secs(5))
+            // The agent closes a connection idle for 10 s: never reuse one that old.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .context("building the agent client")?;
         Ok(AgentClient {

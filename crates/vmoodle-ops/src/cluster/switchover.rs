@@ -54,48 +54,21 @@ pub async fn switchover(home: &Home, name: &str, to: &str, events: Events<'_>) -
             names.join(", ")
         );
     }
-    // Every database node must answer, the candidate must replicate within the bound.
-    let st = super::status(home, name).await?;
-    let mut problems = Vec::new();
-    for d in &st.databases {
-        let Some(s) = &d.state else {
-            problems.push(format!(
-                "{}: {}",
-                d.node,
-                d.error.as_deref().unwrap_or("no answer")
-            ));
-            continue;
-        };
-        if d.node == t.primary.name && s.role != Some(Role::Primary) {
-            problems.push(format!(
-                "{} should be the primary but is {}",
-                d.node,
-                s.role.map_or("unknown", Role::as_str)
-            ));
+    // Every database node must answer, the candidate must replicate within the bound; a
+    // replica that is reconnecting (its primary just restarted) gets 10 s.
+    let since = Instant::now();
+    loop {
+        let problems = readiness(home, &c, &t, to).await?;
+        if problems.is_empty() {
+            break;
         }
-        if d.node == to {
-            if s.role != Some(Role::Replica)
-                || s.io_running != Some(true)
-                || s.sql_running != Some(true)
-            {
-                problems.push(format!(
-                    "{to} does not replicate (io {:?}, sql {:?})",
-                    s.io_running, s.sql_running
-                ));
-            } else if s.lag_seconds.unwrap_or(f64::MAX) > f64::from(c.max_lag) {
-                problems.push(format!(
-                    "{to} lags {:.0} s behind (max {} s)",
-                    s.lag_seconds.unwrap_or(-1.0),
-                    c.max_lag
-                ));
-            }
+        if since.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "cluster `{name}` cannot switch over to `{to}`; nothing was changed:\n  - {}",
+                problems.join("\n  - ")
+            );
         }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "cluster `{name}` cannot switch over to `{to}`; nothing was changed:\n  - {}",
-            problems.join("\n  - ")
-        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     let total = 5 + t.replicas.len() + t.proxies.len();
@@ -165,6 +138,52 @@ pub async fn switchover(home: &Home, name: &str, to: &str, events: Events<'_>) -
             Err(err)
         }
     }
+}
+
+/// What keeps the cluster from switching over to `to` now (empty: nothing).
+async fn readiness(home: &Home, c: &Cluster, t: &Topology, to: &str) -> Result<Vec<String>> {
+    let st = super::status(home, &c.name).await?;
+    let mut problems = Vec::new();
+    for d in &st.databases {
+        let Some(s) = &d.state else {
+            problems.push(format!(
+                "{}: {}",
+                d.node,
+                d.error.as_deref().unwrap_or("no answer")
+            ));
+            continue;
+        };
+        if d.node == t.primary.name && s.role != Some(Role::Primary) {
+            problems.push(format!(
+                "{} should be the primary but is {}",
+                d.node,
+                s.role.map_or("unknown", Role::as_str)
+            ));
+        }
+        if d.node == to {
+            if s.role != Some(Role::Replica)
+                || s.io_running != Some(true)
+                || s.sql_running != Some(true)
+            {
+                problems.push(format!(
+                    "{to} does not replicate (io {:?}, sql {:?}{})",
+                    s.io_running,
+                    s.sql_running,
+                    s.error
+                        .as_deref()
+                        .map(|e| format!(", {e}"))
+                        .unwrap_or_default()
+                ));
+            } else if s.lag_seconds.unwrap_or(f64::MAX) > f64::from(c.max_lag) {
+                problems.push(format!(
+                    "{to} lags {:.0} s behind (max {} s)",
+                    s.lag_seconds.unwrap_or(-1.0),
+                    c.max_lag
+                ));
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// The steps past the point of no return; each can run again.

@@ -482,6 +482,17 @@ fn cluster_end_to_end(engine: Engine) {
         ),
     };
     sql_at(&lab, &lab.vip(), writer, create_table).unwrap();
+    let (create_probe, insert_probe) = match engine {
+        Engine::Mariadb => (
+            "CREATE TABLE IF NOT EXISTS vmoodle_switch.p (n INT)",
+            "INSERT INTO vmoodle_switch.p VALUES (1)",
+        ),
+        Engine::Postgresql => (
+            "CREATE TABLE IF NOT EXISTS vmoodle_switch_p (n int)",
+            "INSERT INTO vmoodle_switch_p VALUES (1)",
+        ),
+    };
+    sql_at(&lab, &lab.vip(), writer, create_probe).unwrap();
     // The writes come from an account like Moodle's (no READ_ONLY ADMIN, which would write
     // through read_only).
     let cnf = match engine {
@@ -498,6 +509,32 @@ fn cluster_end_to_end(engine: Engine) {
         }
         Engine::Postgresql => None,
     };
+    // A switchover that fails before the candidate caught up changes nothing: the old primary
+    // takes writes again.
+    let out = vmoodle_env(
+        &lab,
+        &ctl.home,
+        &["cluster", "switchover", "prod", "--to", "db2"],
+        &[("VMOODLE_TEST_FAIL_STEP", "cluster-switchover:catch up db2")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "switchover with a failure: {err}"
+    );
+    assert!(err.contains("did not switch over"), "{err}");
+    eventually(
+        "writes on the old primary again",
+        Duration::from_secs(15),
+        || sql_at(&lab, &lab.vip(), writer, insert_probe).is_ok(),
+    );
+    assert_eq!(landed(&lab, writer).unwrap(), primary_id);
+    eventually("a healthy cluster again", Duration::from_secs(30), || {
+        ctl.run(&["cluster", "status", "prod", "--json"])
+            .status
+            .success()
+    });
     let mut next = 0u32;
     for (to, want) in [("db2", db2_id.clone()), ("db1", primary_id.clone())] {
         let stop = std::sync::atomic::AtomicBool::new(false);
