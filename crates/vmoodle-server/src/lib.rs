@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clusterwatch;
 pub mod cron;
 pub mod fleet;
 pub mod metrics;

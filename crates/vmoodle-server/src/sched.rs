@@ -1,7 +1,8 @@
 //! The background loops of a daemon: its heartbeat (so another node can tell it died and
 //! recover its jobs), cancel requests made on other nodes, recovery of interrupted jobs, and
 //! scheduled work claimed by one node at a time through the register's schedule table (a
-//! compare-and-set on `next_run`, so two nodes never both run one turn).
+//! compare-and-set on `next_run`, so two nodes never both run one turn). Cron (`cron`), the
+//! host-file sync (`sync`) and the cluster watcher (`clusterwatch`) run in loops of their own.
 
 use crate::AppState;
 use std::collections::{BTreeMap, HashSet};
@@ -39,6 +40,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let sync = tokio::spawn(crate::sync::run(state.clone(), stop.clone()));
     // Moodle's cron for every enabled instance (see `cron`): a loop of its own.
     let cron = tokio::spawn(crate::cron::run(state.clone(), stop.clone()));
+    // The database clusters' status and lag, for the metrics and the cluster page (see
+    // `clusterwatch`): a loop of its own, so a hung agent never delays the heartbeat.
+    let clusters = tokio::spawn(crate::clusterwatch::run(state.clone(), stop.clone()));
     let recovering = Arc::new(AtomicBool::new(false));
     let scheduling = Arc::new(AtomicBool::new(false));
     let mut dead_seen = HashSet::new();
@@ -73,6 +77,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     }
     let _ = sync.await;
     let _ = cron.await;
+    let _ = clusters.await;
 }
 
 /// Runs the scheduled work in a task of its own: reading every MNET site or database server

@@ -1,7 +1,9 @@
 //! Database clusters: the list of clusters and registered nodes (from the register only, so it
 //! is fast), and a cluster's page with its topology and what every node's agent says now
-//! (`vmoodle_ops::cluster::status`, bounded in time so a hung agent cannot hang the page).
-//! Read-only: `vmoodle node add` and `vmoodle cluster create` build them.
+//! (`vmoodle_ops::cluster::status`, bounded in time so a hung agent cannot hang the page), then
+//! each replica's lag over the last hour as the daemon's watcher sampled it (`clusterwatch`),
+//! drawn as a small SVG made here (no script). Read-only: `vmoodle node add` and
+//! `vmoodle cluster create` build them.
 
 use super::{message, page, when, Chrome};
 use crate::auth::Principal;
@@ -198,6 +200,27 @@ struct BackendRow {
     up: bool,
 }
 
+/// A replica's lag over the last hour: an inline SVG sparkline whose numbers are computed here
+/// (the template writes them into a fixed frame; see `sparkline`).
+struct Spark {
+    /// `x,y x,y ...` of the line, in the SVG's viewBox.
+    points: String,
+    /// The last sample's point, marked (a single sample draws no line).
+    last_x: String,
+    last_y: String,
+    /// The top of the y axis: the largest lag (1 s when every sample is 0).
+    top: String,
+    /// What it shows (min, max, last), for screen readers and as its tooltip.
+    label: String,
+}
+
+struct LagRow {
+    node: String,
+    member_as: String,
+    /// None: no sample yet (the watcher has not run, or the replica reported no lag).
+    spark: Option<Spark>,
+}
+
 struct ProxyRow {
     node: String,
     haproxy: bool,
@@ -237,6 +260,11 @@ struct ClusterPage {
     created: String,
     members: Vec<MemberRow>,
     live: Result<Live, String>,
+    /// The replicas' lag over the last hour.
+    lag: Vec<LagRow>,
+    /// When the watcher last took the cluster's status (`12 s ago`), empty when it has not.
+    sampled: String,
+    watch_secs: u64,
 }
 
 impl ClusterPage {
@@ -269,6 +297,80 @@ fn vip_host(vip: &str) -> String {
     } else {
         a.to_string()
     }
+}
+
+/// The sparkline's frame, in viewBox units (cluster.html draws the same): the plot spans x from
+/// `PLOT_LEFT` (an hour ago) to `PLOT_RIGHT` (now), y from `PLOT_BOTTOM` (0 s) up to `PLOT_TOP`
+/// (the largest lag); the axis labels sit left of and below it.
+const PLOT_LEFT: f64 = 44.0;
+const PLOT_RIGHT: f64 = 316.0;
+const PLOT_TOP: f64 = 8.0;
+const PLOT_BOTTOM: f64 = 56.0;
+
+fn secs(v: f64) -> String {
+    format!("{v:.1} s")
+}
+
+/// The sparkline of `node`'s lag `samples` (unix time, seconds; oldest first) over the hour
+/// ending at `now`; None without samples. Every number is formatted here, so the SVG holds
+/// only digits, dots, commas and spaces where it has coordinates.
+fn sparkline(node: &str, samples: &[(i64, f64)], now: i64) -> Option<Spark> {
+    let window = crate::metrics::LAG_WINDOW_SECS;
+    let (_, last) = *samples.last()?;
+    let min = samples
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(f64::INFINITY, f64::min);
+    let max = samples.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    let top = if max > 0.0 { max } else { 1.0 };
+    let point = |(t, v): (i64, f64)| {
+        let age = (now - t).clamp(0, window) as f64;
+        let x = PLOT_RIGHT - age / window as f64 * (PLOT_RIGHT - PLOT_LEFT);
+        let y = PLOT_BOTTOM - (v.max(0.0) / top) * (PLOT_BOTTOM - PLOT_TOP);
+        (format!("{x:.1}"), format!("{y:.1}"))
+    };
+    let points: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let (x, y) = point(*s);
+            format!("{x},{y}")
+        })
+        .collect();
+    let (last_x, last_y) = point(*samples.last()?);
+    Some(Spark {
+        points: points.join(" "),
+        last_x,
+        last_y,
+        top: secs(top),
+        label: format!(
+            "Replication lag of {node} over the last hour: min {}, max {}, last {} ({} sample{})",
+            secs(min),
+            secs(max),
+            secs(last),
+            samples.len(),
+            if samples.len() == 1 { "" } else { "s" }
+        ),
+    })
+}
+
+/// A row for every database member registered as a replica, and for any other that has lag
+/// samples (a replica promoted within the hour), in the topology's order.
+fn lag_rows(state: &AppState, c: &Cluster, now: i64) -> Vec<LagRow> {
+    c.members
+        .iter()
+        .filter(|m| m.role != "proxy")
+        .filter_map(|m| {
+            let h = state.cache.lag_history(&c.name, &m.node, now);
+            if m.role != "replica" && h.is_empty() {
+                return None;
+            }
+            Some(LagRow {
+                node: m.node.clone(),
+                member_as: m.role.clone(),
+                spark: sparkline(&m.node, &h, now),
+            })
+        })
+        .collect()
 }
 
 fn db_row(l: NodeLine) -> DbRow {
@@ -364,6 +466,13 @@ async fn show(
         )),
     };
     topology_order(&mut c.members);
+    let now = vmoodle_core::now_unix();
+    let lag = lag_rows(&state, &c, now);
+    let sampled = state
+        .cache
+        .cluster_sampled_at(&c.name)
+        .map(|at| format!("{} s ago", (now - at).max(0)))
+        .unwrap_or_default();
     let host = vip_host(&c.vip);
     page(ClusterPage {
         chrome: Chrome::new(&p, "clusters"),
@@ -407,11 +516,135 @@ async fn show(
         max_lag: c.max_lag,
         repl_user: c.repl_user,
         live,
+        lag,
+        sampled,
+        watch_secs: crate::clusterwatch::WATCH_SECS,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_scales_the_last_hour() {
+        let now = 1_800_000_000;
+        assert!(sparkline("db2", &[], now).is_none(), "no samples: no line");
+
+        // An hour ago (left edge), half an hour ago, now (right edge); the largest lag is the
+        // top of the plot, 0 its bottom.
+        let s = sparkline(
+            "db2",
+            &[(now - 3600, 0.0), (now - 1800, 5.0), (now, 2.5)],
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.points, "44.0,56.0 180.0,8.0 316.0,32.0");
+        assert_eq!((s.last_x.as_str(), s.last_y.as_str()), ("316.0", "32.0"));
+        assert_eq!(s.top, "5.0 s");
+        assert_eq!(
+            s.label,
+            "Replication lag of db2 over the last hour: min 0.0 s, max 5.0 s, last 2.5 s (3 samples)"
+        );
+        // Coordinates are numbers only: nothing there for the template to escape.
+        assert!(s
+            .points
+            .chars()
+            .all(|c| c.is_ascii_digit() || ", .".contains(c)));
+
+        // One sample, all zero: a point at the bottom right, the axis topped at 1 s; a sample
+        // older than the hour (or from a clock ahead) stays on the plot's edge.
+        let s = sparkline("r", &[(now, 0.0)], now).unwrap();
+        assert_eq!(s.points, "316.0,56.0");
+        assert_eq!(s.top, "1.0 s");
+        assert!(s.label.ends_with("last 0.0 s (1 sample)"), "{}", s.label);
+        let s = sparkline("r", &[(now - 9999, 1.0), (now + 60, 1.0)], now).unwrap();
+        assert_eq!(s.points, "44.0,8.0 316.0,8.0");
+    }
+
+    fn page(lag: Vec<LagRow>, sampled: &str) -> String {
+        ClusterPage {
+            chrome: Chrome {
+                admin: "alice".into(),
+                csrf: "x".into(),
+                section: "clusters",
+                flash: None,
+            },
+            name: "c1".into(),
+            dbserver: String::new(),
+            kind: String::new(),
+            state: "active".into(),
+            vip: "10.0.0.100/24".into(),
+            interface: "eth0".into(),
+            writer: String::new(),
+            reader: String::new(),
+            current: String::new(),
+            current_reader: String::new(),
+            original: String::new(),
+            max_lag: 10,
+            repl_user: String::new(),
+            created: String::new(),
+            members: Vec::new(),
+            live: Err("not asked".into()),
+            lag,
+            sampled: sampled.into(),
+            watch_secs: 10,
+        }
+        .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn lag_section_draws_each_replica() {
+        let now = 1_800_000_000;
+        let html = page(
+            vec![
+                LagRow {
+                    node: "db2".into(),
+                    member_as: "replica".into(),
+                    spark: sparkline("db2", &[(now - 60, 4.0), (now, 1.0)], now),
+                },
+                LagRow {
+                    node: "db<3>".into(),
+                    member_as: "replica".into(),
+                    spark: None,
+                },
+            ],
+            "4 s ago",
+        );
+        let at = html
+            .find("<section aria-labelledby=\"lag-h\" id=\"lag\">")
+            .unwrap();
+        let lag = &html[at..];
+        assert!(lag.contains("<h2 id=\"lag-h\">Lag over the last hour</h2>"));
+        assert!(lag.contains("every 10 s; last sample 4 s ago."), "{lag}");
+        assert!(
+            lag.contains(
+                "<svg class=\"spark\" viewBox=\"0 0 320 76\" width=\"320\" height=\"76\" role=\"img\" \
+                 aria-label=\"Replication lag of db2 over the last hour: min 1.0 s, max 4.0 s, last 1.0 s (2 samples)\">"
+            ),
+            "{lag}"
+        );
+        assert!(lag.contains("<title>Replication lag of db2 over the last hour: min 1.0 s"));
+        assert!(lag.contains("<text x=\"40\" y=\"12\" text-anchor=\"end\">4.0 s</text>"));
+        assert!(
+            lag.contains("<polyline points=\"311.5,8.0 316.0,44.0\"/>"),
+            "{lag}"
+        );
+        assert!(lag.contains("<circle cx=\"316.0\" cy=\"44.0\" r=\"2.5\"/>"));
+        // The other has none, and its name is text.
+        assert!(
+            lag.contains("<td data-label=\"Node\">db&#60;3&#62;</td>"),
+            "{lag}"
+        );
+        assert!(lag.contains("<span class=\"muted\">no samples yet</span>"));
+        assert!(!lag.contains("<script"));
+
+        let html = page(Vec::new(), "");
+        assert!(html.contains("<td colspan=\"3\">No replicas.</td>"));
+        assert!(html.contains("samples it every 10 s.</p>"));
+    }
+
     #[test]
     fn vip_host_drops_the_prefix() {
         assert_eq!(super::vip_host("10.0.0.100/24"), "10.0.0.100");

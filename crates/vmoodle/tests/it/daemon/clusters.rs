@@ -408,3 +408,102 @@ fn clusters_pages_escape_names() {
         }
     }
 }
+
+/// The cluster page's lag section comes from what the daemon's watcher sampled, never from the
+/// agents: a daemon without its background loops has no sample, and says so for each replica
+/// (the live status above still shows the nodes that do not answer).
+#[test]
+fn clusters_page_lag_section_says_no_samples_yet() {
+    let vm = Vm::new(Backend::Sqlite);
+    admin_and_tokens(&vm);
+    register_cluster(
+        &vm,
+        "maria1",
+        "c1",
+        &[
+            ("db1", "primary"),
+            ("db2", "replica"),
+            ("db3", "replica"),
+            ("lb1", "proxy"),
+        ],
+    );
+    let d = Daemon::start_with(&vm, false);
+    let b = d.login("alice", PASSWORD);
+    let (status, page) = b.get("/clusters/c1");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("<h2 id=\"lag-h\">Lag over the last hour</h2>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<span class=\"badge bad\" id=\"health\">degraded</span>"),
+        "the live status is still there: {page}"
+    );
+    let lag = table(&page, "lag-history");
+    for n in ["db2", "db3"] {
+        let at = lag
+            .find(&format!("<td data-label=\"Node\">{n}</td>"))
+            .unwrap_or_else(|| panic!("no row of {n}: {lag}"));
+        let r = &lag[at..];
+        let r = &r[..r.find("</tr>").unwrap()];
+        assert!(r.contains("no samples yet"), "{r}");
+    }
+    // Only replicas: the primary and the proxy have no lag.
+    assert!(!lag.contains(">db1<") && !lag.contains(">lb1<"), "{lag}");
+    assert!(!lag.contains("<svg"), "{lag}");
+}
+
+/// With its background loops, the daemon's cluster watcher takes every cluster's status at
+/// once and `/metrics` shows it: agents that do not answer make their nodes down and the
+/// cluster degraded; the page then says when the last sample was taken, still with no lag.
+#[test]
+fn clusters_watcher_feeds_the_metrics() {
+    let vm = Vm::new(Backend::Sqlite);
+    let (_write, read) = admin_and_tokens(&vm);
+    register_cluster(
+        &vm,
+        "maria1",
+        "c1",
+        &[("db1", "primary"), ("db2", "replica"), ("lb1", "proxy")],
+    );
+    let d = Daemon::start(&vm);
+    let c = d.client();
+    let want = [
+        "vmoodle_cluster_node_up{cluster=\"c1\",node=\"db1\"} 0",
+        "vmoodle_cluster_node_up{cluster=\"c1\",node=\"db2\"} 0",
+        "vmoodle_cluster_primary{cluster=\"c1\",node=\"db1\"} 0",
+        "vmoodle_cluster_vip_holder{cluster=\"c1\",node=\"lb1\"} 0",
+        "vmoodle_cluster_degraded{cluster=\"c1\"} 1",
+        "vmoodle_cluster_status_timestamp_seconds{cluster=\"c1\"} ",
+    ];
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = c
+            .get(format!("{}/metrics", d.url))
+            .bearer_auth(&read)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if want.iter().all(|w| text.contains(w)) {
+            break text;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the watcher did not sample c1: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        !text.contains("vmoodle_cluster_replica_lag_seconds{"),
+        "{text}"
+    );
+    assert!(!text.contains("vmoodle_haproxy_backend_up{"), "{text}");
+
+    let b = d.login("alice", PASSWORD);
+    let (status, page) = b.get("/clusters/c1");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("; last sample "), "{page}");
+    let lag = table(&page, "lag-history");
+    assert!(lag.contains("no samples yet"), "{lag}");
+}
