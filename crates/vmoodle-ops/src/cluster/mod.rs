@@ -14,7 +14,9 @@ mod switchover;
 pub use checks::{plan, Plan};
 pub use create::create;
 pub use destroy::destroy;
-pub use replicas::{add_replica, finish_remove_replica, plan_replica, remove_replica};
+pub use replicas::{
+    add_replica, finish_remove_replica, plan_replica, remove_replica, reseed_replica,
+};
 pub use status::{status, ClusterStatus, NodeLine, ProxyLine};
 pub use switchover::{finish_switchover, switchover};
 

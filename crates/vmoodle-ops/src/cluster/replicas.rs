@@ -368,3 +368,103 @@ pub async fn finish_remove_replica(home: &Home, mut j: Journal<'_>) -> Result<()
         }
     }
 }
+
+/// Rebuilds replica `node` of cluster `name` from a fresh hot backup of the primary: out of the
+/// reader pool first, its slot dropped (PostgreSQL), seeded again (the agent keeps what it put
+/// aside the first time, so a later removal still gives the node its own data back), back in the
+/// reader pool once healthy. A failure gives the proxies their previous configuration back.
+pub async fn reseed_replica(
+    home: &Home,
+    name: &str,
+    node: &str,
+    events: Events<'_>,
+) -> Result<Cluster> {
+    let c = home.registry.cluster(name).await?;
+    active(&c)?;
+    let t = Topology::of(home, &c).await?;
+    let Some((n, server_id, slot)) = t.replicas.iter().find(|(n, _, _)| n.name == node).cloned()
+    else {
+        let names: Vec<_> = t.replicas.iter().map(|(n, _, _)| n.name.as_str()).collect();
+        bail!(
+            "node `{node}` is not a replica of cluster `{name}`; its replicas: {}",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    if c.origin_node_id == Some(n.id) {
+        bail!(
+            "`{node}` was the primary of cluster `{name}` when it was built and holds the server's own data: it is not reseeded; switch back to it (`vmoodle cluster switchover {name} --to {node}`) first"
+        );
+    }
+    let server = home.registry.dbserver_by_id(c.dbserver_id).await?;
+    let pg = !server.kind.is_mysql_family();
+    let server_id = match server_id {
+        Some(id) => u32::try_from(id).context("the replica's server_id is out of range")?,
+        None if pg => 0,
+        None => bail!("replica `{node}` has no server_id in the register"),
+    };
+    let all = t.replica_nodes();
+    let keep: Vec<ClusterNode> = all.iter().filter(|x| x.name != node).cloned().collect();
+    let total = 3 + 2 * t.proxies.len();
+    let mut j = Journal::start(home, "cluster-reseed", name, total, events).await?;
+    let r = async {
+        reconfigure_proxies(home, &mut j, &c, &t, &keep).await?;
+        j.step(&format!("seed {node}")).await?;
+        if let (true, Some(slot)) = (pg, &slot) {
+            // Its old slot holds WAL for the broken standby; pg_basebackup -C makes a new one.
+            super::drop_slot(home, &server, slot).await?;
+        }
+        let repl_password = home
+            .secrets
+            .open(&c.repl_password_sealed, &Binding::cluster_repl(&c.name))?;
+        let plan = vmoodle_agent::ReplicaPlan {
+            primary_host: t.primary.address.clone(),
+            primary_port: c.orig_port,
+            repl_user: c.repl_user.clone(),
+            repl_password,
+            server_id: (!pg).then_some(server_id),
+            slot: if pg { slot.clone() } else { None },
+            application_name: node.to_string(),
+        };
+        let st = crate::nodes::client(home, &n)?
+            .seed_replica(&plan, &crate::nodes::client(home, &t.primary)?)
+            .await
+            .with_context(|| format!("reseeding `{node}`"))?;
+        let role = st.database.and_then(|d| d.role);
+        if role != Some(vmoodle_agent::Role::Replica) {
+            bail!(
+                "`{node}` was reseeded but says it is {} rather than a replica",
+                role.map_or("unknown", vmoodle_agent::Role::as_str)
+            );
+        }
+        for (i, p) in t.proxies.iter().enumerate() {
+            j.step(&format!("proxy {} again", p.name)).await?;
+            crate::nodes::client(home, p)?
+                .apply_proxy(&proxy_spec(&c, &t.primary, &all, &t.proxies, i))
+                .await
+                .with_context(|| format!("reloading HAProxy on `{}`", p.name))?;
+        }
+        j.step("reader pool").await?;
+        wait_in_reader_pool(home, &t, node).await
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            j.finish().await?;
+            Ok(home.registry.cluster(name).await?)
+        }
+        Err(e) => {
+            let left = j.fail(&format!("{e:#}")).await;
+            let mut err = e.context(format!(
+                "`{node}` was not reseeded; the proxies have their previous configuration back (a replica that stays broken stays out of the reader pool by its health check); fix the cause and run `vmoodle cluster reseed {name} {node}` again"
+            ));
+            if !left.is_empty() {
+                err = err.context(left.join("; "));
+            }
+            Err(err)
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `vmoodle cluster create|list|status|add-replica|remove-replica|switchover|destroy`: a database server
+//! `vmoodle cluster create|list|status|add-replica|remove-replica|reseed|switchover|destroy`: a database server
 //! scaled into a primary with replicas behind two HAProxy nodes and a keepalived virtual IP.
 
 use anyhow::Result;
@@ -92,6 +92,11 @@ pub enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Rebuild a broken replica from a fresh hot backup of the primary: out of the reader pool
+    /// first, seeded again, back in the pool once healthy.
+    ///
+    /// Example: vmoodle cluster reseed prod db3
+    Reseed { name: String, node: String },
     /// Make a replica the primary, with no committed write lost: the old primary stops taking
     /// writes (MariaDB read_only with its sessions closed; PostgreSQL a clean shutdown), the
     /// replica applies everything it committed, is promoted, and every other server, the old
@@ -259,6 +264,14 @@ impl Cmd {
                 if left == 0 {
                     eprintln!("warning: no replica is left: reads go to the primary (add one with `vmoodle cluster add-replica {name} NODE`)");
                 }
+            }
+            Cmd::Reseed { name, node } => {
+                let home = super::open_locked(root).await?;
+                let p = Progress::new(0);
+                let r = cluster::reseed_replica(&home, &name, &node, &|e| p.event(e)).await;
+                p.finish();
+                r?;
+                eprintln!("`{node}` was reseeded and serves reads in cluster `{name}` again");
             }
             Cmd::Switchover { name, to } => {
                 let home = super::open_locked(root).await?;

@@ -632,6 +632,41 @@ fn cluster_end_to_end(engine: Engine) {
         ctl.ok(&["cron", &tokens[0]]);
     }
 
+    // A broken replica (its replication stopped) rebuilt from a fresh backup.
+    let stop_replication = match engine {
+        Engine::Mariadb => "STOP SLAVE",
+        Engine::Postgresql => "SELECT pg_wal_replay_pause()",
+    };
+    lab.local_sql("db3", stop_replication).unwrap();
+    eventually("db3 reported broken", Duration::from_secs(10), || {
+        ctl.run(&["cluster", "status", "prod", "--json"])
+            .status
+            .code()
+            == Some(3)
+    });
+    ctl.ok(&["cluster", "reseed", "prod", "db3"]);
+    assert_eq!(node_role(&ctl, "db3").as_deref(), Some("replica"));
+    sql_at(&lab, &lab.vip(), writer, insert_probe).unwrap();
+    let count = match engine {
+        Engine::Mariadb => "SELECT COUNT(*) FROM vmoodle_switch.p",
+        Engine::Postgresql => "SELECT COUNT(*) FROM vmoodle_switch_p",
+    };
+    let want_rows = sql_at(&lab, &lab.vip(), writer, count).unwrap();
+    eventually(
+        "the new row on the reseeded db3",
+        Duration::from_secs(10),
+        || sql_at(&lab, &db3, port, count).is_ok_and(|v| v == want_rows),
+    );
+    eventually(
+        "a healthy cluster after the reseed",
+        Duration::from_secs(15),
+        || {
+            ctl.run(&["cluster", "status", "prod", "--json"])
+                .status
+                .success()
+        },
+    );
+
     // HAProxy killed on the VIP's holder: the other proxy takes the VIP, writes go on.
     let holder = ["lb1", "lb2"]
         .into_iter()
