@@ -7,6 +7,7 @@
 mod checks;
 mod create;
 mod destroy;
+mod events;
 mod replicas;
 mod status;
 mod switchover;
@@ -14,6 +15,7 @@ mod switchover;
 pub use checks::{plan, Plan};
 pub use create::create;
 pub use destroy::destroy;
+pub use events::{events, Event};
 pub use replicas::{
     add_replica, finish_remove_replica, plan_replica, remove_replica, reseed_replica,
 };

@@ -265,6 +265,18 @@ struct ClusterPage {
     /// When the watcher last took the cluster's status (`12 s ago`), empty when it has not.
     sampled: String,
     watch_secs: u64,
+    /// What was done to the cluster, newest first.
+    events: Vec<EventRow>,
+}
+
+/// One of a cluster's events (a job that changed it).
+struct EventRow {
+    job: i64,
+    when: String,
+    what: String,
+    by: String,
+    state: String,
+    why: String,
 }
 
 impl ClusterPage {
@@ -451,6 +463,19 @@ async fn show(
     let servers = reg.dbservers().await.unwrap_or_default();
     let nodes: Vec<ClusterNode> = reg.cluster_nodes().await.unwrap_or_default();
     let server = servers.iter().find(|s| s.id == c.dbserver_id);
+    let events = vmoodle_ops::cluster::events(&state.home, &c.name, 20)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| EventRow {
+            job: e.job,
+            when: when(e.started_at),
+            what: e.what,
+            by: e.started_by,
+            state: e.state,
+            why: e.error.unwrap_or_default(),
+        })
+        .collect();
     let live = match tokio::time::timeout(
         STATUS_TIMEOUT,
         vmoodle_ops::cluster::status(&state.home, &c.name),
@@ -519,6 +544,7 @@ async fn show(
         lag,
         sampled,
         watch_secs: crate::clusterwatch::WATCH_SECS,
+        events,
     })
 }
 
@@ -589,6 +615,7 @@ mod tests {
             lag,
             sampled: sampled.into(),
             watch_secs: 10,
+            events: Vec::new(),
         }
         .render()
         .unwrap()

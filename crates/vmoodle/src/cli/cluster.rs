@@ -1,4 +1,4 @@
-//! `vmoodle cluster create|list|status|add-replica|remove-replica|reseed|switchover|destroy`: a database server
+//! `vmoodle cluster create|list|status|add-replica|remove-replica|reseed|switchover|events|destroy`: a database server
 //! scaled into a primary with replicas behind two HAProxy nodes and a keepalived virtual IP.
 
 use anyhow::Result;
@@ -91,6 +91,17 @@ pub enum Cmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+    /// What was done to a cluster, newest first: each create, add-replica, remove-replica,
+    /// reseed, switchover and destroy, who started it, how it ended and, for a failure, why
+    /// and what was undone.
+    Events {
+        name: String,
+        /// How many (newest first).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a broken replica from a fresh hot backup of the primary: out of the reader pool
     /// first, seeded again, back in the pool once healthy.
@@ -263,6 +274,34 @@ impl Cmd {
                 eprintln!("`{node}` left cluster `{name}`; {left} replica(s) serve reads");
                 if left == 0 {
                     eprintln!("warning: no replica is left: reads go to the primary (add one with `vmoodle cluster add-replica {name} NODE`)");
+                }
+            }
+            Cmd::Events { name, limit, json } => {
+                let home = Home::open(root).await?;
+                let list = cluster::events(&home, &name, limit).await?;
+                if json {
+                    output::json(&list)?;
+                } else if list.is_empty() {
+                    eprintln!("no events for cluster `{name}`");
+                } else {
+                    output::table(
+                        &["job", "started", "what", "by", "outcome", "took", "why"],
+                        list.iter()
+                            .map(|e| {
+                                vec![
+                                    e.job.to_string(),
+                                    output::time(e.started_at),
+                                    e.what.clone(),
+                                    e.started_by.clone(),
+                                    e.state.clone(),
+                                    e.finished_at.map_or("-".into(), |f| {
+                                        format!("{} s", (f - e.started_at).max(0))
+                                    }),
+                                    e.error.clone().unwrap_or_default(),
+                                ]
+                            })
+                            .collect(),
+                    );
                 }
             }
             Cmd::Reseed { name, node } => {

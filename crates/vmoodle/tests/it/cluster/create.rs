@@ -714,6 +714,34 @@ fn cluster_end_to_end(engine: Engine) {
         );
     }
 
+    // What was done, newest first, with the failures and what they undid.
+    let ev = ctl.json(&["cluster", "events", "prod", "--json", "--limit", "50"]);
+    let seen: Vec<(String, String)> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["what"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("reseed", "done"),
+        ("switchover", "done"),
+        ("switchover", "rolled back"),
+        ("add-replica", "done"),
+        ("add-replica", "rolled back"),
+        ("remove-replica", "done"),
+        ("create", "done"),
+    ] {
+        assert!(
+            seen.iter().any(|(w, s)| w == want.0 && s == want.1),
+            "no {want:?} in {seen:?}"
+        );
+    }
+
     // Destroy: instances back on the primary first, then everything else.
     ctl.ok(&["cluster", "destroy", "prod", "--yes"]);
     assert_eq!(host_files(&ctl.home), before);

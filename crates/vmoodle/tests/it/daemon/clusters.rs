@@ -451,6 +451,12 @@ fn clusters_page_lag_section_says_no_samples_yet() {
     // Only replicas: the primary and the proxy have no lag.
     assert!(!lag.contains(">db1<") && !lag.contains(">lb1<"), "{lag}");
     assert!(!lag.contains("<svg"), "{lag}");
+    // A cluster registered by hand has no events (jobs) yet.
+    let events = table(&page, "cluster-events");
+    assert!(
+        events.contains("Nothing was done to this cluster through vmoodle yet."),
+        "{events}"
+    );
 }
 
 /// With its background loops, the daemon's cluster watcher takes every cluster's status at
