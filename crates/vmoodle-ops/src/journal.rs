@@ -544,6 +544,31 @@ impl<'h> Journal<'h> {
         Err(err)
     }
 
+    /// Ends the job with the outcome of its work: done; or failed, its records undone (a job
+    /// past its point of no return is left for `jobs recover` instead). `explain(forward)` says
+    /// what the failure leaves for the user; what could not be undone is added to the error.
+    pub async fn conclude<T>(
+        self,
+        r: Result<T>,
+        explain: impl FnOnce(bool) -> String,
+    ) -> Result<T> {
+        match r {
+            Ok(v) => {
+                self.finish().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                let forward = self.forward.is_some();
+                let left = self.fail(&format!("{e:#}")).await;
+                let mut err = e.context(explain(forward));
+                if !left.is_empty() {
+                    err = err.context(left.join("; "));
+                }
+                Err(err)
+            }
+        }
+    }
+
     /// The job failed: undoes every record newest first (a job past its point of no return is
     /// left `incomplete` for `jobs recover` to finish instead). Returns what could not be undone.
     pub async fn fail(mut self, error: &str) -> Vec<String> {

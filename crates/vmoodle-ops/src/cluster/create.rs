@@ -17,23 +17,13 @@ pub async fn create(home: &Home, plan: &Plan, events: Events<'_>) -> Result<Clus
     let total = 5 + plan.replicas.len() + plan.proxies.len();
     let mut j = Journal::start(home, "cluster-create", &plan.req.name, total, events).await?;
     let r = build(home, plan, &mut j).await;
-    match r {
-        Ok(c) => {
-            j.finish().await?;
-            Ok(c)
-        }
-        Err(e) => {
-            let left = j.fail(&format!("{e:#}")).await;
-            let mut err = e.context(format!(
-                "cluster `{}` was not built; every step was undone and `{}` is standalone as before",
-                plan.req.name, plan.server.name
-            ));
-            if !left.is_empty() {
-                err = err.context(left.join("; "));
-            }
-            Err(err)
-        }
-    }
+    j.conclude(r, |_| {
+        format!(
+            "cluster `{}` was not built; every step was undone and `{}` is standalone as before",
+            plan.req.name, plan.server.name
+        )
+    })
+    .await
 }
 
 async fn build(home: &Home, plan: &Plan, j: &mut Journal<'_>) -> Result<Cluster> {

@@ -223,23 +223,14 @@ pub async fn add_replica(
         anyhow::Ok(())
     }
     .await;
-    match r {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(home.registry.cluster(&c.name).await?)
-        }
-        Err(e) => {
-            let left = j.fail(&format!("{e:#}")).await;
-            let mut err = e.context(format!(
-                "`{}` did not join cluster `{}`; every step was undone and the cluster is as it was",
-                plan.node.name, c.name
-            ));
-            if !left.is_empty() {
-                err = err.context(left.join("; "));
-            }
-            Err(err)
-        }
-    }
+    j.conclude(r, |_| {
+        format!(
+            "`{}` did not join cluster `{}`; every step was undone and the cluster is as it was",
+            plan.node.name, c.name
+        )
+    })
+    .await?;
+    Ok(home.registry.cluster(&c.name).await?)
 }
 
 /// What a removal past its point of no return still has to do.
@@ -298,29 +289,19 @@ pub async fn remove_replica(
         remove_forward(home, &mut j, &plan).await
     }
     .await;
-    match r {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(home.registry.cluster(name).await?)
+    j.conclude(r, |forward| {
+        if forward {
+            format!(
+                "replica `{node}` no longer serves reads, but taking it apart stopped half-way; fix the cause and run `vmoodle cluster remove-replica {name} {node}` again"
+            )
+        } else {
+            format!(
+                "replica `{node}` was not removed; the proxies were given their previous configuration and cluster `{name}` is as it was"
+            )
         }
-        Err(e) => {
-            let forward = j.forward_plan::<RemovePlan>().is_some();
-            let left = j.fail(&format!("{e:#}")).await;
-            let mut err = if forward {
-                e.context(format!(
-                    "replica `{node}` no longer serves reads, but taking it apart stopped half-way; fix the cause and run `vmoodle cluster remove-replica {name} {node}` again"
-                ))
-            } else {
-                e.context(format!(
-                    "replica `{node}` was not removed; the proxies were given their previous configuration and cluster `{name}` is as it was"
-                ))
-            };
-            if !left.is_empty() {
-                err = err.context(left.join("; "));
-            }
-            Err(err)
-        }
-    }
+    })
+    .await?;
+    Ok(home.registry.cluster(name).await?)
 }
 
 /// The steps past the point of no return; each is idempotent.
@@ -357,16 +338,9 @@ pub async fn finish_remove_replica(home: &Home, mut j: Journal<'_>) -> Result<()
         j.fail(msg).await;
         bail!(msg);
     };
-    match remove_forward(home, &mut j, &plan).await {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(())
-        }
-        Err(e) => {
-            j.fail(&format!("{e:#}")).await;
-            Err(e)
-        }
-    }
+    let r = remove_forward(home, &mut j, &plan).await;
+    j.conclude(r, |_| "finishing the removal of a replica".into())
+        .await
 }
 
 /// Rebuilds replica `node` of cluster `name` from a fresh hot backup of the primary: out of the
@@ -451,20 +425,11 @@ pub async fn reseed_replica(
         wait_in_reader_pool(home, &t, node).await
     }
     .await;
-    match r {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(home.registry.cluster(name).await?)
-        }
-        Err(e) => {
-            let left = j.fail(&format!("{e:#}")).await;
-            let mut err = e.context(format!(
-                "`{node}` was not reseeded; the proxies have their previous configuration back (a replica that stays broken stays out of the reader pool by its health check); fix the cause and run `vmoodle cluster reseed {name} {node}` again"
-            ));
-            if !left.is_empty() {
-                err = err.context(left.join("; "));
-            }
-            Err(err)
-        }
-    }
+    j.conclude(r, |_| {
+        format!(
+            "`{node}` was not reseeded; the proxies have their previous configuration back (a replica that stays broken stays out of the reader pool by its health check); fix the cause and run `vmoodle cluster reseed {name} {node}` again"
+        )
+    })
+    .await?;
+    Ok(home.registry.cluster(name).await?)
 }

@@ -114,30 +114,18 @@ pub async fn switchover(home: &Home, name: &str, to: &str, events: Events<'_>) -
         switch_forward(home, &mut j, &plan).await
     }
     .await;
-    match r {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(home.registry.cluster(name).await?)
+    let old = plan.old.clone();
+    j.conclude(r, |forward| {
+        if forward {
+            format!(
+                "`{to}` is the primary of cluster `{name}` now, but the switchover stopped before every server followed it; fix the cause and run `vmoodle jobs recover`"
+            )
+        } else {
+            format!("cluster `{name}` did not switch over; `{old}` takes writes again as before")
         }
-        Err(e) => {
-            let forward = j.forward_plan::<SwitchPlan>().is_some();
-            let left = j.fail(&format!("{e:#}")).await;
-            let mut err = if forward {
-                e.context(format!(
-                    "`{to}` is the primary of cluster `{name}` now, but the switchover stopped before every server followed it; fix the cause and run `vmoodle jobs recover`"
-                ))
-            } else {
-                e.context(format!(
-                    "cluster `{name}` did not switch over; `{}` takes writes again as before",
-                    plan.old
-                ))
-            };
-            if !left.is_empty() {
-                err = err.context(left.join("; "));
-            }
-            Err(err)
-        }
-    }
+    })
+    .await?;
+    Ok(home.registry.cluster(name).await?)
 }
 
 /// What keeps the cluster from switching over to `to` now (empty: nothing).
@@ -363,14 +351,6 @@ pub async fn finish_switchover(home: &Home, mut j: Journal<'_>) -> Result<()> {
         j.fail(msg).await;
         bail!(msg);
     };
-    match switch_forward(home, &mut j, &plan).await {
-        Ok(()) => {
-            j.finish().await?;
-            Ok(())
-        }
-        Err(e) => {
-            j.fail(&format!("{e:#}")).await;
-            Err(e)
-        }
-    }
+    let r = switch_forward(home, &mut j, &plan).await;
+    j.conclude(r, |_| "finishing a switchover".into()).await
 }
