@@ -727,6 +727,20 @@ fn cluster_end_to_end(engine: Engine) {
             )
         })
         .collect();
+    for e in ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["what"] == "switchover")
+    {
+        let steps: Vec<String> = e["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{} {} ms", s["step"].as_str().unwrap_or(""), s["ms"]))
+            .collect();
+        eprintln!("switchover ({}): {}", e["state"], steps.join(", "));
+    }
     for want in [
         ("reseed", "done"),
         ("switchover", "done"),
