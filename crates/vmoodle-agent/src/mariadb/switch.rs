@@ -92,33 +92,54 @@ pub async fn unfence(cfg: &DatabaseConfig) -> Result<()> {
     Ok(())
 }
 
-/// Waits until this replica has applied `position` (MASTER_GTID_WAIT).
+/// The highest sequence number of each replication domain in a GTID position.
+fn by_domain(pos: &str) -> std::collections::BTreeMap<u32, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for g in pos.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let parts: Vec<&str> = g.split('-').collect();
+        if let [d, _, n] = parts[..] {
+            if let (Ok(d), Ok(n)) = (d.parse::<u32>(), n.parse::<u64>()) {
+                let e = m.entry(d).or_insert(0);
+                *e = (*e).max(n);
+            }
+        }
+    }
+    m
+}
+
+/// Whether a server at GTID position `have` holds everything up to `want` (in gtid_strict_mode a
+/// domain's sequence numbers only grow, so a higher number means a later transaction).
+pub fn covers(have: &str, want: &str) -> bool {
+    let h = by_domain(have);
+    by_domain(want)
+        .into_iter()
+        .all(|(d, n)| h.get(&d).is_some_and(|x| *x >= n))
+}
+
+/// Waits until this server holds `position`. It compares `gtid_current_pos`, not only what it
+/// replicated (MASTER_GTID_WAIT looks at gtid_slave_pos alone): a former primary holds its own
+/// transactions without having replicated them.
 pub async fn catch_up(cfg: &DatabaseConfig, position: &str, timeout_secs: u32) -> Result<()> {
     if !valid_gtid_pos(position) {
         bail!("{position:?} is not a GTID position (domain-server-sequence, comma-separated)");
     }
-    let r = run_sql(
-        cfg,
-        &["-N"],
-        &format!(
-            "SELECT MASTER_GTID_WAIT({}, {timeout_secs});\n",
-            sql_literal(position)
-        ),
-        Duration::from_secs(u64::from(timeout_secs) + 10),
-    )
-    .await
-    .context("waiting for the replica to apply the old primary's last transaction")?;
-    if r.trim() != "0" {
-        let st = super::probe(cfg).await;
-        bail!(
-            "the replica did not apply {position} within {timeout_secs} s (it is at {}; io {:?}, sql {:?}{})",
-            st.position.as_deref().unwrap_or("?"),
-            st.io_running,
-            st.sql_running,
-            st.error.map(|e| format!(", {e}")).unwrap_or_default()
-        );
+    let until = std::time::Instant::now() + Duration::from_secs(u64::from(timeout_secs));
+    loop {
+        let have = one(cfg, "SELECT @@gtid_current_pos").await?;
+        if covers(&have, position) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > until {
+            let st = super::probe(cfg).await;
+            bail!(
+                "the replica did not apply {position} within {timeout_secs} s (it is at {have}; io {:?}, sql {:?}{})",
+                st.io_running,
+                st.sql_running,
+                st.error.map(|e| format!(", {e}")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    Ok(())
 }
 
 /// Forgets the source, takes writes, and says so in the managed configuration (a node that was
@@ -199,6 +220,16 @@ mod tests {
         assert!(valid_gtid_pos(""));
         assert!(!valid_gtid_pos("0-1-8'; DROP"));
         assert!(!valid_gtid_pos("0-1"));
+    }
+
+    #[test]
+    fn positions_cover_by_domain() {
+        assert!(covers("0-1-4608", "0-1-4608"));
+        assert!(covers("0-2-4700", "0-1-4608"));
+        assert!(!covers("0-1-4607", "0-1-4608"));
+        assert!(covers("0-1-10,1-3-5", "1-3-5"));
+        assert!(!covers("0-1-10", "0-1-9,1-3-5"));
+        assert!(covers("0-1-1", ""));
     }
 
     #[test]

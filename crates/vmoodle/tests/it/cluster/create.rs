@@ -756,8 +756,38 @@ fn cluster_end_to_end(engine: Engine) {
         );
     }
 
-    // Destroy: instances back on the primary first, then everything else.
+    // Destroy while db2 is the primary: it switches back to db1 (the server's own data) first,
+    // then puts the instances back on it.
+    let resume = match engine {
+        Engine::Mariadb => "START SLAVE SQL_THREAD",
+        Engine::Postgresql => "SELECT pg_wal_replay_resume()",
+    };
+    lab.local_sql("db2", resume).unwrap();
+    // (HAProxy still lies dead on one proxy: the switchover's proxy step starts it again.)
+    eventually("db2 replicating again", Duration::from_secs(20), || {
+        let out = ctl.run(&["cluster", "status", "prod", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["databases"].as_array().is_some_and(|d| {
+            d.iter().any(|n| {
+                n["node"] == "db2"
+                    && n["state"]["io_running"] == true
+                    && n["state"]["sql_running"] == true
+            })
+        })
+    });
+    ctl.ok(&["cluster", "switchover", "prod", "--to", "db2"]);
+    assert_eq!(landed(&lab, writer).unwrap(), db2_id);
+    eventually(
+        "a healthy cluster after the last switchover",
+        Duration::from_secs(20),
+        || {
+            ctl.run(&["cluster", "status", "prod", "--json"])
+                .status
+                .success()
+        },
+    );
     ctl.ok(&["cluster", "destroy", "prod", "--yes"]);
+    assert_eq!(node_role(&ctl, "db1").as_deref(), Some("primary"));
     assert_eq!(host_files(&ctl.home), before);
     ctl.ok(&["cron", &tokens[0]]);
 }
