@@ -71,6 +71,11 @@ pub async fn switchover(home: &Home, name: &str, to: &str, events: Events<'_>) -
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    if c.origin_node_id.is_none() {
+        // Built before the register kept its first primary, so never switched over (switchover
+        // came with that record): the primary now is the first one.
+        home.registry.set_cluster_origin(c.id, t.primary.id).await?;
+    }
     let total = 5 + t.replicas.len() + t.proxies.len();
     let mut j = Journal::start(home, "cluster-switchover", name, total, events).await?;
     let plan = SwitchPlan {
