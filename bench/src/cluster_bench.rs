@@ -37,27 +37,16 @@ use std::time::{Duration, Instant};
 use vmoodle_test::lab::{Engine, Lab, LabSpec, PG_BIN};
 use vmoodle_test::{MariaDb, PgDb, TempDir};
 
+mod cluster_common;
 mod runner;
+
+use cluster_common::*;
 
 const CLUSTER: &str = "vmb";
 /// The table the writer loop inserts into, in every instance's database.
 const PROBE: &str = "vmb_writer_probe";
 /// The pause between two writes of the writer loop.
 const WRITER_PAUSE: Duration = Duration::from_millis(20);
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn random_hex(n: usize) -> Result<String> {
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
 
 /// Writes a 0600 file (created 0600, so the secret is never readable by others).
 fn write_secret(path: &Path, text: &str) -> Result<()> {
@@ -73,101 +62,7 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command; its stdout, or an error with its stderr.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `vmoodle ARGS` in the lab's app namespace (the control node); stdout, or an error.
-fn vm(lab: &Lab, home: &Path, args: &[&str], stdin: &str) -> Result<String> {
-    let out = lab.vmoodle(home, args, stdin);
-    if !out.status.success() {
-        bail!(
-            "vmoodle {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn engine_name(e: Engine) -> &'static str {
-    match e {
-        Engine::Mariadb => "MariaDB",
-        Engine::Postgresql => "PostgreSQL",
-    }
-}
-
 // ---- the host files, as the config hook reads them ---------------------------------------------
-
-/// What a Moodle request takes from an instance's host file to reach its database.
-#[derive(Debug, Clone, PartialEq)]
-struct DbTarget {
-    host: String,
-    port: u16,
-    name: String,
-    user: String,
-    pass: String,
-}
-
-/// The value of the first `'key' => VALUE` line (a PHP single-quoted string or a bare value).
-/// The top-level dbhost comes before the read-replica one (which sits on an `'instance'` line),
-/// and dboptions' dbport before the replica's.
-fn php_value(text: &str, key: &str) -> Option<String> {
-    let pat = format!("'{key}' => ");
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(&pat))?;
-    if let Some(rest) = line.strip_prefix('\'') {
-        let mut out = String::new();
-        let mut chars = rest.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some(n @ ('\\' | '\'')) => out.push(n),
-                    Some(n) => {
-                        out.push('\\');
-                        out.push(n);
-                    }
-                    None => return None,
-                },
-                '\'' => return Some(out),
-                c => out.push(c),
-            }
-        }
-        None
-    } else {
-        Some(line.trim_end().trim_end_matches(',').trim().to_string())
-    }
-}
-
-fn read_host_file(path: &Path) -> Result<DbTarget> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let get =
-        |k: &str| php_value(&text, k).with_context(|| format!("no '{k}' in {}", path.display()));
-    Ok(DbTarget {
-        host: get("dbhost")?,
-        port: get("dbport")?
-            .parse()
-            .with_context(|| format!("dbport in {}", path.display()))?,
-        name: get("dbname")?,
-        user: get("dbuser")?,
-        pass: get("dbpass")?,
-    })
-}
 
 // ---- the writer loop ---------------------------------------------------------------------------
 
@@ -871,14 +766,6 @@ fn measure(
 }
 
 // ---- the baseline ------------------------------------------------------------------------------
-
-/// A database host's server files (the lab keeps them in `<host>/server/`, beside `data/`).
-fn server_dir(lab: &Lab, host: &str) -> Result<PathBuf> {
-    lab.datadir(host)
-        .parent()
-        .map(Path::to_path_buf)
-        .context("the server's directory")
-}
 
 /// Runs `argv` inside a host's namespace with `input` (a file) on stdin; Err with its stderr.
 /// Returns its stderr.

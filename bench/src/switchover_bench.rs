@@ -33,16 +33,19 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmoodle_test::lab::{Engine, Lab, LabSpec, PG_BIN};
 use vmoodle_test::{MariaDb, PgDb, TempDir};
 
+mod cluster_common;
 mod runner;
+
+use cluster_common::*;
 
 const CLUSTER: &str = "prod";
 /// The table the writer inserts into, in the first instance's database.
@@ -50,113 +53,7 @@ const PROBE: &str = "vmb_switch_probe";
 /// The baseline's replication account.
 const REPL: &str = "bench_repl";
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn random_hex(n: usize) -> Result<String> {
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Runs a command; its stdout, or an error with its stderr.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .current_dir("/")
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `vmoodle ARGS` in the lab's app namespace (the control node); stdout, or an error.
-fn vm(lab: &Lab, home: &Path, args: &[&str], stdin: &str) -> Result<String> {
-    let out = lab.vmoodle(home, args, stdin);
-    if !out.status.success() {
-        bail!(
-            "vmoodle {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn engine_name(e: Engine) -> &'static str {
-    match e {
-        Engine::Mariadb => "MariaDB",
-        Engine::Postgresql => "PostgreSQL",
-    }
-}
-
 // ---- the host files (as cluster_bench.rs reads them) --------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-struct DbTarget {
-    host: String,
-    port: u16,
-    name: String,
-    user: String,
-    pass: String,
-}
-
-/// The value of the first `'key' => VALUE` line (a PHP single-quoted string or a bare value).
-fn php_value(text: &str, key: &str) -> Option<String> {
-    let pat = format!("'{key}' => ");
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(&pat))?;
-    if let Some(rest) = line.strip_prefix('\'') {
-        let mut out = String::new();
-        let mut chars = rest.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some(n @ ('\\' | '\'')) => out.push(n),
-                    Some(n) => {
-                        out.push('\\');
-                        out.push(n);
-                    }
-                    None => return None,
-                },
-                '\'' => return Some(out),
-                c => out.push(c),
-            }
-        }
-        None
-    } else {
-        Some(line.trim_end().trim_end_matches(',').trim().to_string())
-    }
-}
-
-fn read_host_file(path: &Path) -> Result<DbTarget> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let get =
-        |k: &str| php_value(&text, k).with_context(|| format!("no '{k}' in {}", path.display()));
-    Ok(DbTarget {
-        host: get("dbhost")?,
-        port: get("dbport")?
-            .parse()
-            .with_context(|| format!("dbport in {}", path.display()))?,
-        name: get("dbname")?,
-        user: get("dbuser")?,
-        pass: get("dbpass")?,
-    })
-}
 
 // ---- SQL from the app namespace (sqlx) ----------------------------------------------------------
 
@@ -613,14 +510,6 @@ fn wait_replicas(lab: &Lab, engine: Engine, primary: &str, replicas: &[&str]) ->
 }
 
 // ---- the baseline -------------------------------------------------------------------------------
-
-/// A database host's server directory (socket, logs), beside its data directory.
-fn server_dir(lab: &Lab, host: &str) -> Result<PathBuf> {
-    lab.datadir(host)
-        .parent()
-        .map(Path::to_path_buf)
-        .context("the server's directory")
-}
 
 fn pgpass_of(lab: &Lab, host: &str) -> Result<PathBuf> {
     Ok(server_dir(lab, host)?.join("bench_repl.pgpass"))
